@@ -1,0 +1,55 @@
+/* Small helpers shared by both agents: size and address parsing (no I/O),
+ * time, uuids, zero detection, aligned buffers, pidfiles. */
+#ifndef DUPLEX_UTIL_H
+#define DUPLEX_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* "4096", "64K", "64M", "1G", "2T" (binary multiples, optional trailing
+ * "iB"/"B").  Returns 0, or -1 with a message in err. */
+int util_parse_size(const char *s, uint64_t *out, char *err, size_t errlen);
+
+/* An endpoint: "unix:/path/to/sock" or "HOST:PORT" ("[::1]:10809" too). */
+struct endpoint {
+  bool is_unix;
+  char path[108];   /* is_unix */
+  char host[256];   /* !is_unix, without brackets */
+  char port[16];
+};
+int util_parse_endpoint(const char *s, struct endpoint *out, char *err,
+                        size_t errlen);
+
+/* Listening / connecting sockets for an endpoint, non-blocking, CLOEXEC.
+ * util_listen unlinks a stale unix socket first.  Both return an fd or -1
+ * with errno set and a message in err. */
+int util_listen(const struct endpoint *ep, char *err, size_t errlen);
+int util_connect_start(const struct endpoint *ep, char *err, size_t errlen);
+
+/* The port a listening TCP socket got (for port 0), or -1. */
+int util_local_port(int fd);
+
+uint64_t util_now_ms(void);  /* CLOCK_MONOTONIC */
+uint64_t util_now_ns(void);
+
+void util_uuid_generate(uint8_t out[16]);
+void util_uuid_format(const uint8_t uuid[16], char out[37]);
+
+bool util_is_zero(const void *buf, size_t len);
+
+/* posix_memalign(4096) or abort on OOM (allocation failure of a buffer we
+ * sized ourselves is not recoverable input). */
+void *util_alloc_aligned(size_t len);
+
+/* Write "pid\n" to path atomically (tmp + rename).  0 or -1 (errno). */
+int util_write_pidfile(const char *path);
+
+/* Format bytes as "1.5 GiB" into out. */
+void util_format_bytes(uint64_t bytes, char *out, size_t outlen);
+
+#endif

@@ -1,0 +1,213 @@
+/* duplex-primary: private interfaces, one section per .c file. */
+#ifndef DUPLEX_PRIMARY_INTERNAL_H
+#define DUPLEX_PRIMARY_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/queue.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "aio.h"
+#include "bitmap.h"
+#include "blockdev.h"
+#include "meta.h"
+#include "tls.h"
+#include "util.h"
+
+#define NBD_MAX_ENDPOINTS 4
+#define NBD_MAX_REQUEST (32u * 1024 * 1024)
+#define DEFAULT_ASYNC_BUFFER (64ull * 1024 * 1024)
+#define RESYNC_CHUNK (1024u * 1024)
+
+enum repl_mode { REPL_SYNC = 1, REPL_ASYNC = 2 };
+
+/* ---- config.c: command line, no I/O ---- */
+struct config {
+  const char *volume;
+  const char *meta;
+  struct endpoint nbd[NBD_MAX_ENDPOINTS];
+  int n_nbd;
+  struct endpoint peer;
+  enum repl_mode mode;
+  uint64_t async_buffer;
+  struct tls_config tls;
+  const char *control;
+  const char *pidfile;
+  bool foreground;
+  bool verbose;
+};
+/* 0: ok; 1: --help/--version printed to out; -1: error, one line in err. */
+int config_parse(int argc, char **argv, struct config *cfg, char *err,
+                 size_t errlen);
+void config_usage(FILE *out);
+
+/* ---- main.c: the agent ---- */
+struct nbd_server;
+struct repl;
+struct resync;
+struct lockset;
+
+struct stats {
+  uint64_t writes_acked;        /* client writes/zeroes/trims answered ok */
+  uint64_t bytes_written;       /* by clients */
+  uint64_t bytes_read;
+  uint64_t requests;
+};
+
+struct primary {
+  struct event_base *base;
+  struct config cfg;
+  struct bdev vol;
+  struct meta *meta;
+  struct aio_ctx *aio;
+  struct bitmap *oos;           /* blocks the secondary does not have */
+  struct lockset *locks;
+  struct repl *repl;
+  struct resync *resync;
+  struct nbd_server *nbd[NBD_MAX_ENDPOINTS];
+  int n_nbd;
+  struct stats stats;
+  TAILQ_HEAD(, req) waiting;    /* writes waiting for async buffer space */
+  bool stopping;
+};
+
+/* ---- vol.c: the request engine (local I/O + replication) ---- */
+enum req_type { REQ_READ, REQ_WRITE, REQ_FLUSH, REQ_TRIM, REQ_ZERO };
+
+struct req;
+/* err: 0 or a positive errno for the client's reply.  Called exactly once,
+ * never from inside vol_submit. */
+typedef void (*req_done_fn)(struct req *r, int err);
+
+struct req {
+  /* filled by the caller */
+  enum req_type type;
+  uint64_t offset;
+  uint32_t length;
+  bool fua;
+  bool no_hole;                 /* WRITE_ZEROES: do not deallocate */
+  char *buf;                    /* READ: destination; WRITE: data.  From
+                                   util_alloc_aligned, freed by vol_req_free */
+  req_done_fn done;
+  void *opaque;
+  uint64_t cookie;              /* caller's (NBD handle) */
+  /* engine private */
+  struct primary *p;
+  int err;
+  int pending;                  /* completions still outstanding */
+  uint64_t lock_start, lock_end;
+  char *bounce;                 /* aligned buffer for unaligned requests */
+  uint64_t epoch;
+  bool sent;                    /* handed to the replication link */
+  bool locked;
+  struct aio_op aio;
+  struct aio_op aio2;
+  void *lock;                   /* struct range_lock * */
+  void *rop;                    /* struct repl_op * */
+  struct event *defer;
+  TAILQ_ENTRY(req) wq;
+};
+
+struct req *vol_req_new(struct primary *p);
+void vol_req_free(struct req *r);  /* frees r->buf too */
+/* The caller validated offset/length against the volume size. */
+void vol_submit(struct req *r);
+/* Buffer space or a lock became free: retry waiting requests. */
+void vol_kick(struct primary *p);
+
+/* ---- lock.c: range locks serialising overlapping writes and resync ---- */
+struct range_lock;
+typedef void (*lock_granted_fn)(struct range_lock *l, void *opaque);
+
+struct lockset *lock_set_new(void);
+void lock_set_free(struct lockset *ls);
+/* Grants in arrival order among overlapping requests.  Returns the lock;
+ * *granted tells whether it is held already (then fn is not called),
+ * otherwise fn runs when it is granted. */
+struct range_lock *lock_acquire(struct lockset *ls, uint64_t start,
+                                uint64_t end, lock_granted_fn fn, void *opaque,
+                                bool *granted);
+void lock_release(struct lockset *ls, struct range_lock *l);
+unsigned lock_held_count(const struct lockset *ls);
+
+/* ---- repl.c: the link to the secondary ---- */
+enum repl_state {
+  REPL_IDLE,        /* waiting for the reconnect timer */
+  REPL_CONNECTING,  /* TCP connect in progress */
+  REPL_HANDSHAKE,   /* TLS handshake */
+  REPL_HELLO,       /* Hello sent, waiting for HelloReply */
+  REPL_CONNECTED,   /* replicating */
+};
+
+struct repl_op;
+/* ok=false: the link dropped before the secondary acknowledged it. */
+typedef void (*repl_acked_fn)(struct repl_op *op, bool ok);
+
+struct repl_op {
+  uint64_t seq;
+  uint64_t epoch;
+  uint64_t bytes;               /* counted against the async buffer */
+  repl_acked_fn acked;
+  void *opaque;
+};
+
+struct repl *repl_new(struct primary *p, char *err, size_t errlen);
+void repl_free(struct repl *r);
+void repl_start(struct repl *r);
+enum repl_state repl_state(const struct repl *r);
+bool repl_connected(const struct repl *r);
+/* Ops are sent in call order.  Each returns 0, or -1 if not connected (then
+ * acked is never called). */
+int repl_send_write(struct repl *r, struct repl_op *op, uint64_t off,
+                    uint32_t len, const void *data, uint32_t flags);
+int repl_send_zero(struct repl *r, struct repl_op *op, uint64_t off,
+                   uint64_t len, uint32_t flags);
+int repl_send_flush(struct repl *r, struct repl_op *op);
+void repl_send_sync_state(struct repl *r, bool in_sync, uint64_t total,
+                          uint64_t done, uint64_t oos);
+/* A write sent in epoch e was answered to a client: close e. */
+void repl_close_epoch(struct repl *r, uint64_t epoch);
+uint64_t repl_inflight_bytes(const struct repl *r);
+const char *repl_state_name(enum repl_state s);
+struct repl_counters {
+  uint64_t bytes_sent, bytes_received;
+  uint64_t ops_sent, ops_acked;
+  uint64_t connects;
+};
+void repl_get_counters(const struct repl *r, struct repl_counters *c);
+
+/* ---- resync.c: initial sync / resync of out-of-sync blocks ---- */
+struct resync *resync_new(struct primary *p);
+void resync_free(struct resync *rs);
+/* The link is up: sync everything marked in p->oos (full=true marks all). */
+void resync_begin(struct resync *rs, bool full);
+/* The link dropped: forget in-flight chunks (their bits stay set). */
+void resync_abort(struct resync *rs);
+void resync_kick(struct resync *rs);
+bool resync_active(const struct resync *rs);
+struct resync_counters {
+  uint64_t total_bytes, done_bytes;
+  uint64_t data_bytes_sent, zero_bytes_sent;
+  uint64_t started_ms;
+  bool full;
+  bool ever_completed;
+};
+void resync_get_counters(const struct resync *rs, struct resync_counters *c);
+
+/* ---- nbd-proto.c: NBD wire format, no I/O ---- */
+/* (see nbd-proto.h) */
+
+/* ---- nbd-server.c: listeners and client connections ---- */
+int nbd_server_new(struct primary *p, const struct endpoint *ep,
+                   struct nbd_server **out, char *err, size_t errlen);
+void nbd_server_free(struct nbd_server *s);  /* closes clients */
+unsigned nbd_server_clients(const struct nbd_server *s);
+
+/* ---- status.c: control socket commands ---- */
+int status_control(void *opaque, int argc, char **argv, struct evbuffer *out);
+
+#endif
