@@ -14,6 +14,7 @@
 #include "aio.h"
 #include "bitmap.h"
 #include "blockdev.h"
+#include "frame.h"
 #include "meta.h"
 #include "tls.h"
 #include "util.h"
@@ -99,6 +100,7 @@ struct req {
   struct primary *p;
   int err;
   int pending;                  /* completions still outstanding */
+  int edges;                    /* read-modify-write reads outstanding */
   uint64_t lock_start, lock_end;
   char *bounce;                 /* aligned buffer for unaligned requests */
   uint64_t epoch;
@@ -173,6 +175,8 @@ void repl_send_sync_state(struct repl *r, bool in_sync, uint64_t total,
 void repl_close_epoch(struct repl *r, uint64_t epoch);
 uint64_t repl_inflight_bytes(const struct repl *r);
 const char *repl_state_name(enum repl_state s);
+/* Why the link last failed, or NULL. */
+const char *repl_last_error(const struct repl *r);
 struct repl_counters {
   uint64_t bytes_sent, bytes_received;
   uint64_t ops_sent, ops_acked;

@@ -1,0 +1,191 @@
+/* duplex-primary command line: parsing and validation, no I/O beyond
+ * checking that named files are readable. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+enum {
+  OPT_VOLUME = 256, OPT_META, OPT_NBD, OPT_PEER, OPT_MODE, OPT_ASYNC_BUFFER,
+  OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA, OPT_PEER_NAME, OPT_CONTROL,
+  OPT_PIDFILE, OPT_FOREGROUND,
+};
+
+static const struct option config_options[] = {
+  { "volume", required_argument, NULL, OPT_VOLUME },
+  { "meta", required_argument, NULL, OPT_META },
+  { "nbd", required_argument, NULL, OPT_NBD },
+  { "peer", required_argument, NULL, OPT_PEER },
+  { "mode", required_argument, NULL, OPT_MODE },
+  { "async-buffer", required_argument, NULL, OPT_ASYNC_BUFFER },
+  { "tls-cert", required_argument, NULL, OPT_TLS_CERT },
+  { "tls-key", required_argument, NULL, OPT_TLS_KEY },
+  { "tls-ca", required_argument, NULL, OPT_TLS_CA },
+  { "peer-name", required_argument, NULL, OPT_PEER_NAME },
+  { "control", required_argument, NULL, OPT_CONTROL },
+  { "pidfile", required_argument, NULL, OPT_PIDFILE },
+  { "foreground", no_argument, NULL, OPT_FOREGROUND },
+  { "verbose", no_argument, NULL, 'v' },
+  { "help", no_argument, NULL, 'h' },
+  { "version", no_argument, NULL, 'V' },
+  { NULL, 0, NULL, 0 },
+};
+
+void
+config_usage(FILE *out)
+{
+  fprintf(out,
+"Usage: duplex-primary --volume PATH --meta PATH --nbd unix:PATH|HOST:PORT\n"
+"                      --peer HOST:PORT --mode sync|async [--async-buffer SIZE]\n"
+"                      --tls-cert PEM --tls-key PEM --tls-ca PEM --peer-name NAME\n"
+"                      [--control SOCKET] [--pidfile PATH] [--foreground] [-v]\n"
+"\n"
+"Serves VOLUME over NBD and replicates every write over TLS 1.3 to a\n"
+"duplex-secondary.\n"
+"\n"
+"  --volume PATH        source volume: a regular file or a block device;\n"
+"                       its size must be a multiple of 4096 bytes\n"
+"  --meta PATH          metadata file (created if missing)\n"
+"  --nbd ENDPOINT       NBD listener, unix:/path/sock or HOST:PORT; may be\n"
+"                       given up to %d times\n"
+"  --peer HOST:PORT     the secondary's replication address\n"
+"  --mode sync|async    sync: a write is answered when it is on both sides;\n"
+"                       async: answered when local, the replica lags behind\n"
+"  --async-buffer SIZE  async mode: bytes that may be unacknowledged by the\n"
+"                       secondary before new writes wait (default 64M)\n"
+"  --tls-cert PEM       this agent's certificate (chain)\n"
+"  --tls-key PEM        its private key\n"
+"  --tls-ca PEM         CA the secondary's certificate must chain to\n"
+"  --peer-name NAME     CN or SAN the secondary's certificate must carry\n"
+"  --control SOCKET     control socket for duplexctl\n"
+"  --pidfile PATH       written once the agent serves NBD\n"
+"  --foreground         stay in the foreground, log to stderr\n"
+"  -v, --verbose        debug logging\n"
+"  -h, --help           this text\n"
+"  -V, --version        print the version\n",
+          NBD_MAX_ENDPOINTS);
+}
+
+static int
+config_check_file(const char *flag, const char *path, char *err,
+                  size_t errlen)
+{
+  if (access(path, R_OK) == -1) {
+    snprintf(err, errlen, "%s %s: %s", flag, path, strerror(errno));
+    return -1;
+  }
+  return 0;
+}
+
+int
+config_parse(int argc, char **argv, struct config *cfg, char *err,
+             size_t errlen)
+{
+  char sub[256];
+  bool have_peer = false;
+  int c;
+
+  memset(cfg, 0, sizeof *cfg);
+  cfg->async_buffer = DEFAULT_ASYNC_BUFFER;
+  optind = 1;
+  opterr = 0;
+
+  while ((c = getopt_long(argc, argv, ":vhV", config_options, NULL)) != -1) {
+    switch (c) {
+    case OPT_VOLUME: cfg->volume = optarg; break;
+    case OPT_META: cfg->meta = optarg; break;
+    case OPT_NBD:
+      if (cfg->n_nbd == NBD_MAX_ENDPOINTS) {
+        snprintf(err, errlen, "--nbd: at most %d endpoints",
+                 NBD_MAX_ENDPOINTS);
+        return -1;
+      }
+      if (util_parse_endpoint(optarg, &cfg->nbd[cfg->n_nbd], sub,
+                              sizeof sub) == -1) {
+        snprintf(err, errlen, "--nbd %s: %s", optarg, sub);
+        return -1;
+      }
+      cfg->n_nbd++;
+      break;
+    case OPT_PEER:
+      if (util_parse_endpoint(optarg, &cfg->peer, sub, sizeof sub) == -1) {
+        snprintf(err, errlen, "--peer %s: %s", optarg, sub);
+        return -1;
+      }
+      if (cfg->peer.is_unix) {
+        snprintf(err, errlen, "--peer %s: must be HOST:PORT", optarg);
+        return -1;
+      }
+      have_peer = true;
+      break;
+    case OPT_MODE:
+      if (strcmp(optarg, "sync") == 0)
+        cfg->mode = REPL_SYNC;
+      else if (strcmp(optarg, "async") == 0)
+        cfg->mode = REPL_ASYNC;
+      else {
+        snprintf(err, errlen, "--mode %s: must be sync or async", optarg);
+        return -1;
+      }
+      break;
+    case OPT_ASYNC_BUFFER:
+      if (util_parse_size(optarg, &cfg->async_buffer, sub, sizeof sub) == -1) {
+        snprintf(err, errlen, "--async-buffer %s: %s", optarg, sub);
+        return -1;
+      }
+      if (cfg->async_buffer < 1024 * 1024) {
+        snprintf(err, errlen, "--async-buffer %s: must be at least 1M",
+                 optarg);
+        return -1;
+      }
+      break;
+    case OPT_TLS_CERT: cfg->tls.cert = optarg; break;
+    case OPT_TLS_KEY: cfg->tls.key = optarg; break;
+    case OPT_TLS_CA: cfg->tls.ca = optarg; break;
+    case OPT_PEER_NAME: cfg->tls.peer_name = optarg; break;
+    case OPT_CONTROL: cfg->control = optarg; break;
+    case OPT_PIDFILE: cfg->pidfile = optarg; break;
+    case OPT_FOREGROUND: cfg->foreground = true; break;
+    case 'v': cfg->verbose = true; break;
+    case 'h': config_usage(stdout); return 1;
+    case 'V': printf("duplex-primary %s\n", DUPLEX_VERSION); return 1;
+    case ':':
+      snprintf(err, errlen, "%s: missing argument", argv[optind - 1]);
+      return -1;
+    default:
+      snprintf(err, errlen, "%s: unknown option (see --help)",
+               argv[optind - 1]);
+      return -1;
+    }
+  }
+  if (optind < argc) {
+    snprintf(err, errlen, "%s: unexpected argument (see --help)",
+             argv[optind]);
+    return -1;
+  }
+
+#define REQUIRE(cond, flag)                                                    \
+  if (!(cond)) {                                                               \
+    snprintf(err, errlen, "%s is required (see --help)", flag);                \
+    return -1;                                                                 \
+  }
+  REQUIRE(cfg->volume, "--volume");
+  REQUIRE(cfg->meta, "--meta");
+  REQUIRE(cfg->n_nbd > 0, "--nbd");
+  REQUIRE(have_peer, "--peer");
+  REQUIRE(cfg->mode, "--mode");
+  REQUIRE(cfg->tls.cert, "--tls-cert");
+  REQUIRE(cfg->tls.key, "--tls-key");
+  REQUIRE(cfg->tls.ca, "--tls-ca");
+  REQUIRE(cfg->tls.peer_name && *cfg->tls.peer_name, "--peer-name");
+#undef REQUIRE
+
+  if (config_check_file("--tls-cert", cfg->tls.cert, err, errlen) == -1 ||
+      config_check_file("--tls-key", cfg->tls.key, err, errlen) == -1 ||
+      config_check_file("--tls-ca", cfg->tls.ca, err, errlen) == -1)
+    return -1;
+  return 0;
+}

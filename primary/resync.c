@@ -1,0 +1,349 @@
+/* Initial sync and resync: send every block marked in the out-of-sync
+ * bitmap to the secondary while clients keep writing.
+ *
+ * The volume is walked in chunks of up to RESYNC_CHUNK bytes.  Each chunk
+ * takes the range lock first, so no client write to it is in flight while it
+ * is read, and is put on the stream before the lock is released: any later
+ * client write to the range therefore follows it on the stream and wins on
+ * the replica, as it did locally.  Inside the lock the chunk is split into
+ * holes (SEEK_DATA/SEEK_HOLE, sent as zero ranges without reading) and data;
+ * data that reads as all zeroes is also sent as zero ranges, in 4 KiB
+ * granules.  A chunk's bits are cleared when it is sent and set again if the
+ * link drops before the secondary acknowledges it. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "log.h"
+
+#define RESYNC_WINDOW (16u * 1024 * 1024) /* bytes read or unacknowledged */
+#define RESYNC_PROGRESS_MS 500
+
+struct resync {
+  struct primary *p;
+  bool active;
+  uint64_t gen;                 /* bumped by resync_abort */
+  uint64_t cursor;
+  uint64_t window_bytes;
+  struct resync_counters ctr;
+  struct event *progress;
+  uint64_t last_progress_ms;
+};
+
+struct chunk {
+  struct resync *rs;
+  uint64_t gen;
+  uint64_t off, len;
+  char *buf;
+  struct range_lock *lock;
+  struct aio_op aio;
+  uint64_t rd_off, rd_len;      /* the data extent being read */
+  unsigned pending;             /* piece ops unacknowledged + 1 while open */
+};
+
+/* One frame of a chunk on the link. */
+struct piece {
+  struct repl_op op;
+  struct chunk *c;
+  uint64_t off, len;
+};
+
+static void resync_check_done(struct resync *rs);
+
+struct resync *
+resync_new(struct primary *p)
+{
+  struct resync *rs = calloc(1, sizeof *rs);
+  if (!rs)
+    abort();
+  rs->p = p;
+  return rs;
+}
+
+void
+resync_free(struct resync *rs)
+{
+  free(rs);
+}
+
+bool
+resync_active(const struct resync *rs)
+{
+  return rs->active;
+}
+
+void
+resync_get_counters(const struct resync *rs, struct resync_counters *c)
+{
+  *c = rs->ctr;
+}
+
+static void
+resync_report(struct resync *rs, bool force)
+{
+  uint64_t now = util_now_ms();
+  if (!force && now - rs->last_progress_ms < RESYNC_PROGRESS_MS)
+    return;
+  rs->last_progress_ms = now;
+  repl_send_sync_state(rs->p->repl, !rs->active, rs->ctr.total_bytes,
+                       rs->ctr.done_bytes, bitmap_dirty_bytes(rs->p->oos));
+}
+
+static void
+chunk_put(struct chunk *c)
+{
+  struct resync *rs = c->rs;
+  if (--c->pending > 0)
+    return;
+  free(c->buf);
+  free(c);
+  resync_kick(rs);
+}
+
+static void
+piece_acked(struct repl_op *op, bool ok)
+{
+  struct piece *pc = (struct piece *)op;
+  struct chunk *c = pc->c;
+  struct resync *rs = c->rs;
+
+  rs->window_bytes -= pc->len;
+  if (ok) {
+    if (c->gen == rs->gen)
+      rs->ctr.done_bytes += pc->len;
+  } else {
+    bitmap_set_range(rs->p->oos, pc->off, pc->len);
+  }
+  free(pc);
+  chunk_put(c);
+}
+
+/* Send [off, off+len) of the chunk, as data (buf != NULL) or as zeroes.
+ * The window bytes of the piece are released when it is acknowledged. */
+static void
+piece_send(struct chunk *c, uint64_t off, uint64_t len, const char *buf)
+{
+  struct resync *rs = c->rs;
+  struct primary *p = rs->p;
+  struct piece *pc;
+  int rc;
+
+  if (c->gen != rs->gen || !repl_connected(p->repl)) {
+    bitmap_set_range(p->oos, off, len);
+    rs->window_bytes -= len;
+    return;
+  }
+  pc = calloc(1, sizeof *pc);
+  if (!pc)
+    abort();
+  pc->c = c;
+  pc->off = off;
+  pc->len = len;
+  pc->op.acked = piece_acked;
+  if (buf) {
+    rc = repl_send_write(p->repl, &pc->op, off, (uint32_t)len, buf,
+                         DUPLEX__OP_FLAG__OP_FLAG_RESYNC);
+    if (rc == 0)
+      rs->ctr.data_bytes_sent += len;
+  } else {
+    rc = repl_send_zero(p->repl, &pc->op, off, len,
+                        DUPLEX__OP_FLAG__OP_FLAG_RESYNC |
+                            DUPLEX__OP_FLAG__OP_FLAG_PUNCH);
+    if (rc == 0)
+      rs->ctr.zero_bytes_sent += len;
+  }
+  if (rc == -1) {
+    free(pc);
+    bitmap_set_range(p->oos, off, len);
+    rs->window_bytes -= len;
+    return;
+  }
+  c->pending++;
+}
+
+/* Split data read at [off, off+len) into runs of zero and non-zero 4 KiB
+ * blocks and send each run. */
+static void
+chunk_send_data(struct chunk *c, uint64_t off, uint64_t len, const char *buf)
+{
+  uint64_t pos = 0;
+  while (pos < len) {
+    bool zero = util_is_zero(buf + pos, MIN(BDEV_ALIGN, len - pos));
+    uint64_t end = pos + BDEV_ALIGN;
+    while (end < len &&
+           util_is_zero(buf + end, MIN(BDEV_ALIGN, len - end)) == zero)
+      end += BDEV_ALIGN;
+    end = MIN(end, len);
+    piece_send(c, off + pos, end - pos, zero ? NULL : buf + pos);
+    pos = end;
+  }
+}
+
+static void
+chunk_unlock(struct chunk *c)
+{
+  if (c->lock) {
+    struct range_lock *l = c->lock;
+    c->lock = NULL;
+    lock_release(c->rs->p->locks, l);
+  }
+}
+
+static void
+chunk_read_done(struct aio_op *op, long res)
+{
+  struct chunk *c = op->opaque;
+  struct resync *rs = c->rs;
+
+  if (res < 0) {
+    log_error("primary: volume %s: resync read at %" PRIu64 ": %s",
+              rs->p->vol.path, c->rd_off, strerror((int)-res));
+    bitmap_set_range(rs->p->oos, c->rd_off, c->rd_len);
+    rs->window_bytes -= c->rd_len;
+  } else {
+    chunk_send_data(c, c->rd_off, c->rd_len, c->buf);
+  }
+  chunk_unlock(c);
+  chunk_put(c);
+}
+
+/* Under the range lock: holes go out as zero ranges at once, the data
+ * extent (at most one per chunk; the rest of the chunk is put back into the
+ * bitmap) is read and sent when the read completes. */
+static void
+chunk_locked(struct range_lock *l, void *opaque)
+{
+  struct chunk *c = opaque;
+  struct resync *rs = c->rs;
+  struct primary *p = rs->p;
+  uint64_t pos = c->off, end = c->off + c->len;
+
+  (void)l;
+  while (pos < end) {
+    uint64_t data = bdev_next_data(&p->vol, pos);
+    uint64_t dend;
+    if (data > pos) {
+      uint64_t hend = MIN(end, data - (data % BDEV_ALIGN));
+      if (hend > pos) {
+        piece_send(c, pos, hend - pos, NULL);
+        pos = hend;
+        continue;
+      }
+    }
+    dend = MIN(end, bdev_next_hole(&p->vol, pos));
+    dend = (dend + BDEV_ALIGN - 1) & ~(uint64_t)(BDEV_ALIGN - 1);
+    dend = MIN(MAX(dend, pos + BDEV_ALIGN), end);
+    if (dend < end) {
+      /* Another extent follows: it is synced by a later chunk. */
+      bitmap_set_range(p->oos, dend, end - dend);
+      rs->window_bytes -= end - dend;
+      if (rs->cursor > dend)
+        rs->cursor = dend;
+    }
+    c->buf = util_alloc_aligned(dend - pos);
+    c->rd_off = pos;
+    c->rd_len = dend - pos;
+    c->pending++;
+    aio_pread(p->aio, &c->aio, p->vol.fd, c->buf, dend - pos, pos,
+              chunk_read_done, c);
+    return; /* chunk_read_done unlocks */
+  }
+  chunk_unlock(c);
+  chunk_put(c);
+}
+
+static void
+resync_start_chunk(struct resync *rs, uint64_t off, uint64_t len)
+{
+  struct primary *p = rs->p;
+  struct chunk *c = calloc(1, sizeof *c);
+  bool granted;
+
+  if (!c)
+    abort();
+  c->rs = rs;
+  c->gen = rs->gen;
+  c->off = off;
+  c->len = len;
+  c->pending = 1;
+  bitmap_clear_range(p->oos, off, len);
+  rs->window_bytes += len;
+  c->lock = lock_acquire(p->locks, off, off + len, chunk_locked, c, &granted);
+  if (granted)
+    chunk_locked(c->lock, c);
+}
+
+void
+resync_kick(struct resync *rs)
+{
+  struct primary *p = rs->p;
+
+  while (rs->active && repl_connected(p->repl) &&
+         rs->window_bytes + RESYNC_CHUNK <= RESYNC_WINDOW) {
+    uint64_t off, len;
+    if (!bitmap_next_run(p->oos, rs->cursor, RESYNC_CHUNK, &off, &len)) {
+      if (rs->cursor == 0 || !bitmap_next_run(p->oos, 0, RESYNC_CHUNK, &off,
+                                              &len))
+        break;
+    }
+    rs->cursor = off + len;
+    resync_start_chunk(rs, off, len);
+  }
+  resync_check_done(rs);
+}
+
+static void
+resync_check_done(struct resync *rs)
+{
+  uint64_t ms;
+
+  if (!rs->active)
+    return;
+  if (rs->window_bytes > 0 || bitmap_dirty_bytes(rs->p->oos) > 0) {
+    resync_report(rs, false);
+    return;
+  }
+  rs->active = false;
+  rs->ctr.ever_completed = true;
+  ms = util_now_ms() - rs->ctr.started_ms;
+  log_info("primary: %s complete: %" PRIu64 " bytes in %.1f s (%.1f MiB/s), "
+           "%" PRIu64 " sent as data, %" PRIu64 " as zero ranges",
+           rs->ctr.full ? "initial sync" : "resync", rs->ctr.total_bytes,
+           ms / 1000.0,
+           ms ? rs->ctr.total_bytes / 1048576.0 / (ms / 1000.0) : 0.0,
+           rs->ctr.data_bytes_sent, rs->ctr.zero_bytes_sent);
+  resync_report(rs, true);
+}
+
+void
+resync_begin(struct resync *rs, bool full)
+{
+  struct primary *p = rs->p;
+
+  if (full)
+    bitmap_set_all(p->oos);
+  rs->active = true;
+  rs->cursor = 0;
+  rs->ctr.full = full;
+  rs->ctr.total_bytes = bitmap_dirty_bytes(p->oos);
+  rs->ctr.done_bytes = 0;
+  rs->ctr.data_bytes_sent = 0;
+  rs->ctr.zero_bytes_sent = 0;
+  rs->ctr.started_ms = util_now_ms();
+  log_info("primary: %s of %" PRIu64 " bytes to the secondary started",
+           full ? "initial sync" : "resync", rs->ctr.total_bytes);
+  resync_report(rs, true);
+  resync_kick(rs);
+}
+
+void
+resync_abort(struct resync *rs)
+{
+  if (rs->active)
+    log_info("primary: resync interrupted at %" PRIu64 " of %" PRIu64
+             " bytes", rs->ctr.done_bytes, rs->ctr.total_bytes);
+  rs->active = false;
+  rs->gen++;
+}

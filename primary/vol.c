@@ -1,0 +1,456 @@
+/* The primary's request engine: every client request goes through here.
+ *
+ * A write-like request (WRITE, TRIM, WRITE_ZEROES) first takes a range lock
+ * on its 4 KiB-aligned extent, so overlapping requests reach the local volume
+ * and the replication stream in the same order.  Unaligned writes are
+ * widened to whole blocks by reading the edges (read-modify-write under the
+ * lock), so the volume is always written with O_DIRECT-sized I/O and the
+ * secondary only ever receives aligned writes.  The write is submitted
+ * locally and sent to the secondary at the same time; it is answered when the
+ * local write is done and, in sync mode, the secondary has it too.  The lock
+ * is held until the answer, and answering closes the replication epoch. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "log.h"
+
+/* A replication op on behalf of a request.  In async mode it outlives the
+ * request (the client is answered before the secondary acknowledges). */
+struct vol_rop {
+  struct repl_op op;
+  struct primary *p;
+  struct req *r;                /* NULL once detached */
+  uint64_t off, len;
+};
+
+static void req_finish(struct req *r);
+static void req_put(struct req *r);
+static void write_locked(struct range_lock *l, void *opaque);
+
+static uint64_t
+align_down(uint64_t x)
+{
+  return x & ~(uint64_t)(BDEV_ALIGN - 1);
+}
+
+static uint64_t
+align_up(uint64_t x)
+{
+  return (x + BDEV_ALIGN - 1) & ~(uint64_t)(BDEV_ALIGN - 1);
+}
+
+static bool
+is_aligned(uint64_t off, uint64_t len)
+{
+  return (off % BDEV_ALIGN) == 0 && (len % BDEV_ALIGN) == 0;
+}
+
+struct req *
+vol_req_new(struct primary *p)
+{
+  struct req *r = calloc(1, sizeof *r);
+  if (!r)
+    abort();
+  r->p = p;
+  return r;
+}
+
+void
+vol_req_free(struct req *r)
+{
+  if (!r)
+    return;
+  if (r->defer)
+    event_free(r->defer);
+  free(r->buf);
+  free(r->bounce);
+  free(r);
+}
+
+static void
+req_set_err(struct req *r, int err)
+{
+  if (err && !r->err)
+    r->err = err;
+}
+
+/* Bytes the async buffer must have room for before this request starts. */
+static uint64_t
+req_buffer_bytes(const struct req *r)
+{
+  if (r->type != REQ_WRITE)
+    return 0;
+  return align_up(r->offset + r->length) - align_down(r->offset);
+}
+
+/* ---- completion ---- */
+
+static void
+req_deferred_done(evutil_socket_t fd, short what, void *opaque)
+{
+  struct req *r = opaque;
+  (void)fd;
+  (void)what;
+  r->done(r, r->err);
+}
+
+/* All parts of the request are complete: release the lock, close the epoch
+ * and answer the client (from the loop, never inside vol_submit). */
+static void
+req_finish(struct req *r)
+{
+  struct primary *p = r->p;
+
+  if (r->type == REQ_WRITE || r->type == REQ_TRIM || r->type == REQ_ZERO) {
+    if (!r->err) {
+      p->stats.writes_acked++;
+      if (r->type == REQ_WRITE)
+        p->stats.bytes_written += r->length;
+    }
+  }
+  if (r->sent)
+    repl_close_epoch(p->repl, r->epoch);
+  if (r->lock) {
+    struct range_lock *l = r->lock;
+    r->lock = NULL;
+    lock_release(p->locks, l);
+  }
+  if (!r->defer) {
+    r->defer = event_new(p->base, -1, 0, req_deferred_done, r);
+    if (!r->defer)
+      abort();
+  }
+  event_active(r->defer, 0, 0);
+}
+
+/* Drop one pending completion; the last one finishes the request. */
+static void
+req_put(struct req *r)
+{
+  if (--r->pending == 0)
+    req_finish(r);
+}
+
+static int
+aio_res_to_errno(long res)
+{
+  if (res >= 0)
+    return 0;
+  return (int)-res;
+}
+
+/* ---- replication of a request ---- */
+
+static void
+rop_acked(struct repl_op *op, bool ok)
+{
+  struct vol_rop *vr = (struct vol_rop *)op;
+  struct req *r = vr->r;
+
+  /* The secondary does not have it: remember to resync it. */
+  if (!ok && vr->len)
+    bitmap_set_range(vr->p->oos, vr->off, vr->len);
+  struct primary *p = vr->p;
+  free(vr);
+  if (r) {
+    r->rop = NULL;
+    req_put(r);
+  }
+  vol_kick(p);
+}
+
+/* Hand a request to the link.  In sync mode the request waits for the
+ * secondary's ack; in async mode the op is detached from it.  When the link
+ * is down the range is recorded as out of sync instead. */
+static void
+req_replicate(struct req *r, uint64_t off, uint64_t len, const void *data)
+{
+  struct primary *p = r->p;
+  struct vol_rop *vr;
+  uint32_t flags = r->fua ? DUPLEX__OP_FLAG__OP_FLAG_FUA : 0;
+  int rc;
+
+  if (!repl_connected(p->repl)) {
+    if (len)
+      bitmap_set_range(p->oos, off, len);
+    return;
+  }
+  vr = calloc(1, sizeof *vr);
+  if (!vr)
+    abort();
+  vr->p = p;
+  vr->off = off;
+  vr->len = len;
+  vr->op.acked = rop_acked;
+  vr->op.bytes = r->type == REQ_WRITE ? len : 0;
+  switch (r->type) {
+  case REQ_WRITE:
+    rc = repl_send_write(p->repl, &vr->op, off, (uint32_t)len, data, flags);
+    break;
+  case REQ_TRIM:
+  case REQ_ZERO:
+    if (r->type == REQ_TRIM || !r->no_hole)
+      flags |= DUPLEX__OP_FLAG__OP_FLAG_PUNCH;
+    rc = repl_send_zero(p->repl, &vr->op, off, len, flags);
+    break;
+  case REQ_FLUSH:
+    rc = repl_send_flush(p->repl, &vr->op);
+    break;
+  default:
+    abort();
+  }
+  if (rc == -1) {
+    free(vr);
+    if (len)
+      bitmap_set_range(p->oos, off, len);
+    return;
+  }
+  r->sent = true;
+  r->epoch = vr->op.epoch;
+  if (p->cfg.mode == REPL_SYNC) {
+    vr->r = r;
+    r->rop = vr;
+    r->pending++;
+  }
+}
+
+/* ---- READ ---- */
+
+static void
+read_done(struct aio_op *op, long res)
+{
+  struct req *r = op->opaque;
+  req_set_err(r, aio_res_to_errno(res));
+  if (!r->err) {
+    if (r->bounce)
+      memcpy(r->buf, r->bounce + (r->offset - align_down(r->offset)),
+             r->length);
+    r->p->stats.bytes_read += r->length;
+  }
+  req_put(r);
+}
+
+static void
+read_start(struct req *r)
+{
+  struct primary *p = r->p;
+
+  r->pending = 1;
+  if (is_aligned(r->offset, r->length)) {
+    aio_pread(p->aio, &r->aio, p->vol.fd, r->buf, r->length, r->offset,
+              read_done, r);
+  } else {
+    uint64_t a0 = align_down(r->offset);
+    uint64_t a1 = align_up(r->offset + r->length);
+    r->bounce = util_alloc_aligned(a1 - a0);
+    aio_pread(p->aio, &r->aio, p->vol.fd, r->bounce, a1 - a0, a0, read_done,
+              r);
+  }
+}
+
+/* ---- WRITE ---- */
+
+static void
+write_local_synced(struct aio_op *op, long res)
+{
+  struct req *r = op->opaque;
+  req_set_err(r, aio_res_to_errno(res));
+  req_put(r);
+}
+
+static void
+write_local_done(struct aio_op *op, long res)
+{
+  struct req *r = op->opaque;
+  struct primary *p = r->p;
+  int err = aio_res_to_errno(res);
+
+  if (err) {
+    uint64_t a0 = align_down(r->offset);
+    log_error("primary: volume %s: write at %" PRIu64 ": %s", p->vol.path,
+              a0, strerror(err));
+    /* The secondary may have it while we do not: resync that range. */
+    bitmap_set_range(p->oos, a0, align_up(r->offset + r->length) - a0);
+    req_set_err(r, err);
+    req_put(r);
+    return;
+  }
+  if (r->fua) {
+    aio_fdsync(p->aio, &r->aio, p->vol.fd, write_local_synced, r);
+    return;
+  }
+  req_put(r);
+}
+
+/* The whole aligned extent is in `data`: send it and write it. */
+static void
+write_submit(struct req *r, const char *data, uint64_t off, uint64_t len)
+{
+  struct primary *p = r->p;
+
+  req_replicate(r, off, len, data);
+  r->pending++;
+  aio_pwrite(p->aio, &r->aio, p->vol.fd, data, len, off, write_local_done, r);
+}
+
+static void
+write_edge_read(struct aio_op *op, long res)
+{
+  struct req *r = op->opaque;
+  uint64_t a0 = align_down(r->offset);
+  uint64_t a1 = align_up(r->offset + r->length);
+
+  req_set_err(r, aio_res_to_errno(res));
+  if (--r->edges > 0)
+    return;
+  if (!r->err) {
+    memcpy(r->bounce + (r->offset - a0), r->buf, r->length);
+    write_submit(r, r->bounce, a0, a1 - a0);
+  }
+  req_put(r); /* the guard taken in write_locked */
+}
+
+static void
+write_locked(struct range_lock *l, void *opaque)
+{
+  struct req *r = opaque;
+  struct primary *p = r->p;
+  uint64_t a0 = align_down(r->offset);
+  uint64_t a1 = align_up(r->offset + r->length);
+  bool head = r->offset != a0;
+  bool tail = r->offset + r->length != a1;
+
+  (void)l;
+  r->pending = 1; /* guard */
+  if (!head && !tail) {
+    write_submit(r, r->buf, a0, a1 - a0);
+    req_put(r);
+    return;
+  }
+  /* Read-modify-write: fetch the partial head and tail blocks (one read
+   * when both are the same block), then patch the client's bytes in. */
+  r->bounce = util_alloc_aligned(a1 - a0);
+  if (head && tail && a1 - a0 == BDEV_ALIGN)
+    tail = false;
+  r->edges = (head ? 1 : 0) + (tail ? 1 : 0);
+  if (head)
+    aio_pread(p->aio, &r->aio, p->vol.fd, r->bounce, BDEV_ALIGN, a0,
+              write_edge_read, r);
+  if (tail)
+    aio_pread(p->aio, &r->aio2, p->vol.fd, r->bounce + (a1 - a0 - BDEV_ALIGN),
+              BDEV_ALIGN, a1 - BDEV_ALIGN, write_edge_read, r);
+}
+
+/* ---- TRIM / WRITE_ZEROES ---- */
+
+static void
+zero_locked(struct range_lock *l, void *opaque)
+{
+  struct req *r = opaque;
+  struct primary *p = r->p;
+  bool punch = r->type == REQ_TRIM || !r->no_hole;
+  int rc;
+
+  (void)l;
+  r->pending = 1;
+  rc = bdev_zero(&p->vol, r->offset, r->length, punch);
+  if (rc < 0) {
+    log_error("primary: volume %s: %s at %" PRIu64 " length %u: %s",
+              p->vol.path, punch ? "punch" : "zero", r->offset, r->length,
+              strerror(-rc));
+    req_set_err(r, -rc);
+    req_put(r);
+    return;
+  }
+  req_replicate(r, r->offset, r->length, NULL);
+  if (r->fua) {
+    r->pending++;
+    aio_fdsync(p->aio, &r->aio, p->vol.fd, write_local_synced, r);
+  }
+  req_put(r);
+}
+
+/* ---- FLUSH ---- */
+
+static void
+flush_start(struct req *r)
+{
+  struct primary *p = r->p;
+
+  r->pending = 1;
+  /* Async mode: a flush is local; the replica catches up on its own. */
+  if (p->cfg.mode == REPL_SYNC)
+    req_replicate(r, 0, 0, NULL);
+  r->pending++;
+  aio_fdsync(p->aio, &r->aio, p->vol.fd, write_local_synced, r);
+  req_put(r);
+}
+
+/* ---- admission ---- */
+
+static bool
+vol_has_room(struct primary *p, uint64_t bytes)
+{
+  uint64_t inflight;
+  if (p->cfg.mode != REPL_ASYNC || !repl_connected(p->repl))
+    return true;
+  inflight = repl_inflight_bytes(p->repl);
+  return inflight == 0 || inflight + bytes <= p->cfg.async_buffer;
+}
+
+static void
+vol_start(struct req *r)
+{
+  struct primary *p = r->p;
+  bool granted;
+
+  switch (r->type) {
+  case REQ_READ:
+    read_start(r);
+    return;
+  case REQ_FLUSH:
+    flush_start(r);
+    return;
+  case REQ_WRITE:
+  case REQ_TRIM:
+  case REQ_ZERO:
+    r->lock_start = align_down(r->offset);
+    r->lock_end = align_up(r->offset + r->length);
+    r->lock = lock_acquire(p->locks, r->lock_start, r->lock_end,
+                           r->type == REQ_WRITE ? write_locked : zero_locked,
+                           r, &granted);
+    if (granted)
+      (r->type == REQ_WRITE ? write_locked : zero_locked)(r->lock, r);
+    return;
+  }
+  abort();
+}
+
+void
+vol_submit(struct req *r)
+{
+  struct primary *p = r->p;
+
+  p->stats.requests++;
+  if (r->type == REQ_WRITE &&
+      (!TAILQ_EMPTY(&p->waiting) || !vol_has_room(p, req_buffer_bytes(r)))) {
+    TAILQ_INSERT_TAIL(&p->waiting, r, wq);
+    return;
+  }
+  vol_start(r);
+}
+
+void
+vol_kick(struct primary *p)
+{
+  struct req *r;
+
+  while ((r = TAILQ_FIRST(&p->waiting)) &&
+         vol_has_room(p, req_buffer_bytes(r))) {
+    TAILQ_REMOVE(&p->waiting, r, wq);
+    vol_start(r);
+  }
+}
