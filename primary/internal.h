@@ -136,6 +136,25 @@ struct range_lock *lock_acquire(struct lockset *ls, uint64_t start,
 void lock_release(struct lockset *ls, struct range_lock *l);
 unsigned lock_held_count(const struct lockset *ls);
 
+/* ---- epoch.c: epoch bookkeeping of the replication stream, no I/O ---- */
+#define EPOCH_MAX_OPS 1024
+struct epoch_range {
+  uint64_t start, end;
+};
+struct epochs {
+  uint64_t current;
+  struct epoch_range *ranges;   /* ops in the current epoch */
+  size_t n, cap;
+};
+void epoch_init(struct epochs *e);
+void epoch_fini(struct epochs *e);
+/* The epoch an op on [off, off+len) goes into (a new one if it overlaps). */
+uint64_t epoch_admit(struct epochs *e, uint64_t off, uint64_t len);
+/* An op of `epoch` was answered to a client. */
+void epoch_close(struct epochs *e, uint64_t epoch);
+/* Unconditionally start a new epoch (flush, reconnect). */
+void epoch_advance(struct epochs *e);
+
 /* ---- repl.c: the link to the secondary ---- */
 enum repl_state {
   REPL_IDLE,        /* waiting for the reconnect timer */

@@ -28,11 +28,6 @@
 #define REPL_PEER_TIMEOUT_MS 10000
 #define REPL_BACKOFF_MIN_MS 200
 #define REPL_BACKOFF_MAX_MS 5000
-#define REPL_EPOCH_MAX_OPS 1024
-
-struct epoch_range {
-  uint64_t start, end;
-};
 
 struct repl {
   struct primary *p;
@@ -55,9 +50,7 @@ struct repl {
   uint64_t head_seq, next_seq;
   uint64_t inflight_bytes;
 
-  uint64_t epoch;
-  struct epoch_range *ranges;    /* ops of the current epoch */
-  size_t n_ranges, cap_ranges;
+  struct epochs epochs;
 
   struct repl_counters ctr;
 };
@@ -99,7 +92,7 @@ repl_new(struct primary *p, char *err, size_t errlen)
     abort();
   r->p = p;
   r->fd = -1;
-  r->epoch = 1;
+  epoch_init(&r->epochs);
   r->head_seq = r->next_seq = 1;
   r->cap = 1024;
   r->ring = calloc(r->cap, sizeof *r->ring);
@@ -182,43 +175,12 @@ ring_ack(struct repl *r, uint64_t seq)
   return 0;
 }
 
-/* ---- epochs ---- */
-
-static void
-epoch_advance(struct repl *r)
-{
-  r->epoch++;
-  r->n_ranges = 0;
-}
+/* ---- epochs (epoch.c) ---- */
 
 void
 repl_close_epoch(struct repl *r, uint64_t epoch)
 {
-  if (epoch == r->epoch && r->n_ranges > 0)
-    epoch_advance(r);
-}
-
-/* Put [off, off+len) into the current epoch, opening a new epoch first if
- * it overlaps an op already there. */
-static void
-epoch_admit(struct repl *r, uint64_t off, uint64_t len)
-{
-  size_t i;
-  bool conflict = r->n_ranges >= REPL_EPOCH_MAX_OPS;
-  for (i = 0; i < r->n_ranges && !conflict; i++)
-    if (r->ranges[i].start < off + len && off < r->ranges[i].end)
-      conflict = true;
-  if (conflict)
-    epoch_advance(r);
-  if (r->n_ranges == r->cap_ranges) {
-    r->cap_ranges = r->cap_ranges ? r->cap_ranges * 2 : 64;
-    r->ranges = realloc(r->ranges, r->cap_ranges * sizeof *r->ranges);
-    if (!r->ranges)
-      abort();
-  }
-  r->ranges[r->n_ranges].start = off;
-  r->ranges[r->n_ranges].end = off + len;
-  r->n_ranges++;
+  epoch_close(&r->epochs, epoch);
 }
 
 /* ---- sending ---- */
@@ -252,8 +214,7 @@ repl_send_write(struct repl *r, struct repl_op *op, uint64_t off,
 
   if (r->state != REPL_CONNECTED)
     return -1;
-  epoch_admit(r, off, len);
-  op->epoch = r->epoch;
+  op->epoch = epoch_admit(&r->epochs, off, len);
   ring_push(r, op);
   m.seq = op->seq;
   m.epoch = op->epoch;
@@ -273,8 +234,7 @@ repl_send_zero(struct repl *r, struct repl_op *op, uint64_t off, uint64_t len,
 
   if (r->state != REPL_CONNECTED)
     return -1;
-  epoch_admit(r, off, len);
-  op->epoch = r->epoch;
+  op->epoch = epoch_admit(&r->epochs, off, len);
   ring_push(r, op);
   m.seq = op->seq;
   m.epoch = op->epoch;
@@ -293,14 +253,14 @@ repl_send_flush(struct repl *r, struct repl_op *op)
 
   if (r->state != REPL_CONNECTED)
     return -1;
-  op->epoch = r->epoch;
+  op->epoch = r->epochs.current;
   ring_push(r, op);
   m.seq = op->seq;
   m.epoch = op->epoch;
   repl_send_frame(r, FRAME_FLUSH, &m.base, NULL, 0);
   r->ctr.ops_sent++;
   /* The secondary drains everything before a flush: a new epoch starts. */
-  epoch_advance(r);
+  epoch_advance(&r->epochs);
   return 0;
 }
 
@@ -377,7 +337,7 @@ repl_drop(struct repl *r, const char *fmt, ...)
   repl_set_state(r, REPL_IDLE);
   r->next_attempt_ms = util_now_ms() + r->backoff_ms;
   r->backoff_ms = MIN(r->backoff_ms * 2, REPL_BACKOFF_MAX_MS);
-  epoch_advance(r);
+  epoch_advance(&r->epochs);
   if (was_connected)
     resync_abort(r->p->resync);
   ring_fail_all(r);
@@ -626,7 +586,7 @@ repl_free(struct repl *r)
   if (r->timer)
     event_free(r->timer);
   SSL_CTX_free(r->ssl_ctx);
-  free(r->ranges);
+  epoch_fini(&r->epochs);
   free(r->ring);
   free(r);
 }
