@@ -25,7 +25,8 @@ SSL_CTX *tls_ctx_new(const struct tls_config *cfg, bool server, char *err,
                      size_t errlen);
 
 /* Wrap an already connected (or accepted) non-blocking fd.  Takes ownership
- * of fd (closed when the bufferevent is freed).  The handshake runs inside
+ * of fd (closed when the bufferevent is freed, or at once if this returns
+ * NULL: the caller must not close it again).  The handshake runs inside
  * the bufferevent; the event callback sees BEV_EVENT_CONNECTED once the peer
  * is verified, or BEV_EVENT_ERROR. */
 struct bufferevent *tls_bev_new(struct event_base *base, SSL_CTX *ctx, int fd,

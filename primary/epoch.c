@@ -40,11 +40,18 @@ epoch_close(struct epochs *e, uint64_t epoch)
     epoch_advance(e);
 }
 
+/* Ranges are compared in whole 4 KiB blocks: the secondary may
+ * read-modify-write the edges of an unaligned zero range, so two ops that
+ * share a block must not run in parallel there either. */
 uint64_t
 epoch_admit(struct epochs *e, uint64_t off, uint64_t len)
 {
   size_t i;
   bool conflict = e->n >= EPOCH_MAX_OPS;
+
+  len = ((off + len + BDEV_ALIGN - 1) & ~(uint64_t)(BDEV_ALIGN - 1));
+  off &= ~(uint64_t)(BDEV_ALIGN - 1);
+  len -= off;
 
   for (i = 0; i < e->n && !conflict; i++)
     if (e->ranges[i].start < off + len && off < e->ranges[i].end)

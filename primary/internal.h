@@ -179,6 +179,8 @@ struct repl_op {
 struct repl *repl_new(struct primary *p, char *err, size_t errlen);
 void repl_free(struct repl *r);
 void repl_start(struct repl *r);
+/* Close the link (the agent is stopping): pending ops fail. */
+void repl_shutdown(struct repl *r);
 enum repl_state repl_state(const struct repl *r);
 bool repl_connected(const struct repl *r);
 /* Ops are sent in call order.  Each returns 0, or -1 if not connected (then

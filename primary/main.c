@@ -82,6 +82,8 @@ main_signal(evutil_socket_t sig, short what, void *opaque)
     p->nbd[i] = NULL;
   }
   p->n_nbd = 0;
+  /* No new resync reads or replication from here; pending ops fail. */
+  repl_shutdown(p->repl);
   stop_timer = event_new(p->base, -1, EV_PERSIST, main_stop_poll, p);
   event_add(stop_timer, &tv);
 }
@@ -93,6 +95,7 @@ main(int argc, char **argv)
   char err[512];
   struct event *sigterm, *sigint;
   struct meta_sb sb;
+  bool clean;
   int rc, i;
 
   rc = config_parse(argc, argv, &p->cfg, err, sizeof err);
@@ -120,6 +123,9 @@ main(int argc, char **argv)
   if (!p->aio)
     daemon_fail(1, "duplex-primary: %s", err);
   p->oos = bitmap_new(p->vol.size, BDEV_ALIGN);
+  if (!p->oos)
+    daemon_fail(1, "duplex-primary: cannot allocate the bitmap for %llu "
+                "bytes", (unsigned long long)p->vol.size);
   p->locks = lock_set_new();
   TAILQ_INIT(&p->waiting);
   p->repl = repl_new(p, err, sizeof err);
@@ -157,18 +163,35 @@ main(int argc, char **argv)
 
   event_base_dispatch(p->base);
 
-  /* Shutdown: fail what is still waiting for the secondary, then record a
-   * clean shutdown only if no local I/O was abandoned. */
+  /* Shutdown: run what completions are still queued (answers to requests
+   * whose clients are gone), then record a clean shutdown only if no local
+   * I/O was abandoned. */
+  for (i = 0; i < 16; i++)
+    event_base_loop(p->base, EVLOOP_NONBLOCK);
+  clean = aio_inflight(p->aio) == 0;
   repl_free(p->repl);
   p->repl = NULL;
   if (control)
     control_free(control);
   sb = *meta_get(p->meta);
-  sb.clean_shutdown = aio_inflight(p->aio) == 0;
+  sb.clean_shutdown = clean;
   meta_write(p->meta, &sb);
   meta_close(p->meta);
   if (p->cfg.pidfile)
     unlink(p->cfg.pidfile);
+  if (clean) {
+    /* Everything is idle: free it, so leak checkers see a clean exit. */
+    resync_free(p->resync);
+    lock_set_free(p->locks);
+    bitmap_free(p->oos);
+    aio_ctx_free(p->aio);
+    event_free(sigterm);
+    event_free(sigint);
+    if (stop_timer)
+      event_free(stop_timer);
+    event_base_free(p->base);
+  }
+  bdev_close(&p->vol);
   log_info("primary: stopped");
   return 0;
 }

@@ -503,7 +503,7 @@ repl_connected_cb(evutil_socket_t fd, short what, void *opaque)
   r->bev = tls_bev_new(r->p->base, r->ssl_ctx, fd, false,
                        r->p->cfg.tls.peer_name);
   if (!r->bev) {
-    close(fd);
+    /* tls_bev_new closed fd. */
     repl_drop(r, "cannot set up TLS");
     return;
   }
@@ -573,6 +573,13 @@ repl_start(struct repl *r)
   r->backoff_ms = REPL_BACKOFF_MIN_MS;
   r->next_attempt_ms = 0;
   repl_set_state(r, REPL_IDLE);
+}
+
+void
+repl_shutdown(struct repl *r)
+{
+  if (r->state != REPL_IDLE || r->bev || r->fd >= 0)
+    repl_drop(r, "agent stopping");
 }
 
 void

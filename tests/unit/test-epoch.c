@@ -36,6 +36,20 @@ test_overlap_opens_new_epoch(void **state)
 }
 
 static void
+test_same_block_counts_as_overlap(void **state)
+{
+  struct epochs e;
+  (void)state;
+  epoch_init(&e);
+  /* Disjoint bytes of one 4 KiB block: the secondary may read-modify-write
+   * that block, so they must not share an epoch. */
+  assert_int_equal(epoch_admit(&e, 100, 100), 1);
+  assert_int_equal(epoch_admit(&e, 300, 100), 2);
+  assert_int_equal(epoch_admit(&e, 4096, 1), 2);
+  epoch_fini(&e);
+}
+
+static void
 test_close_only_current_and_nonempty(void **state)
 {
   struct epochs e;
@@ -73,6 +87,7 @@ main(void)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_disjoint_share_epoch),
     cmocka_unit_test(test_overlap_opens_new_epoch),
+    cmocka_unit_test(test_same_block_counts_as_overlap),
     cmocka_unit_test(test_close_only_current_and_nonempty),
     cmocka_unit_test(test_cap_bounds_epoch),
   };
