@@ -381,9 +381,9 @@ flush_start(struct req *r)
   struct primary *p = r->p;
 
   r->pending = 1;
-  /* Async mode: a flush is local; the replica catches up on its own. */
-  if (p->cfg.mode == REPL_SYNC)
-    req_replicate(r, 0, 0, NULL);
+  /* The flush goes to the secondary in both modes, so the replica gets the
+   * same durability points as the volume; only sync mode waits for it. */
+  req_replicate(r, 0, 0, NULL);
   r->pending++;
   aio_fdsync(p->aio, &r->aio, p->vol.fd, write_local_synced, r);
   req_put(r);

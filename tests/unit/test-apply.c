@@ -11,8 +11,7 @@
 
 #include <cmocka.h>
 
-/* Both agents have an internal.h on the include path: name ours. */
-#include "../../secondary/internal.h"
+#include "internal.h"
 
 #include "duplex.pb-c.h"
 

@@ -1,0 +1,174 @@
+/* duplex-secondary command line: argv in, struct config or a one-line error
+ * out.  No I/O (files are checked by main.c). */
+#include <getopt.h>
+#include <string.h>
+
+#include "internal.h"
+
+#ifndef DUPLEX_VERSION
+#define DUPLEX_VERSION "0.1.0"
+#endif
+
+enum {
+  OPT_VOLUME = 256, OPT_META, OPT_LISTEN, OPT_TLS_CERT, OPT_TLS_KEY,
+  OPT_TLS_CA, OPT_PEER_NAME, OPT_CONTROL, OPT_PIDFILE, OPT_FOREGROUND,
+  OPT_HELP, OPT_VERSION,
+};
+
+static const struct option config_options[] = {
+  { "volume", required_argument, NULL, OPT_VOLUME },
+  { "meta", required_argument, NULL, OPT_META },
+  { "listen", required_argument, NULL, OPT_LISTEN },
+  { "tls-cert", required_argument, NULL, OPT_TLS_CERT },
+  { "tls-key", required_argument, NULL, OPT_TLS_KEY },
+  { "tls-ca", required_argument, NULL, OPT_TLS_CA },
+  { "peer-name", required_argument, NULL, OPT_PEER_NAME },
+  { "control", required_argument, NULL, OPT_CONTROL },
+  { "pidfile", required_argument, NULL, OPT_PIDFILE },
+  { "foreground", no_argument, NULL, OPT_FOREGROUND },
+  { "verbose", no_argument, NULL, 'v' },
+  { "help", no_argument, NULL, OPT_HELP },
+  { "version", no_argument, NULL, OPT_VERSION },
+  { NULL, 0, NULL, 0 },
+};
+
+void
+config_usage(FILE *out)
+{
+  fprintf(out,
+"usage: duplex-secondary --volume PATH --meta PATH --listen HOST:PORT\n"
+"                        --tls-cert PEM --tls-key PEM --tls-ca PEM\n"
+"                        --peer-name NAME [--control SOCKET]\n"
+"                        [--pidfile PATH] [--foreground] [-v|--verbose]\n"
+"\n"
+"Receives replicated writes from duplex-primary over TLS 1.3 and applies\n"
+"them, in order, to the replica volume.\n"
+"\n"
+"  --volume PATH       replica: block device or file (created sparse at the\n"
+"                      primary's size if missing)\n"
+"  --meta PATH         metadata file (created if missing)\n"
+"  --listen HOST:PORT  where the primary connects (port 0: any free port,\n"
+"                      logged and written to PIDFILE.port)\n"
+"  --tls-cert PEM      this agent's certificate (chain)\n"
+"  --tls-key PEM       its private key\n"
+"  --tls-ca PEM        CA the primary's certificate must chain to\n"
+"  --peer-name NAME    CN or SAN the primary's certificate must carry\n"
+"  --control SOCKET    control socket for duplexctl\n"
+"  --pidfile PATH      written once the listener accepts connections\n"
+"  --foreground        stay in the foreground, log to stderr\n"
+"  -v, --verbose       debug logging\n");
+}
+
+/* The flag as the user typed it, for messages. */
+static const char *
+config_flag_name(int c)
+{
+  const struct option *o;
+
+  if (c == 'v')
+    return "-v";
+  for (o = config_options; o->name != NULL; o++)
+    if (o->val == c)
+      return o->name;
+  return "?";
+}
+
+static int
+config_required(const char *val, const char *flag, char *err, size_t errlen)
+{
+  if (val != NULL)
+    return 0;
+  snprintf(err, errlen, "--%s: missing; it is required (see --help)", flag);
+  return -1;
+}
+
+int
+config_parse(int argc, char **argv, struct config *cfg, FILE *out, char *err,
+             size_t errlen)
+{
+  char e[256];
+  int c;
+
+  memset(cfg, 0, sizeof *cfg);
+  optind = 1;
+  opterr = 0;
+  /* '+': stop at the first non-option; ':' report missing arguments. */
+  while ((c = getopt_long(argc, argv, "+:v", config_options, NULL)) != -1) {
+    /* "--volume --foreground": a forgotten value, not a file name. */
+    if (optarg != NULL && strncmp(optarg, "--", 2) == 0) {
+      snprintf(err, errlen, "--%s: missing value (%s is an option; write "
+               "./%s for a file of that name)", config_flag_name(c), optarg,
+               optarg);
+      return -1;
+    }
+    switch (c) {
+    case OPT_VOLUME: cfg->volume = optarg; break;
+    case OPT_META: cfg->meta = optarg; break;
+    case OPT_LISTEN: cfg->listen_arg = optarg; break;
+    case OPT_TLS_CERT: cfg->tls.cert = optarg; break;
+    case OPT_TLS_KEY: cfg->tls.key = optarg; break;
+    case OPT_TLS_CA: cfg->tls.ca = optarg; break;
+    case OPT_PEER_NAME: cfg->tls.peer_name = optarg; break;
+    case OPT_CONTROL: cfg->control = optarg; break;
+    case OPT_PIDFILE: cfg->pidfile = optarg; break;
+    case OPT_FOREGROUND: cfg->foreground = true; break;
+    case 'v': cfg->verbose = true; break;
+    case OPT_HELP:
+      config_usage(out);
+      return 1;
+    case OPT_VERSION:
+      fprintf(out, "duplex-secondary %s\n", DUPLEX_VERSION);
+      return 1;
+    case ':':
+      snprintf(err, errlen, "--%s: missing value (see --help)",
+               config_flag_name(optopt));
+      return -1;
+    default:
+      if (optopt != 0 && optopt < 256)
+        snprintf(err, errlen, "-%c: unknown option (see --help)", optopt);
+      else
+        snprintf(err, errlen, "%s: unknown option (see --help)",
+                 argv[optind - 1]);
+      return -1;
+    }
+  }
+  if (optind < argc) {
+    snprintf(err, errlen, "%s: unexpected argument (see --help)",
+             argv[optind]);
+    return -1;
+  }
+
+  if (config_required(cfg->volume, "volume", err, errlen) == -1 ||
+      config_required(cfg->meta, "meta", err, errlen) == -1 ||
+      config_required(cfg->listen_arg, "listen", err, errlen) == -1 ||
+      config_required(cfg->tls.cert, "tls-cert", err, errlen) == -1 ||
+      config_required(cfg->tls.key, "tls-key", err, errlen) == -1 ||
+      config_required(cfg->tls.ca, "tls-ca", err, errlen) == -1 ||
+      config_required(cfg->tls.peer_name, "peer-name", err, errlen) == -1)
+    return -1;
+
+  if (util_parse_endpoint(cfg->listen_arg, &cfg->listen, e, sizeof e) == -1) {
+    snprintf(err, errlen, "--listen %s: %s", cfg->listen_arg, e);
+    return -1;
+  }
+  if (cfg->listen.is_unix) {
+    snprintf(err, errlen, "--listen %s: expected HOST:PORT (the primary "
+             "connects over TCP)", cfg->listen_arg);
+    return -1;
+  }
+  if (cfg->tls.peer_name[0] == '\0') {
+    snprintf(err, errlen, "--peer-name: must not be empty");
+    return -1;
+  }
+  if (cfg->volume[0] == '\0' || cfg->meta[0] == '\0') {
+    snprintf(err, errlen, "--%s: must not be empty",
+             cfg->volume[0] == '\0' ? "volume" : "meta");
+    return -1;
+  }
+  if (strcmp(cfg->volume, cfg->meta) == 0) {
+    snprintf(err, errlen, "--meta %s: same file as --volume; give the "
+             "metadata its own file", cfg->meta);
+    return -1;
+  }
+  return 0;
+}

@@ -1,0 +1,235 @@
+/* duplex-secondary: private interfaces, one section per .c file. */
+#ifndef DUPLEX_SECONDARY_INTERNAL_H
+#define DUPLEX_SECONDARY_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/queue.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "aio.h"
+#include "blockdev.h"
+#include "meta.h"
+#include "tls.h"
+#include "util.h"
+
+#define SEC_MAX_INFLIGHT 64u             /* replica I/Os submitted at once */
+#define SEC_AIO_DEPTH 128u
+#define SEC_MAX_QUEUED (64ull << 20)     /* received-not-applied payload */
+#define SEC_RESUME_QUEUED (48ull << 20)  /* read again once below this */
+#define SEC_PEER_TIMEOUT_MS 10000u       /* primary heartbeats every 2 s */
+#define SEC_CLOSE_TIMEOUT_MS 2000u       /* flushing a last ERROR frame */
+#define SEC_MAX_HANDSHAKES 8u            /* unverified connections at once */
+#define SEC_ACK_BATCH 1024u
+#define SEC_STOP_TIMEOUT_MS 4000u        /* in-flight I/O at SIGTERM */
+
+/* ---- config.c: command line, no I/O ---- */
+struct config {
+  const char *volume;
+  const char *meta;
+  const char *listen_arg;       /* as given, for messages */
+  struct endpoint listen;
+  struct tls_config tls;
+  const char *control;
+  const char *pidfile;
+  bool foreground;
+  bool verbose;
+};
+/* 0: ok; 1: --help/--version printed to out; -1: error, one line in err
+ * ("--flag VALUE: reason", without the program name). */
+int config_parse(int argc, char **argv, struct config *cfg, FILE *out,
+                 char *err, size_t errlen);
+void config_usage(FILE *out);
+
+/* ---- main.c: the agent ---- */
+struct apply;
+struct replica;
+struct link;
+struct listener;
+struct control;
+
+enum sec_sync { SEC_SYNC_UNKNOWN, SEC_SYNC_INITIAL, SEC_SYNC_RESYNC,
+                SEC_SYNC_IN_SYNC };
+
+/* What status shows; updated by link.c and replica.c. */
+struct sec_status {
+  int mode;                     /* Duplex__Mode from the last HELLO */
+  enum sec_sync sync;
+  uint64_t size_bytes;          /* the primary's volume size, from HELLO */
+  uint64_t total_bytes, done_bytes, out_of_sync_bytes; /* last SYNC_STATE */
+  uint64_t bytes_sent, bytes_received;                 /* all links */
+  uint64_t writes_acked;        /* ops acknowledged to the primary */
+  uint64_t connects;            /* primaries that completed HELLO */
+  char last_error[1024];        /* "" = none */
+};
+
+struct secondary {
+  struct event_base *base;
+  struct config cfg;
+  SSL_CTX *tls;
+  struct meta *meta;
+  struct replica *replica;
+  struct apply *apply;
+  struct listener *listener;
+  struct control *control;
+  struct link *link;            /* the verified primary, or NULL */
+  TAILQ_HEAD(, link) links;     /* every connection, handshaking included */
+  struct event *tick;           /* 1 s: timeouts */
+  struct sec_status st;
+  char node_name[256];
+  int listen_port;
+  bool stopping;
+};
+
+/* ---- apply.c: ordered application of replicated operations ----
+ *
+ * Operations are queued in stream order.  The module decides when each may
+ * start (epoch barrier, flush, overlap and in-flight limits) and reports
+ * completion in stream order; the I/O itself is done by a backend (replica.c,
+ * or a fake in tests/unit/test-apply.c), so the ordering logic is testable
+ * without a disk. */
+enum apply_type { APPLY_WRITE, APPLY_ZERO, APPLY_FLUSH,
+                  APPLY_MARK /* like FLUSH but internal: no seq, no ack */ };
+enum apply_io { APPLY_IO_WRITE, APPLY_IO_ZERO, APPLY_IO_SYNC };
+enum apply_op_state { APPLY_OP_QUEUED, APPLY_OP_RUNNING, APPLY_OP_SYNCING,
+                      APPLY_OP_DONE };
+
+struct apply;
+
+struct apply_op {
+  /* filled by the caller */
+  enum apply_type type;
+  uint64_t seq;
+  uint64_t epoch;
+  uint64_t offset;
+  uint64_t length;              /* WRITE: payload bytes; ZERO: range */
+  uint32_t flags;               /* OP_FLAG_* from the wire */
+  char *mem;                    /* owned, freed with the op (may be NULL) */
+  const char *data;             /* WRITE payload, BDEV_ALIGN aligned */
+  uint64_t tag;                 /* MARK: the caller's */
+  /* owned by apply.c */
+  enum apply_op_state state;
+  enum apply_io io;             /* what the backend is asked to do */
+  TAILQ_ENTRY(apply_op) q;
+  /* scratch for the backend */
+  struct aio_op aio;
+  TAILQ_ENTRY(apply_op) bq;
+  int bres;
+};
+
+struct apply_backend {
+  /* Start op->io on the replica (WRITE op->data to op->offset, ZERO the
+   * range, punching if OP_FLAG_PUNCH, or SYNC the whole replica) and later
+   * call apply_io_done exactly once, never from inside start. */
+  void (*start)(void *opaque, struct apply *a, struct apply_op *op);
+  void *opaque;
+};
+
+struct apply_events {
+  /* op is complete (FLUSH, MARK and FUA ops: durable).  Called in stream
+   * order, never for ops dropped by apply_abort or after a failure. */
+  void (*done)(void *opaque, const struct apply_op *op);
+  /* The first I/O error: nothing more is started.  err is a positive
+   * errno. */
+  void (*failed)(void *opaque, const struct apply_op *op, int err);
+  /* Nothing is in flight any more after apply_abort or a failure. */
+  void (*idle)(void *opaque);
+  void *opaque;
+};
+
+struct apply_stats {
+  uint64_t queued_bytes;        /* WRITE payload received, not yet done */
+  uint64_t applied_bytes;       /* WRITE payload done */
+  uint64_t zeroed_bytes;
+  uint64_t ops_done;
+  uint64_t epoch;               /* epoch of the ops being applied */
+  unsigned queued, inflight;
+};
+
+struct apply *apply_new(const struct apply_backend *be,
+                        const struct apply_events *ev, unsigned max_inflight);
+/* Frees queued ops; the caller made sure nothing is in flight. */
+void apply_free(struct apply *a);
+struct apply_op *apply_op_new(enum apply_type type);
+void apply_op_free(struct apply_op *op);
+/* Takes ownership of op and starts whatever may start.  -1 (op freed) once
+ * the module has failed. */
+int apply_queue(struct apply *a, struct apply_op *op);
+/* Backend completion: res 0 or -errno. */
+void apply_io_done(struct apply *a, struct apply_op *op, int res);
+/* The link went away: drop ops not started; ops in flight complete without
+ * events, then idle is called (unless nothing was in flight). */
+void apply_abort(struct apply *a);
+bool apply_busy(const struct apply *a);    /* I/O in flight */
+bool apply_failed(const struct apply *a);
+void apply_get_stats(const struct apply *a, struct apply_stats *st);
+
+/* ---- replica.c: the replica volume and the real apply backend ---- */
+struct replica *replica_new(struct event_base *base, struct aio_ctx *aio,
+                            const char *path);
+void replica_free(struct replica *r);      /* closes the volume */
+/* Open an existing volume at startup (read-write, O_DIRECT if possible).
+ * 0, or -1 with the reason in err. */
+int replica_open_existing(struct replica *r, char *err, size_t errlen);
+/* For a HELLO announcing size_bytes: open or create (sparse) the volume and
+ * check it holds size_bytes.  0, or with an operator-ready message in err
+ * -ENOSPC (too small) or -EIO (cannot open or create). */
+int replica_prepare(struct replica *r, uint64_t size_bytes, char *err,
+                    size_t errlen);
+bool replica_is_open(const struct replica *r);
+uint64_t replica_size(const struct replica *r);
+const char *replica_path(const struct replica *r);
+/* fdatasync, for a clean shutdown.  0 or -errno. */
+int replica_sync(struct replica *r);
+/* The apply backend (opaque = the replica). */
+void replica_start(void *opaque, struct apply *a, struct apply_op *op);
+
+/* ---- listener.c: TCP listener, TLS handshakes ---- */
+/* fd: from util_listen, owned from now on. */
+int listener_new(struct secondary *s, int fd, struct listener **out,
+                 char *err, size_t errlen);
+void listener_free(struct listener *l);
+
+/* ---- link.c: one connection from a primary ---- */
+enum link_state {
+  LINK_TLS_HANDSHAKE,   /* TLS handshake and peer verification */
+  LINK_WAIT_HELLO,      /* verified; the first frame must be HELLO */
+  LINK_REPLICATING,     /* applying WRITE/ZERO/FLUSH, sending ACKs */
+  LINK_CLOSING,         /* flushing a last frame, then freed */
+};
+
+/* Takes ownership of bev (TLS, not yet handshaken). */
+struct link *link_new(struct secondary *s, struct bufferevent *bev,
+                      const char *peer_addr);
+/* Log reason (warn if error, else info), send nothing more, free soon. */
+void link_close(struct link *l, bool error, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void link_free(struct link *l);
+enum link_state link_state(const struct link *l);
+unsigned link_count(const struct secondary *s, enum link_state st);
+const char *link_state_name(enum link_state st);
+const char *link_peer_cn(const struct link *l);
+const char *link_peer_addr(const struct link *l);
+/* Periodic, for every link: peer timeouts, closing links that do not
+ * drain. */
+void link_tick_all(struct secondary *s);
+/* Shutdown: drop every connection at once. */
+void link_free_all(struct secondary *s);
+/* Apply events, forwarded by the agent to the active link. */
+void link_apply_done(struct link *l, const struct apply_op *op);
+void link_apply_failed(struct link *l, int err, const char *msg);
+/* Apply became idle (old I/O finished): frames may be read again. */
+void link_kick(struct link *l);
+
+/* ---- status.c: control socket commands ---- */
+int status_control(void *opaque, int argc, char **argv, struct evbuffer *out);
+const char *status_sync_name(enum sec_sync s);
+/* Log an error and keep it as status's last_error. */
+void status_error(struct secondary *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+#endif

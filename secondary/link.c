@@ -1,0 +1,889 @@
+/* One replication connection from a primary: TLS handshake, HELLO, then a
+ * stream of WRITE/ZERO/FLUSH frames handed to the apply module, ACKs back.
+ *
+ * The connection is an explicit state machine (enum link_state) driven by
+ * link_process(), which parses whole frames only ("parse one whole frame,
+ * else wait") and never acts on a frame that failed validation.  What to
+ * read is recomputed in one place, link_update().
+ *
+ * Only one link is the active primary (s->link).  A newly verified primary
+ * replaces the old link, but its frames are not read until every I/O the
+ * old link started has completed, so an old write can never land after a
+ * new one. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+
+#include "internal.h"
+
+#include "frame.h"
+#include "log.h"
+
+struct link {
+  struct secondary *s;
+  enum link_state state;
+  struct bufferevent *bev;
+  char addr[80];                /* peer address, for logs */
+  char cn[256];                 /* verified peer name */
+  uint64_t last_rx_ms;
+  uint64_t closing_ms;
+  bool reading;                 /* EV_READ enabled, as last computed */
+  bool throttled;               /* too much payload waiting to be applied */
+  bool shut_wr;
+  /* from HELLO */
+  uint64_t size_bytes;
+  bool consistent_at_hello;
+  bool mark_pending;            /* in_sync MARK queued, not yet done */
+  /* stream order checks */
+  bool have_seq;
+  uint64_t last_seq, last_epoch;
+  /* ACK batch, flushed from defer_ev or when full */
+  uint64_t acks[SEC_ACK_BATCH];
+  unsigned n_acks;
+  struct event *defer_ev;       /* flush ACKs, re-read after a stall */
+  struct event *free_ev;
+  TAILQ_ENTRY(link) entry;
+};
+
+static void link_read_cb(struct bufferevent *bev, void *arg);
+static void link_write_cb(struct bufferevent *bev, void *arg);
+static void link_event_cb(struct bufferevent *bev, short what, void *arg);
+static void link_defer_cb(evutil_socket_t fd, short what, void *arg);
+static void link_free_cb(evutil_socket_t fd, short what, void *arg);
+static void link_process(struct link *l);
+
+const char *
+link_state_name(enum link_state st)
+{
+  switch (st) {
+  case LINK_TLS_HANDSHAKE: return "tls-handshake";
+  case LINK_WAIT_HELLO: return "wait-hello";
+  case LINK_REPLICATING: return "replicating";
+  case LINK_CLOSING: return "closing";
+  }
+  return "?";
+}
+
+enum link_state
+link_state(const struct link *l)
+{
+  return l->state;
+}
+
+const char *
+link_peer_cn(const struct link *l)
+{
+  return l->cn;
+}
+
+const char *
+link_peer_addr(const struct link *l)
+{
+  return l->addr;
+}
+
+unsigned
+link_count(const struct secondary *s, enum link_state st)
+{
+  const struct link *l;
+  unsigned n = 0;
+
+  TAILQ_FOREACH(l, &s->links, entry)
+    if (l->state == st)
+      n++;
+  return n;
+}
+
+struct link *
+link_new(struct secondary *s, struct bufferevent *bev, const char *peer_addr)
+{
+  struct link *l = calloc(1, sizeof *l);
+
+  if (l == NULL)
+    return NULL;
+  l->s = s;
+  l->bev = bev;
+  l->state = LINK_TLS_HANDSHAKE;
+  l->last_rx_ms = util_now_ms();
+  snprintf(l->addr, sizeof l->addr, "%s", peer_addr);
+  snprintf(l->cn, sizeof l->cn, "(unverified)");
+  l->defer_ev = event_new(s->base, -1, 0, link_defer_cb, l);
+  l->free_ev = event_new(s->base, -1, 0, link_free_cb, l);
+  if (l->defer_ev == NULL || l->free_ev == NULL) {
+    if (l->defer_ev != NULL)
+      event_free(l->defer_ev);
+    if (l->free_ev != NULL)
+      event_free(l->free_ev);
+    free(l);
+    return NULL;
+  }
+  TAILQ_INSERT_TAIL(&s->links, l, entry);
+  bufferevent_setcb(bev, link_read_cb, link_write_cb, link_event_cb, l);
+  /* One whole frame always fits, so a partial frame never stalls reading. */
+  bufferevent_setwatermark(bev, EV_READ, 0,
+                           FRAME_HDR_LEN + FRAME_MAX_MSG + FRAME_MAX_PAYLOAD);
+  bufferevent_enable(bev, EV_READ | EV_WRITE);
+  l->reading = true;
+  return l;
+}
+
+void
+link_free(struct link *l)
+{
+  struct secondary *s;
+
+  if (l == NULL)
+    return;
+  s = l->s;
+  if (s->link == l) {
+    s->link = NULL;
+    apply_abort(s->apply);
+  }
+  TAILQ_REMOVE(&s->links, l, entry);
+  bufferevent_free(l->bev);
+  event_free(l->defer_ev);
+  event_free(l->free_ev);
+  free(l);
+}
+
+/* How to name the peer in a log line. */
+static const char *
+link_who(const struct link *l, char *buf, size_t len)
+{
+  if (l->state == LINK_TLS_HANDSHAKE)
+    snprintf(buf, len, "connection from %s", l->addr);
+  else
+    snprintf(buf, len, "primary %s (%s)", l->cn, l->addr);
+  return buf;
+}
+
+/* Recompute what the link waits for: the single place EV_READ changes. */
+static void
+link_update(struct link *l)
+{
+  struct secondary *s = l->s;
+  struct apply_stats st;
+  bool want = false;
+
+  switch (l->state) {
+  case LINK_TLS_HANDSHAKE:
+    want = true;
+    break;
+  case LINK_WAIT_HELLO:
+    /* I/O of a previous primary still in flight: hold this one's frames. */
+    want = !apply_busy(s->apply);
+    break;
+  case LINK_REPLICATING:
+    /* Backpressure, with hysteresis so that reading does not flap. */
+    apply_get_stats(s->apply, &st);
+    if (!l->throttled && st.queued_bytes > SEC_MAX_QUEUED)
+      l->throttled = true;
+    else if (l->throttled && st.queued_bytes <= SEC_RESUME_QUEUED)
+      l->throttled = false;
+    want = !l->throttled;
+    break;
+  case LINK_CLOSING:
+    want = true;                                /* read and discard */
+    break;
+  }
+  if (want == l->reading)
+    return;
+  if (want)
+    bufferevent_enable(l->bev, EV_READ);
+  else
+    bufferevent_disable(l->bev, EV_READ);
+  l->reading = want;
+  log_debug("secondary: primary %s (%s): reading %s", l->cn, l->addr,
+            want ? "resumed" : "paused");
+  if (want)
+    l->last_rx_ms = util_now_ms();  /* the stall was ours, not the peer's */
+}
+
+static void
+link_send(struct link *l, enum frame_type type, const ProtobufCMessage *msg)
+{
+  uint8_t small[512];
+  uint8_t *buf = small;
+  size_t len = frame_packed_len(msg);
+
+  if (l->state == LINK_CLOSING || l->state == LINK_TLS_HANDSHAKE)
+    return;
+  if (len > sizeof small) {
+    buf = malloc(len);
+    if (buf == NULL) {
+      log_error("secondary: primary %s (%s): out of memory sending %s",
+                l->cn, l->addr, frame_type_name(type));
+      return;
+    }
+  }
+  len = frame_pack(type, msg, 0, buf);
+  if (bufferevent_write(l->bev, buf, len) == 0)
+    l->s->st.bytes_sent += len;
+  if (buf != small)
+    free(buf);
+}
+
+static void
+link_flush_acks(struct link *l)
+{
+  Duplex__Ack ack = DUPLEX__ACK__INIT;
+
+  if (l->n_acks == 0)
+    return;
+  ack.n_seq = l->n_acks;
+  ack.seq = l->acks;
+  link_send(l, FRAME_ACK, &ack.base);
+  l->s->st.writes_acked += l->n_acks;
+  l->n_acks = 0;
+}
+
+void
+link_close(struct link *l, bool error, const char *fmt, ...)
+{
+  struct secondary *s = l->s;
+  char reason[512], who[400];
+  enum link_state was;
+  va_list ap;
+
+  if (l->state == LINK_CLOSING)
+    return;
+  was = l->state;
+  va_start(ap, fmt);
+  vsnprintf(reason, sizeof reason, fmt, ap);
+  va_end(ap);
+  /* Reasons may be whole messages ("secondary: replica ..."). */
+  log_msg(error ? LOG_LVL_WARN : LOG_LVL_INFO, "secondary: %s: %s; "
+          "connection closed", link_who(l, who, sizeof who),
+          strncmp(reason, "secondary: ", 11) == 0 ? reason + 11 : reason);
+  if (s->link == l) {
+    link_flush_acks(l);         /* they are true: fewer blocks to resync */
+    s->link = NULL;
+    apply_abort(s->apply);
+    s->st.sync = SEC_SYNC_UNKNOWN;
+  }
+  l->state = LINK_CLOSING;
+  l->closing_ms = util_now_ms();
+  if (was == LINK_TLS_HANDSHAKE) {
+    /* Nothing was ever sent on it. */
+    event_active(l->free_ev, 0, 0);
+    return;
+  }
+  link_update(l);
+  /* Let a last ERROR frame drain, then half-close (see link_write_cb). */
+  if (evbuffer_get_length(bufferevent_get_output(l->bev)) == 0)
+    link_write_cb(l->bev, l);
+}
+
+/* Send an ERROR frame, then close. */
+static void
+link_refuse(struct link *l, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void
+link_refuse(struct link *l, int code, const char *fmt, ...)
+{
+  Duplex__Error e = DUPLEX__ERROR__INIT;
+  char msg[512];
+  va_list ap;
+
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  e.code = (uint32_t)code;
+  e.message = msg;
+  link_flush_acks(l);           /* what was applied, before the verdict */
+  link_send(l, FRAME_ERROR, &e.base);
+  link_close(l, true, "%s", msg);
+}
+
+static const char *
+link_mode_name(int mode)
+{
+  switch (mode) {
+  case DUPLEX__MODE__MODE_SYNC: return "sync";
+  case DUPLEX__MODE__MODE_ASYNC: return "async";
+  default: return "unknown";
+  }
+}
+
+static bool
+link_uuid_is_zero(const uint8_t uuid[16])
+{
+  static const uint8_t zero[16];
+
+  return memcmp(uuid, zero, 16) == 0;
+}
+
+/* Adopt the primary's volume identity in the metadata. */
+static int
+link_meta_adopt(struct link *l, const Duplex__Hello *h, char *err,
+                size_t errlen)
+{
+  struct secondary *s = l->s;
+  const struct meta_sb *old = meta_get(s->meta);
+  struct meta_sb sb = *old;
+  int r;
+
+  if (memcmp(sb.volume_uuid, h->volume_uuid.data, 16) != 0) {
+    memcpy(sb.volume_uuid, h->volume_uuid.data, 16);
+    sb.consistent = false;
+  }
+  sb.size_bytes = h->size_bytes;
+  sb.block_size = BDEV_ALIGN;
+  sb.role = META_ROLE_SECONDARY;
+  if (memcmp(sb.volume_uuid, old->volume_uuid, 16) == 0 &&
+      sb.consistent == old->consistent && sb.size_bytes == old->size_bytes &&
+      sb.block_size == old->block_size && sb.role == old->role)
+    return 0;
+  r = meta_write(s->meta, &sb);
+  if (r < 0) {
+    snprintf(err, errlen, "secondary: metadata %s: write failed: %s; check "
+             "the disk holding it", s->cfg.meta, strerror(-r));
+    return -1;
+  }
+  return 0;
+}
+
+static int
+link_on_hello(struct link *l, const Duplex__Hello *h)
+{
+  struct secondary *s = l->s;
+  Duplex__HelloReply rep = DUPLEX__HELLO_REPLY__INIT;
+  struct meta_sb before;
+  char err[1024], uuid[37];
+  int r;
+
+  if (h->proto_version != DUPLEX_PROTO_VERSION) {
+    link_refuse(l, EPROTONOSUPPORT, "protocol version %u is not supported; "
+                "this secondary speaks version %u; run the same duplex "
+                "version on both sides", h->proto_version,
+                DUPLEX_PROTO_VERSION);
+    return -1;
+  }
+  if (h->block_size != BDEV_ALIGN) {
+    link_refuse(l, EINVAL, "block size %u is not supported; this secondary "
+                "applies %u-byte blocks", h->block_size, BDEV_ALIGN);
+    return -1;
+  }
+  if (h->size_bytes == 0 || h->size_bytes % BDEV_ALIGN != 0) {
+    link_refuse(l, EINVAL, "volume size %llu is not a positive multiple of "
+                "%u", (unsigned long long)h->size_bytes, BDEV_ALIGN);
+    return -1;
+  }
+  if (apply_failed(s->apply)) {
+    link_refuse(l, EIO, "replication is paused after an I/O error on the "
+                "replica; fix the disk and restart duplex-secondary (%s)",
+                strncmp(s->st.last_error, "secondary: ", 11) == 0
+                    ? s->st.last_error + 11 : s->st.last_error);
+    return -1;
+  }
+  r = replica_prepare(s->replica, h->size_bytes, err, sizeof err);
+  if (r == -ENOSPC) {
+    status_error(s, "%s", err);
+    link_refuse(l, ENOSPC, "replica too small: %s is %llu bytes, the "
+                "primary's volume %llu bytes", replica_path(s->replica),
+                (unsigned long long)replica_size(s->replica),
+                (unsigned long long)h->size_bytes);
+    return -1;
+  }
+  if (r < 0) {
+    status_error(s, "%s", err);
+    link_refuse(l, -r, "%s", err);
+    return -1;
+  }
+  before = *meta_get(s->meta);
+  if (link_meta_adopt(l, h, err, sizeof err) == -1) {
+    status_error(s, "%s", err);
+    link_refuse(l, EIO, "%s", err);
+    return -1;
+  }
+
+  l->size_bytes = h->size_bytes;
+  l->consistent_at_hello = meta_get(s->meta)->consistent;
+  s->st.mode = h->mode;
+  s->st.size_bytes = h->size_bytes;
+  s->st.sync = SEC_SYNC_UNKNOWN;
+  s->st.connects++;
+
+  rep.proto_version = DUPLEX_PROTO_VERSION;
+  rep.replica_size_bytes = replica_size(s->replica);
+  if (!link_uuid_is_zero(before.volume_uuid)) {
+    rep.replica_volume_uuid.data = before.volume_uuid;
+    rep.replica_volume_uuid.len = 16;
+    rep.consistent = before.consistent;
+  }
+  rep.node_name = s->node_name;
+  link_send(l, FRAME_HELLO_REPLY, &rep.base);
+
+  l->state = LINK_REPLICATING;
+  util_uuid_format(h->volume_uuid.data, uuid);
+  log_info("secondary: primary %s (%s, node %s) connected: volume %s, %llu "
+           "bytes, %s mode; replica %s %s", l->cn, l->addr,
+           h->node_name != NULL && h->node_name[0] != '\0' ? h->node_name
+                                                           : "?",
+           uuid, (unsigned long long)h->size_bytes, link_mode_name(h->mode),
+           replica_path(s->replica),
+           l->consistent_at_hello ? "consistent" : "needs a full sync");
+  return 0;
+}
+
+/* seq strictly increases and epochs never go back within one link. */
+static int
+link_check_order(struct link *l, const char *what, uint64_t seq,
+                 uint64_t epoch)
+{
+  if (l->have_seq && seq <= l->last_seq) {
+    link_close(l, true, "%s seq %llu after seq %llu: sequence numbers must "
+               "increase", what, (unsigned long long)seq,
+               (unsigned long long)l->last_seq);
+    return -1;
+  }
+  if (l->have_seq && epoch < l->last_epoch) {
+    link_close(l, true, "%s epoch %llu after epoch %llu: epochs must not go "
+               "back", what, (unsigned long long)epoch,
+               (unsigned long long)l->last_epoch);
+    return -1;
+  }
+  l->have_seq = true;
+  l->last_seq = seq;
+  l->last_epoch = epoch;
+  return 0;
+}
+
+/* WRITEs are whole blocks (O_DIRECT); ZERO ranges may have partial edge
+ * blocks, which bdev_zero handles (apply.c's byte-range overlap check then
+ * still orders them against the whole-block writes around them). */
+static int
+link_check_range(struct link *l, const char *what, uint64_t off,
+                 uint64_t len, bool aligned)
+{
+  if (aligned && (off % BDEV_ALIGN != 0 || len % BDEV_ALIGN != 0)) {
+    link_close(l, true, "%s at %llu length %llu is not aligned to %u bytes",
+               what, (unsigned long long)off, (unsigned long long)len,
+               BDEV_ALIGN);
+    return -1;
+  }
+  if (off > l->size_bytes || len > l->size_bytes - off) {
+    link_close(l, true, "%s at %llu length %llu goes past the end of the "
+               "volume (%llu bytes)", what, (unsigned long long)off,
+               (unsigned long long)len, (unsigned long long)l->size_bytes);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+link_queue(struct link *l, struct apply_op *op)
+{
+  if (apply_queue(l->s->apply, op) == -1) {
+    /* The failure already closed the link; nothing to add. */
+    if (l->state != LINK_CLOSING)
+      link_close(l, true, "replication is paused after an I/O error");
+    return -1;
+  }
+  return 0;
+}
+
+/* *memp: the aligned buffer holding the frame; the op takes it. */
+static int
+link_on_write(struct link *l, const struct frame *f, char **memp)
+{
+  const Duplex__Write *w = f->m.write;
+  struct apply_op *op;
+
+  if (link_check_range(l, "WRITE", w->offset, w->length, true) == -1 ||
+      link_check_order(l, "WRITE", w->seq, w->epoch) == -1)
+    return -1;
+  op = apply_op_new(APPLY_WRITE);
+  if (op == NULL) {
+    link_close(l, true, "out of memory");
+    return -1;
+  }
+  op->seq = w->seq;
+  op->epoch = w->epoch;
+  op->offset = w->offset;
+  op->length = w->length;
+  op->flags = w->flags;
+  op->mem = *memp;
+  *memp = NULL;
+  op->data = (const char *)f->payload;
+  return link_queue(l, op);
+}
+
+static int
+link_on_zero(struct link *l, const Duplex__Zero *z)
+{
+  struct apply_op *op;
+
+  if (link_check_range(l, "ZERO", z->offset, z->length, false) == -1 ||
+      link_check_order(l, "ZERO", z->seq, z->epoch) == -1)
+    return -1;
+  op = apply_op_new(APPLY_ZERO);
+  if (op == NULL) {
+    link_close(l, true, "out of memory");
+    return -1;
+  }
+  op->seq = z->seq;
+  op->epoch = z->epoch;
+  op->offset = z->offset;
+  op->length = z->length;
+  op->flags = z->flags;
+  return link_queue(l, op);
+}
+
+static int
+link_on_flush(struct link *l, const Duplex__Flush *fl)
+{
+  struct apply_op *op;
+
+  if (link_check_order(l, "FLUSH", fl->seq, fl->epoch) == -1)
+    return -1;
+  op = apply_op_new(APPLY_FLUSH);
+  if (op == NULL) {
+    link_close(l, true, "out of memory");
+    return -1;
+  }
+  op->seq = fl->seq;
+  op->epoch = fl->epoch;
+  return link_queue(l, op);
+}
+
+static int
+link_set_consistent(struct link *l, bool consistent)
+{
+  struct secondary *s = l->s;
+  struct meta_sb sb = *meta_get(s->meta);
+  int r;
+
+  if (sb.consistent == consistent)
+    return 0;
+  sb.consistent = consistent;
+  r = meta_write(s->meta, &sb);
+  if (r < 0) {
+    status_error(s, "secondary: metadata %s: write failed: %s; check the "
+                 "disk holding it", s->cfg.meta, strerror(-r));
+    link_refuse(l, EIO, "%s", s->st.last_error);
+    return -1;
+  }
+  log_info("secondary: replica %s is now %s", replica_path(s->replica),
+           consistent ? "consistent (in sync with the primary)"
+                      : "inconsistent until the resync finishes");
+  return 0;
+}
+
+static int
+link_on_sync_state(struct link *l, const Duplex__SyncState *ss)
+{
+  struct secondary *s = l->s;
+  struct apply_op *op;
+
+  s->st.total_bytes = ss->total_bytes;
+  s->st.done_bytes = ss->done_bytes;
+  s->st.out_of_sync_bytes = ss->out_of_sync_bytes;
+  if (!ss->in_sync) {
+    s->st.sync = l->consistent_at_hello ? SEC_SYNC_RESYNC : SEC_SYNC_INITIAL;
+    /* A resync is starting: the replica is a mix from now on. */
+    return link_set_consistent(l, false);
+  }
+  s->st.sync = SEC_SYNC_IN_SYNC;
+  l->consistent_at_hello = true;  /* a later resync is not an initial one */
+  if (meta_get(s->meta)->consistent || l->mark_pending)
+    return 0;
+  /* Record consistency only once everything before this point is durable:
+   * a MARK is a FLUSH without an ACK (see link_apply_done). */
+  op = apply_op_new(APPLY_MARK);
+  if (op == NULL) {
+    link_close(l, true, "out of memory");
+    return -1;
+  }
+  l->mark_pending = true;
+  return link_queue(l, op);
+}
+
+static int
+link_dispatch(struct link *l, const struct frame *f, char **memp)
+{
+  Duplex__Heartbeat hb = DUPLEX__HEARTBEAT__INIT;
+  const Duplex__Error *e;
+
+  if (l->state == LINK_WAIT_HELLO) {
+    if (f->type != FRAME_HELLO) {
+      link_close(l, true, "expected HELLO, got %s", frame_type_name(f->type));
+      return -1;
+    }
+    return link_on_hello(l, f->m.hello);
+  }
+  switch (f->type) {
+  case FRAME_WRITE:
+    return link_on_write(l, f, memp);
+  case FRAME_ZERO:
+    return link_on_zero(l, f->m.zero);
+  case FRAME_FLUSH:
+    return link_on_flush(l, f->m.flush);
+  case FRAME_SYNC_STATE:
+    return link_on_sync_state(l, f->m.sync_state);
+  case FRAME_HEARTBEAT:
+    if (!f->m.heartbeat->reply) {
+      hb.nonce = f->m.heartbeat->nonce;
+      hb.reply = true;
+      link_send(l, FRAME_HEARTBEAT, &hb.base);
+    }
+    return 0;
+  case FRAME_ERROR:
+    e = f->m.error;
+    link_close(l, true, "the primary reported an error: %s (%s)",
+               e->message != NULL && e->message[0] != '\0' ? e->message
+                                                           : "no message",
+               strerror((int)e->code));
+    return -1;
+  default:
+    link_close(l, true, "unexpected %s frame", frame_type_name(f->type));
+    return -1;
+  }
+}
+
+/* Parse and act on one whole frame.  1: one was handled; 0: need more
+ * bytes; -1: the link is closing. */
+static int
+link_read_frame(struct link *l)
+{
+  struct evbuffer *in = bufferevent_get_input(l->bev);
+  size_t avail = evbuffer_get_length(in), total, head, pad;
+  uint8_t hdr[FRAME_HDR_LEN];
+  struct frame f;
+  char err[256];
+  char *mem = NULL;
+  uint8_t *buf;
+  ssize_t n;
+  int rc;
+
+  if (avail < FRAME_HDR_LEN)
+    return 0;
+  evbuffer_copyout(in, hdr, FRAME_HDR_LEN);
+  if (frame_parse_header(hdr, &f, err, sizeof err) == -1) {
+    link_close(l, true, "malformed frame header: %s", err);
+    return -1;
+  }
+  head = FRAME_HDR_LEN + f.msg_len;
+  total = head + f.payload_len;
+  if (avail < total)
+    return 0;
+  if (f.type == FRAME_WRITE) {
+    /* Copy the frame so that its payload lands BDEV_ALIGN-aligned, ready
+     * for O_DIRECT: one copy, and the payload is never written to disk
+     * before the whole frame parsed. */
+    pad = (BDEV_ALIGN - head % BDEV_ALIGN) % BDEV_ALIGN;
+    mem = util_alloc_aligned(pad + total);
+    buf = (uint8_t *)mem + pad;
+    if (evbuffer_remove(in, buf, total) != (int)total) {
+      free(mem);
+      link_close(l, true, "cannot read a WRITE frame from the input buffer");
+      return -1;
+    }
+  } else {
+    buf = evbuffer_pullup(in, (ssize_t)total);
+    if (buf == NULL) {
+      link_close(l, true, "out of memory reading a %s frame",
+                 frame_type_name(f.type));
+      return -1;
+    }
+  }
+  n = frame_parse(buf, total, &f, err, sizeof err);
+  if (mem == NULL)
+    evbuffer_drain(in, total);
+  if (n != (ssize_t)total) {
+    if (n > 0)
+      frame_release(&f);
+    free(mem);
+    link_close(l, true, "malformed frame: %s",
+               n == -1 ? err : "length does not match its header");
+    return -1;
+  }
+  l->s->st.bytes_received += total;
+  rc = link_dispatch(l, &f, &mem);
+  frame_release(&f);
+  free(mem);                    /* unless a WRITE op took it */
+  return rc == 0 ? 1 : -1;
+}
+
+/* Advance the link until it would block.  Frames already buffered are
+ * held back exactly when reading is (link_update decides both). */
+static void
+link_process(struct link *l)
+{
+  struct evbuffer *in;
+
+  for (;;) {
+    if (l->state == LINK_CLOSING) {
+      in = bufferevent_get_input(l->bev);
+      evbuffer_drain(in, evbuffer_get_length(in));
+      return;
+    }
+    link_update(l);
+    if (l->state == LINK_TLS_HANDSHAKE || !l->reading)
+      return;
+    if (link_read_frame(l) != 1)
+      return;
+  }
+}
+
+static void
+link_read_cb(struct bufferevent *bev, void *arg)
+{
+  struct link *l = arg;
+
+  (void)bev;
+  l->last_rx_ms = util_now_ms();
+  link_process(l);
+}
+
+/* Output drained.  When closing: half-close, so the peer gets our last
+ * frame and an EOF rather than a reset; free on its EOF or the timeout. */
+static void
+link_write_cb(struct bufferevent *bev, void *arg)
+{
+  struct link *l = arg;
+  evutil_socket_t fd;
+
+  if (l->state != LINK_CLOSING || l->shut_wr)
+    return;
+  if (evbuffer_get_length(bufferevent_get_output(bev)) > 0)
+    return;
+  l->shut_wr = true;
+  fd = bufferevent_getfd(bev);
+  if (fd < 0 || shutdown(fd, SHUT_WR) == -1)
+    event_active(l->free_ev, 0, 0);
+}
+
+static void
+link_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+  struct link *l = arg;
+  struct secondary *s = l->s;
+  char why[256], who[400];
+
+  if (what & BEV_EVENT_CONNECTED) {
+    tls_peer_cn(bev, l->cn, sizeof l->cn);
+    if (s->stopping) {
+      link_free(l);
+      return;
+    }
+    if (s->link != NULL && s->link != l)
+      link_close(s->link, false, "replaced by a new connection from %s",
+                 l->addr);
+    s->link = l;
+    l->state = LINK_WAIT_HELLO;
+    l->last_rx_ms = util_now_ms();
+    log_info("secondary: primary %s (%s): TLS verified", l->cn, l->addr);
+    link_process(l);
+    return;
+  }
+  if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
+    return;
+  if (l->state == LINK_CLOSING) {
+    link_free(l);
+    return;
+  }
+  if (l->state == LINK_TLS_HANDSHAKE) {
+    tls_describe_error(bev, why, sizeof why);
+    log_warn("secondary: %s refused: %s", link_who(l, who, sizeof who), why);
+    link_free(l);
+    return;
+  }
+  if (what & BEV_EVENT_EOF)
+    snprintf(why, sizeof why, "the primary closed the connection");
+  else
+    tls_describe_error(bev, why, sizeof why);
+  /* Frames already buffered were read; nothing more can be sent. */
+  link_close(l, !(what & BEV_EVENT_EOF), "%s", why);
+  link_free(l);
+}
+
+static void
+link_defer_cb(evutil_socket_t fd, short what, void *arg)
+{
+  struct link *l = arg;
+
+  (void)fd;
+  (void)what;
+  link_flush_acks(l);
+  link_process(l);
+}
+
+static void
+link_free_cb(evutil_socket_t fd, short what, void *arg)
+{
+  (void)fd;
+  (void)what;
+  link_free(arg);
+}
+
+void
+link_kick(struct link *l)
+{
+  event_active(l->defer_ev, 0, 0);
+}
+
+static void
+link_tick(struct link *l, uint64_t now_ms)
+{
+  if (l->state == LINK_CLOSING) {
+    if (now_ms - l->closing_ms > SEC_CLOSE_TIMEOUT_MS)
+      event_active(l->free_ev, 0, 0);
+    return;
+  }
+  if (!l->reading) {
+    l->last_rx_ms = now_ms;     /* we are not reading: not the peer's fault */
+    return;
+  }
+  if (now_ms - l->last_rx_ms > SEC_PEER_TIMEOUT_MS)
+    link_close(l, true, "nothing received for %u s; the primary is gone or "
+               "the network is down", SEC_PEER_TIMEOUT_MS / 1000);
+}
+
+void
+link_tick_all(struct secondary *s)
+{
+  uint64_t now = util_now_ms();
+  struct link *l;
+
+  /* link_tick never frees (it defers through free_ev). */
+  TAILQ_FOREACH(l, &s->links, entry)
+    link_tick(l, now);
+}
+
+void
+link_free_all(struct secondary *s)
+{
+  struct link *l;
+
+  while ((l = TAILQ_FIRST(&s->links)) != NULL)
+    link_free(l);
+}
+
+void
+link_apply_done(struct link *l, const struct apply_op *op)
+{
+  if (op->type == APPLY_MARK) {
+    l->mark_pending = false;
+    if (l->s->st.sync == SEC_SYNC_IN_SYNC)
+      link_set_consistent(l, true);
+    return;
+  }
+  l->acks[l->n_acks++] = op->seq;
+  if (l->n_acks == SEC_ACK_BATCH)
+    link_flush_acks(l);
+  /* Flush the batch once this round of completions is over; resume
+   * reading if the queue drained below the limit. */
+  link_kick(l);
+}
+
+void
+link_apply_failed(struct link *l, int err, const char *msg)
+{
+  link_refuse(l, err, "%s", msg);
+}
