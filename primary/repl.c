@@ -329,8 +329,8 @@ repl_drop(struct repl *r, const char *fmt, ...)
   vsnprintf(r->last_error, sizeof r->last_error, fmt, ap);
   va_end(ap);
   if (was_connected || r->state == REPL_HELLO)
-    log_warn("primary: link to %s lost: %s; writes are tracked and will be "
-             "resynced on reconnect", r->peer_desc, r->last_error);
+    log_warn("primary: link to %s lost: %s; writes continue locally and the "
+             "replica is resynced on reconnect", r->peer_desc, r->last_error);
   else
     log_debug("primary: link to %s: %s", r->peer_desc, r->last_error);
   repl_close(r);

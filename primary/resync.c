@@ -40,7 +40,8 @@ struct chunk {
   struct range_lock *lock;
   struct aio_op aio;
   uint64_t rd_off, rd_len;      /* the data extent being read */
-  unsigned pending;             /* piece ops unacknowledged + 1 while open */
+  unsigned pending;             /* piece ops unacknowledged, +1 until the
+                                   chunk is read and all of it sent */
 };
 
 /* One frame of a chunk on the link. */
@@ -245,7 +246,7 @@ chunk_locked(struct range_lock *l, void *opaque)
     c->buf = util_alloc_aligned(dend - pos);
     c->rd_off = pos;
     c->rd_len = dend - pos;
-    c->pending++;
+    /* The chunk's opening reference now belongs to the read. */
     aio_pread(p->aio, &c->aio, p->vol.fd, c->buf, dend - pos, pos,
               chunk_read_done, c);
     return; /* chunk_read_done unlocks */

@@ -26,6 +26,8 @@ fio_run() {
         --iodepth="$qd" --size=256M --time_based --runtime="$RUNTIME" \
         --ramp_time=1 --output-format=json 2>/dev/null) ||
         fail "fio $name failed"
+    # fio's nbd engine prints "fio: connected to NBD server" before the JSON.
+    j=$(sed -n '/^{/,$p' <<<"$j")
     R[$name.p50]=$(jq '.jobs[0].write.clat_ns.percentile["50.000000"] / 1000' <<<"$j")
     R[$name.p99]=$(jq '.jobs[0].write.clat_ns.percentile["99.000000"] / 1000' <<<"$j")
     R[$name.mibs]=$(jq '.jobs[0].write.bw_bytes / 1048576 | . * 10 | round / 10' <<<"$j")

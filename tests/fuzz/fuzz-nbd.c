@@ -25,21 +25,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
     }                                                                          \
   } while (0)
 
-static uint32_t fuzz_be32(const uint8_t *p)
+static uint32_t
+fuzz_be32(const uint8_t *p)
 {
   return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
          p[3];
 }
 
-static uint64_t fuzz_be64(const uint8_t *p)
+static uint64_t
+fuzz_be64(const uint8_t *p)
 {
   return (uint64_t)fuzz_be32(p) << 32 | fuzz_be32(p + 4);
 }
 
 /* Every option reply in out is well formed; for an accepted INFO/GO the
  * export information precedes the ACK. */
-static void fuzz_check_replies(struct evbuffer *out, uint32_t option,
-                               enum nbd_opt_result res, uint32_t cflags)
+static void
+fuzz_check_replies(struct evbuffer *out, uint32_t option,
+                   enum nbd_opt_result res, uint32_t cflags)
 {
   size_t len = evbuffer_get_length(out);
   const uint8_t *p = evbuffer_pullup(out, -1);
@@ -86,8 +89,9 @@ static void fuzz_check_replies(struct evbuffer *out, uint32_t option,
     CHECK(saw_ack && saw_export);
 }
 
-static void fuzz_check_request(const struct nbd_request *req, uint64_t size,
-                               uint32_t err, const char *why)
+static void
+fuzz_check_request(const struct nbd_request *req, uint64_t size, uint32_t err,
+                   const char *why)
 {
   CHECK(strlen(why) < 300);
   if (err != 0) {
@@ -117,7 +121,8 @@ static void fuzz_check_request(const struct nbd_request *req, uint64_t size,
   }
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
   struct nbd_export exp = {
     .tflags = nbd_proto_tflags(),

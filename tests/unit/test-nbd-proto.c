@@ -28,35 +28,41 @@ static const struct nbd_export test_export = {
 
 /* ---- byte helpers ---- */
 
-static uint16_t be16(const uint8_t *p)
+static uint16_t
+be16(const uint8_t *p)
 {
   return (uint16_t)(p[0] << 8 | p[1]);
 }
 
-static uint32_t be32(const uint8_t *p)
+static uint32_t
+be32(const uint8_t *p)
 {
   return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
          p[3];
 }
 
-static uint64_t be64(const uint8_t *p)
+static uint64_t
+be64(const uint8_t *p)
 {
   return (uint64_t)be32(p) << 32 | be32(p + 4);
 }
 
-static void put16(uint8_t *p, uint16_t v)
+static void
+put16(uint8_t *p, uint16_t v)
 {
   p[0] = (uint8_t)(v >> 8);
   p[1] = (uint8_t)v;
 }
 
-static void put32(uint8_t *p, uint32_t v)
+static void
+put32(uint8_t *p, uint32_t v)
 {
   put16(p, (uint16_t)(v >> 16));
   put16(p + 2, (uint16_t)v);
 }
 
-static void put64(uint8_t *p, uint64_t v)
+static void
+put64(uint8_t *p, uint64_t v)
 {
   put32(p, (uint32_t)(v >> 32));
   put32(p + 4, (uint32_t)v);
@@ -68,7 +74,8 @@ struct reply {
   uint8_t data[8192];
 };
 
-static void take_reply(struct evbuffer *buf, struct reply *r)
+static void
+take_reply(struct evbuffer *buf, struct reply *r)
 {
   uint8_t hdr[NBD_OPT_REPLY_HDR_LEN];
 
@@ -83,10 +90,9 @@ static void take_reply(struct evbuffer *buf, struct reply *r)
   evbuffer_remove(buf, r->data, r->len);
 }
 
-static enum nbd_opt_result run_option(uint32_t cflags, uint32_t option,
-                                      const uint8_t *payload, uint32_t len,
-                                      struct evbuffer *out, char *why,
-                                      size_t whylen)
+static enum nbd_opt_result
+run_option(uint32_t cflags, uint32_t option, const uint8_t *payload,
+           uint32_t len, struct evbuffer *out, char *why, size_t whylen)
 {
   struct nbd_opt_hdr hdr = { .option = option, .length = len };
   static const uint8_t none[1];
@@ -96,8 +102,8 @@ static enum nbd_opt_result run_option(uint32_t cflags, uint32_t option,
 }
 
 /* GO/INFO payload: name, then the information requests. */
-static uint32_t go_payload(uint8_t *buf, const char *name,
-                           const uint16_t *infos, uint16_t n)
+static uint32_t
+go_payload(uint8_t *buf, const char *name, const uint16_t *infos, uint16_t n)
 {
   uint32_t len = (uint32_t)strlen(name);
 
@@ -111,7 +117,8 @@ static uint32_t go_payload(uint8_t *buf, const char *name,
 
 /* ---- handshake ---- */
 
-static void test_handshake(void **state)
+static void
+test_handshake(void **state)
 {
   uint8_t b[NBD_HANDSHAKE_LEN];
   static const uint8_t want[NBD_HANDSHAKE_LEN] = {
@@ -125,7 +132,8 @@ static void test_handshake(void **state)
   assert_memory_equal(b, want, sizeof want);
 }
 
-static void test_client_flags(void **state)
+static void
+test_client_flags(void **state)
 {
   static const struct {
     uint32_t flags;
@@ -159,7 +167,8 @@ static void test_client_flags(void **state)
 
 /* ---- option headers and payloads ---- */
 
-static void test_opt_hdr(void **state)
+static void
+test_opt_hdr(void **state)
 {
   uint8_t b[NBD_OPT_HDR_LEN];
   struct nbd_opt_hdr h;
@@ -178,7 +187,8 @@ static void test_opt_hdr(void **state)
   assert_non_null(strstr(why, "magic"));
 }
 
-static void test_parse_opt_go(void **state)
+static void
+test_parse_opt_go(void **state)
 {
   uint8_t b[256];
   uint16_t infos[] = { NBD_INFO_BLOCK_SIZE, NBD_INFO_NAME, 999,
@@ -229,8 +239,8 @@ static void test_parse_opt_go(void **state)
 
 /* ---- options end to end: replies and next step ---- */
 
-static void check_go_replies(struct evbuffer *out, uint32_t option,
-                             bool name, bool desc)
+static void
+check_go_replies(struct evbuffer *out, uint32_t option, bool name, bool desc)
 {
   struct reply r;
   bool seen_export = false, seen_bs = false, seen_name = false,
@@ -280,7 +290,8 @@ static void check_go_replies(struct evbuffer *out, uint32_t option,
   assert_int_equal(evbuffer_get_length(out), 0);
 }
 
-static void test_option_go_info(void **state)
+static void
+test_option_go_info(void **state)
 {
   struct evbuffer *out = evbuffer_new();
   uint16_t infos[] = { NBD_INFO_NAME, NBD_INFO_DESCRIPTION };
@@ -308,7 +319,8 @@ static void test_option_go_info(void **state)
   evbuffer_free(out);
 }
 
-static void test_option_go_invalid(void **state)
+static void
+test_option_go_invalid(void **state)
 {
   struct evbuffer *out = evbuffer_new();
   struct reply r;
@@ -327,7 +339,8 @@ static void test_option_go_invalid(void **state)
   evbuffer_free(out);
 }
 
-static void test_option_export_name(void **state)
+static void
+test_option_export_name(void **state)
 {
   struct evbuffer *out = evbuffer_new();
   uint8_t b[200];
@@ -351,7 +364,8 @@ static void test_option_export_name(void **state)
   evbuffer_free(out);
 }
 
-static void test_option_list(void **state)
+static void
+test_option_list(void **state)
 {
   struct evbuffer *out = evbuffer_new();
   struct reply r;
@@ -380,7 +394,8 @@ static void test_option_list(void **state)
   evbuffer_free(out);
 }
 
-static void test_option_abort(void **state)
+static void
+test_option_abort(void **state)
 {
   struct evbuffer *out = evbuffer_new();
   struct reply r;
@@ -398,7 +413,8 @@ static void test_option_abort(void **state)
   evbuffer_free(out);
 }
 
-static void test_option_unsupported(void **state)
+static void
+test_option_unsupported(void **state)
 {
   static const uint32_t opts[] = {
     NBD_OPT_STARTTLS, NBD_OPT_STRUCTURED_REPLY, NBD_OPT_LIST_META_CONTEXT,
@@ -424,7 +440,8 @@ static void test_option_unsupported(void **state)
   evbuffer_free(out);
 }
 
-static void test_option_too_big(void **state)
+static void
+test_option_too_big(void **state)
 {
   struct evbuffer *out = evbuffer_new();
   struct nbd_opt_hdr h = { .option = NBD_OPT_GO,
@@ -452,9 +469,9 @@ static void test_option_too_big(void **state)
 
 /* ---- transmission ---- */
 
-static void make_request(uint8_t *b, uint32_t magic, uint16_t flags,
-                         uint16_t type, uint64_t cookie, uint64_t off,
-                         uint32_t len)
+static void
+make_request(uint8_t *b, uint32_t magic, uint16_t flags, uint16_t type,
+             uint64_t cookie, uint64_t off, uint32_t len)
 {
   put32(b, magic);
   put16(b + 4, flags);
@@ -464,7 +481,8 @@ static void make_request(uint8_t *b, uint32_t magic, uint16_t flags,
   put32(b + 24, len);
 }
 
-static void test_parse_request(void **state)
+static void
+test_parse_request(void **state)
 {
   uint8_t b[NBD_REQUEST_LEN];
   struct nbd_request req;
@@ -493,7 +511,8 @@ static void test_parse_request(void **state)
   assert_non_null(strstr(why, "magic"));
 }
 
-static void test_validate_table(void **state)
+static void
+test_validate_table(void **state)
 {
   static const uint32_t MAXLEN = 32u * 1024 * 1024;
   static const struct {
@@ -582,7 +601,8 @@ static void test_validate_table(void **state)
   }
 }
 
-static void test_validate_unadvertised(void **state)
+static void
+test_validate_unadvertised(void **state)
 {
   struct nbd_request req = { .type = NBD_CMD_FLUSH };
   char why[300];
@@ -611,7 +631,8 @@ static void test_validate_unadvertised(void **state)
                                               sizeof why), NBD_EINVAL);
 }
 
-static void test_errno_map(void **state)
+static void
+test_errno_map(void **state)
 {
   (void)state;
   assert_int_equal(nbd_proto_errno(0), NBD_SUCCESS);
@@ -629,7 +650,8 @@ static void test_errno_map(void **state)
   assert_int_equal(nbd_proto_errno(ETIMEDOUT), NBD_EIO);
 }
 
-static void test_simple_reply(void **state)
+static void
+test_simple_reply(void **state)
 {
   uint8_t b[NBD_SIMPLE_REPLY_LEN];
   static const uint8_t want[NBD_SIMPLE_REPLY_LEN] = {
@@ -641,7 +663,8 @@ static void test_simple_reply(void **state)
   assert_memory_equal(b, want, sizeof want);
 }
 
-static void test_tflags_and_names(void **state)
+static void
+test_tflags_and_names(void **state)
 {
   (void)state;
   assert_int_equal(nbd_proto_tflags(), tflags_all);
@@ -652,7 +675,8 @@ static void test_tflags_and_names(void **state)
   assert_string_equal(nbd_proto_cmd_name(4242), "unknown command");
 }
 
-int main(void)
+int
+main(void)
 {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_handshake),

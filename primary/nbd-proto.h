@@ -1,0 +1,242 @@
+/* NBD wire format (NetworkBlockDevice/nbd doc/proto.md), fixed newstyle
+ * handshake and simple replies only.  Everything here is pure: bytes in,
+ * result or reply bytes (in an evbuffer, which is memory, not a socket)
+ * out.  nbd-server.c does the I/O; the unit tests and fuzz-nbd drive these
+ * functions directly. */
+#ifndef DUPLEX_NBD_PROTO_H
+#define DUPLEX_NBD_PROTO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <event2/buffer.h>
+
+/* ---- magic numbers ---- */
+#define NBD_MAGIC 0x4e42444d41474943ull          /* "NBDMAGIC" */
+#define NBD_OPTS_MAGIC 0x49484156454f5054ull     /* "IHAVEOPT" */
+#define NBD_REP_MAGIC 0x0003e889045565a9ull      /* option reply */
+#define NBD_REQUEST_MAGIC 0x25609513u
+#define NBD_SIMPLE_REPLY_MAGIC 0x67446698u
+
+/* ---- handshake flags (server, 16 bits) and client flags (32 bits) ---- */
+#define NBD_FLAG_FIXED_NEWSTYLE (1u << 0)
+#define NBD_FLAG_NO_ZEROES (1u << 1)
+#define NBD_FLAG_C_FIXED_NEWSTYLE (1u << 0)
+#define NBD_FLAG_C_NO_ZEROES (1u << 1)
+
+/* ---- transmission flags (16 bits) ---- */
+#define NBD_FLAG_HAS_FLAGS (1u << 0)
+#define NBD_FLAG_READ_ONLY (1u << 1)
+#define NBD_FLAG_SEND_FLUSH (1u << 2)
+#define NBD_FLAG_SEND_FUA (1u << 3)
+#define NBD_FLAG_ROTATIONAL (1u << 4)
+#define NBD_FLAG_SEND_TRIM (1u << 5)
+#define NBD_FLAG_SEND_WRITE_ZEROES (1u << 6)
+#define NBD_FLAG_SEND_DF (1u << 7)
+#define NBD_FLAG_CAN_MULTI_CONN (1u << 8)
+#define NBD_FLAG_SEND_CACHE (1u << 10)
+#define NBD_FLAG_SEND_FAST_ZERO (1u << 11)
+
+/* ---- options ---- */
+#define NBD_OPT_EXPORT_NAME 1u
+#define NBD_OPT_ABORT 2u
+#define NBD_OPT_LIST 3u
+#define NBD_OPT_PEEK_EXPORT 4u
+#define NBD_OPT_STARTTLS 5u
+#define NBD_OPT_INFO 6u
+#define NBD_OPT_GO 7u
+#define NBD_OPT_STRUCTURED_REPLY 8u
+#define NBD_OPT_LIST_META_CONTEXT 9u
+#define NBD_OPT_SET_META_CONTEXT 10u
+#define NBD_OPT_EXTENDED_HEADERS 11u
+
+/* ---- option replies ---- */
+#define NBD_REP_ACK 1u
+#define NBD_REP_SERVER 2u
+#define NBD_REP_INFO 3u
+#define NBD_REP_META_CONTEXT 4u
+#define NBD_REP_FLAG_ERROR (1u << 31)
+#define NBD_REP_ERR_UNSUP (NBD_REP_FLAG_ERROR | 1u)
+#define NBD_REP_ERR_POLICY (NBD_REP_FLAG_ERROR | 2u)
+#define NBD_REP_ERR_INVALID (NBD_REP_FLAG_ERROR | 3u)
+#define NBD_REP_ERR_PLATFORM (NBD_REP_FLAG_ERROR | 4u)
+#define NBD_REP_ERR_TLS_REQD (NBD_REP_FLAG_ERROR | 5u)
+#define NBD_REP_ERR_UNKNOWN (NBD_REP_FLAG_ERROR | 6u)
+#define NBD_REP_ERR_SHUTDOWN (NBD_REP_FLAG_ERROR | 7u)
+#define NBD_REP_ERR_BLOCK_SIZE_REQD (NBD_REP_FLAG_ERROR | 8u)
+#define NBD_REP_ERR_TOO_BIG (NBD_REP_FLAG_ERROR | 9u)
+
+/* ---- NBD_REP_INFO types ---- */
+#define NBD_INFO_EXPORT 0u
+#define NBD_INFO_NAME 1u
+#define NBD_INFO_DESCRIPTION 2u
+#define NBD_INFO_BLOCK_SIZE 3u
+
+/* ---- commands and command flags ---- */
+#define NBD_CMD_READ 0u
+#define NBD_CMD_WRITE 1u
+#define NBD_CMD_DISC 2u
+#define NBD_CMD_FLUSH 3u
+#define NBD_CMD_TRIM 4u
+#define NBD_CMD_CACHE 5u
+#define NBD_CMD_WRITE_ZEROES 6u
+#define NBD_CMD_BLOCK_STATUS 7u
+
+#define NBD_CMD_FLAG_FUA (1u << 0)
+#define NBD_CMD_FLAG_NO_HOLE (1u << 1)
+#define NBD_CMD_FLAG_DF (1u << 2)
+#define NBD_CMD_FLAG_REQ_ONE (1u << 3)
+#define NBD_CMD_FLAG_FAST_ZERO (1u << 4)
+
+/* ---- error values in simple replies ---- */
+#define NBD_SUCCESS 0u
+#define NBD_EPERM 1u
+#define NBD_EIO 5u
+#define NBD_ENOMEM 12u
+#define NBD_EINVAL 22u
+#define NBD_ENOSPC 28u
+#define NBD_EOVERFLOW 75u
+#define NBD_ENOTSUP 95u
+#define NBD_ESHUTDOWN 108u
+
+/* ---- sizes ---- */
+#define NBD_HANDSHAKE_LEN 18u      /* NBDMAGIC, IHAVEOPT, u16 flags */
+#define NBD_CLIENT_FLAGS_LEN 4u
+#define NBD_OPT_HDR_LEN 16u        /* IHAVEOPT, u32 option, u32 length */
+#define NBD_OPT_REPLY_HDR_LEN 20u
+#define NBD_REQUEST_LEN 28u
+#define NBD_SIMPLE_REPLY_LEN 16u
+#define NBD_EXPORT_NAME_ZEROES 124u
+#define NBD_MAX_OPTION (64u * 1024)      /* longer payloads: ERR_TOO_BIG */
+#define NBD_MAX_STRING 4096u             /* proto.md string limit */
+
+/* Block size constraints advertised in NBD_INFO_BLOCK_SIZE. */
+#define NBD_BLOCK_MIN 1u
+#define NBD_BLOCK_PREFERRED 4096u
+#define NBD_BLOCK_MAX (32u * 1024 * 1024)
+
+/* What the server exports (one export, any name accepted). */
+struct nbd_export {
+  uint64_t size;
+  uint16_t tflags;             /* transmission flags */
+  const char *name;            /* canonical name: listed, NBD_INFO_NAME */
+  const char *description;     /* NBD_INFO_DESCRIPTION, may be NULL */
+};
+
+/* The transmission flags duplex-primary advertises. */
+uint16_t nbd_proto_tflags(void);
+
+/* Server greeting: NBDMAGIC, IHAVEOPT, FIXED_NEWSTYLE|NO_ZEROES. */
+void nbd_proto_build_handshake(uint8_t out[NBD_HANDSHAKE_LEN]);
+
+/* The client's 32-bit flags.  0, or -1 with the reason in why (client
+ * without FIXED_NEWSTYLE, or unknown flag bits: the server must close). */
+int nbd_proto_parse_client_flags(const uint8_t in[NBD_CLIENT_FLAGS_LEN],
+                                 uint32_t *cflags, char *why, size_t whylen);
+
+/* Option header.  0, or -1 with the reason in why (bad magic). */
+struct nbd_opt_hdr {
+  uint32_t option;
+  uint32_t length;
+};
+int nbd_proto_parse_opt_hdr(const uint8_t in[NBD_OPT_HDR_LEN],
+                            struct nbd_opt_hdr *out, char *why,
+                            size_t whylen);
+
+/* NBD_OPT_INFO / NBD_OPT_GO payload.  name points into the payload.
+ * Returns 0, or NBD_REP_ERR_INVALID with the reason in why. */
+struct nbd_opt_go {
+  const uint8_t *name;
+  uint32_t name_len;
+  uint16_t n_info;
+  bool want_name;
+  bool want_description;
+  bool want_block_size;
+};
+uint32_t nbd_proto_parse_opt_go(const uint8_t *payload, uint32_t len,
+                                struct nbd_opt_go *out, char *why,
+                                size_t whylen);
+
+/* Reply builders: append to out. */
+void nbd_proto_opt_reply(struct evbuffer *out, uint32_t option,
+                         uint32_t type, const void *data, uint32_t len);
+/* An error reply carrying a message for humans (may be NULL). */
+void nbd_proto_opt_error(struct evbuffer *out, uint32_t option,
+                         uint32_t type, const char *msg);
+void nbd_proto_rep_server(struct evbuffer *out, uint32_t option,
+                          const char *name);
+void nbd_proto_rep_info_export(struct evbuffer *out, uint32_t option,
+                               uint64_t size, uint16_t tflags);
+void nbd_proto_rep_info_block_size(struct evbuffer *out, uint32_t option,
+                                   uint32_t min, uint32_t preferred,
+                                   uint32_t max);
+void nbd_proto_rep_info_string(struct evbuffer *out, uint32_t option,
+                               uint16_t info, const char *s);
+/* The reply to NBD_OPT_EXPORT_NAME: size, flags, 124 zeroes unless the
+ * client set NBD_FLAG_C_NO_ZEROES. */
+void nbd_proto_export_name_reply(struct evbuffer *out, uint64_t size,
+                                 uint16_t tflags, uint32_t cflags);
+
+/* What the connection does after an option was answered. */
+enum nbd_opt_result {
+  NBD_OPT_NEXT,          /* wait for the next option */
+  NBD_OPT_TRANSMISSION,  /* enter the transmission phase */
+  NBD_OPT_CLOSE,         /* flush the replies, then close */
+};
+
+/* Handle one complete option (header already parsed, payload of hdr->length
+ * bytes, at most NBD_MAX_OPTION) for the single export exp: append every
+ * reply to out and say what happens next.  why gets a reason when the
+ * client did something wrong (an error reply was built), else "". */
+enum nbd_opt_result nbd_proto_option(const struct nbd_export *exp,
+                                     uint32_t cflags,
+                                     const struct nbd_opt_hdr *hdr,
+                                     const uint8_t *payload,
+                                     struct evbuffer *out, char *why,
+                                     size_t whylen);
+
+/* An option whose length exceeds NBD_MAX_OPTION: its payload is not
+ * buffered.  Builds NBD_REP_ERR_TOO_BIG and returns NBD_OPT_NEXT (the
+ * caller then discards hdr->length bytes), or NBD_OPT_CLOSE for
+ * NBD_OPT_EXPORT_NAME, which has no error reply. */
+enum nbd_opt_result nbd_proto_option_too_big(const struct nbd_opt_hdr *hdr,
+                                             struct evbuffer *out, char *why,
+                                             size_t whylen);
+
+/* ---- transmission ---- */
+struct nbd_request {
+  uint16_t flags;
+  uint16_t type;
+  uint64_t cookie;
+  uint64_t offset;
+  uint32_t length;
+};
+
+/* Request header.  0, or -1 with the reason in why (bad magic: the stream
+ * is out of sync and the connection must close). */
+int nbd_proto_parse_request(const uint8_t in[NBD_REQUEST_LEN],
+                            struct nbd_request *out, char *why,
+                            size_t whylen);
+
+/* Bytes of payload following this header on the wire (WRITE only), which
+ * the server must consume whether or not the request is valid. */
+uint32_t nbd_proto_request_payload(const struct nbd_request *req);
+
+/* Check a request (not NBD_CMD_DISC) against the export: 0 if it may be
+ * executed, else the NBD error to reply with and the reason in why. */
+uint32_t nbd_proto_validate_request(const struct nbd_request *req,
+                                    uint64_t size, uint16_t tflags,
+                                    char *why, size_t whylen);
+
+/* A system errno (0 or positive) as the NBD error value for a reply. */
+uint32_t nbd_proto_errno(int err);
+
+void nbd_proto_build_simple_reply(uint8_t out[NBD_SIMPLE_REPLY_LEN],
+                                  uint32_t error, uint64_t cookie);
+
+/* Names for logs: "NBD_OPT_GO", "NBD_CMD_READ", "unknown". */
+const char *nbd_proto_opt_name(uint32_t option);
+const char *nbd_proto_cmd_name(uint16_t type);
+
+#endif

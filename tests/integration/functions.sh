@@ -1,0 +1,450 @@
+# Shared harness for duplex integration tests (in the manner of nbdkit's
+# tests/functions.sh.in).  Each test-*.sh sources this file, which:
+#
+#   - makes a fresh temporary directory, cds into it, removes it on exit;
+#   - arms a watchdog that fails the whole test after $DUPLEX_TEST_TIMEOUT s;
+#   - starts agents in the background (--foreground --pidfile), waits for the
+#     pidfile with a deadline, and registers them for cleanup;
+#   - stops agents with SIGTERM and fails the test if one does not exit
+#     cleanly within 5 s (then SIGKILLs it);
+#   - polls status (duplexctl status --json) instead of sleeping.
+#
+# Environment: DUPLEX_BUILD (build tree with the binaries), DUPLEX_SRC
+# (source tree), DUPLEX_TEST_TIMEOUT (seconds, default 300),
+# DUPLEX_KEEP_TMP=1 (keep the temporary directory), DUPLEX_VERBOSE=1 (start
+# agents with -v).
+#
+# Exit codes: 0 pass, 77 skip (a tool is genuinely missing), anything else
+# is a failure.
+
+set -euo pipefail
+
+DUPLEX_SRC=${DUPLEX_SRC:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+DUPLEX_BUILD=${DUPLEX_BUILD:-$DUPLEX_SRC/build}
+export DUPLEX_SRC DUPLEX_BUILD
+PRIMARY_BIN=$DUPLEX_BUILD/duplex-primary
+SECONDARY_BIN=$DUPLEX_BUILD/duplex-secondary
+DUPLEXCTL=$DUPLEX_BUILD/duplexctl
+# libnbd's Python binding is packaged for the system interpreter only.
+PYTHON=/usr/bin/python3
+TEST_NAME=$(basename "$0" .sh)
+
+# Sanitizer builds: make any report fatal and visible in the agent's log.
+export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=0:detect_leaks=1:exitcode=66}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1:exitcode=66}
+
+# Names of the agents started by start_agent, and their pids.
+declare -a _agents=()
+declare -A _agent_pid=()
+# Cleanup commands run in reverse order at exit.
+declare -a _cleanup=()
+_failed=0
+_watchdog_pid=
+
+log() { printf '%s: %s\n' "$TEST_NAME" "$*" >&2; }
+# Fail the test now with a message.
+fail() {
+    printf '%s: FAIL: %s\n' "$TEST_NAME" "$*" >&2
+    _failed=1
+    exit 1
+}
+
+# Register a command to run at exit (cleanup_fn CMD ARGS...).
+cleanup_fn() {
+    local q
+    printf -v q '%q ' "$@"
+    _cleanup+=("$q")
+}
+
+# kill_quiet PID...: SIGTERM processes that may have exited already.
+kill_quiet() { kill "$@" 2>/dev/null || true; }
+# kill_quiet_sig SIG PID...
+kill_quiet_sig() { local sig=$1; shift; kill "-$sig" "$@" 2>/dev/null || true; }
+
+_on_exit() {
+    local rc=$? i name
+    set +e
+    trap '' INT TERM
+    [ "$rc" -ne 0 ] && [ "$rc" -ne 77 ] && _failed=1
+    if [ -n "$_watchdog_pid" ]; then
+        kill "$_watchdog_pid" 2>/dev/null
+        wait "$_watchdog_pid" 2>/dev/null
+    fi
+    for ((i = ${#_cleanup[@]} - 1; i >= 0; i--)); do
+        eval "${_cleanup[$i]}"
+    done
+    for name in "${_agents[@]}"; do
+        if [ -n "${_agent_pid[$name]:-}" ]; then
+            stop_agent "$name" || _failed=1
+        fi
+    done
+    if [ "$_failed" -ne 0 ]; then
+        for name in "${_agents[@]}"; do
+            if [ -s "$TESTDIR/$name.log" ]; then
+                echo "----- $name.log (last 60 lines) -----" >&2
+                tail -n 60 "$TESTDIR/$name.log" >&2
+            fi
+        done
+        [ "$rc" -eq 0 ] && rc=1
+    fi
+    cd /
+    if [ -n "${DUPLEX_KEEP_TMP:-}" ]; then
+        echo "$TEST_NAME: kept $TESTDIR" >&2
+    else
+        rm -rf "$TESTDIR"
+    fi
+    if [ "$rc" -eq 0 ]; then
+        echo "$TEST_NAME: PASS"
+    elif [ "$rc" -eq 77 ]; then
+        echo "$TEST_NAME: SKIP"
+    fi
+    exit "$rc"
+}
+
+_on_timeout() {
+    printf '%s: FAIL: test timed out after %s s\n' "$TEST_NAME" \
+        "$DUPLEX_TEST_TIMEOUT" >&2
+    _failed=1
+    exit 124
+}
+
+# Skip the test (exit 77) unless every command exists.
+requires() {
+    local c
+    for c in "$@"; do
+        if ! command -v "$c" >/dev/null 2>&1; then
+            echo "$TEST_NAME: SKIP: $c not found (run deploy/install-deps.sh)" >&2
+            exit 77
+        fi
+    done
+}
+requires_root() {
+    [ "$(id -u)" -eq 0 ] || { echo "$TEST_NAME: SKIP: needs root" >&2; exit 77; }
+}
+requires_python_nbd() {
+    [ -x "$PYTHON" ] && "$PYTHON" -c 'import nbd' 2>/dev/null || {
+        echo "$TEST_NAME: SKIP: $PYTHON cannot import nbd (python3-libnbd)" >&2
+        exit 77
+    }
+}
+requires_fuse() {
+    requires nbdfuse fusermount3
+    [ -c /dev/fuse ] || { echo "$TEST_NAME: SKIP: no /dev/fuse" >&2; exit 77; }
+}
+requires_loop() {
+    requires losetup
+    [ -e /dev/loop-control ] || { echo "$TEST_NAME: SKIP: no loop devices" >&2; exit 77; }
+}
+
+# ---- setup: runs when this file is sourced ----
+
+for _b in "$PRIMARY_BIN" "$SECONDARY_BIN" "$DUPLEXCTL"; do
+    [ -x "$_b" ] || { echo "$TEST_NAME: FAIL: $_b not built (DUPLEX_BUILD=$DUPLEX_BUILD)" >&2; exit 1; }
+done
+requires jq openssl cmp timeout
+
+# Deadlines scale for slow builds (sanitizers): DUPLEX_SLOW=N multiplies
+# every wait_until deadline.
+SLOW=${DUPLEX_SLOW:-1}
+if [ -f "$DUPLEX_BUILD/CMakeCache.txt" ] &&
+    grep -q '^DUPLEX_SANITIZE:BOOL=ON' "$DUPLEX_BUILD/CMakeCache.txt"; then
+    SLOW=${DUPLEX_SLOW:-3}
+fi
+# The whole test's deadline stays below ctest's TIMEOUT (600 s).
+if [ "$SLOW" -gt 1 ]; then
+    DUPLEX_TEST_TIMEOUT=${DUPLEX_TEST_TIMEOUT:-560}
+else
+    DUPLEX_TEST_TIMEOUT=${DUPLEX_TEST_TIMEOUT:-300}
+fi
+TESTDIR=$(mktemp -d "${TMPDIR:-/tmp}/duplex-$TEST_NAME.XXXXXX")
+trap _on_exit EXIT
+trap 'exit 130' INT
+trap _on_timeout TERM
+cd "$TESTDIR"
+
+# The watchdog: after the deadline, TERM the test and whatever it is
+# waiting on in the foreground (its direct children, by parent pid; not the
+# agents, listed in .agents, which the cleanup stops and checks), so the TERM
+# trap runs, cleans up and fails the test.
+_test_pid=$$
+: >"$TESTDIR/.agents"
+(
+    sleep "$DUPLEX_TEST_TIMEOUT" >/dev/null 2>&1 </dev/null &
+    _sleep_pid=$!
+    trap 'kill $_sleep_pid 2>/dev/null; exit 0' TERM
+    wait $_sleep_pid || exit 0
+    echo "$TEST_NAME: watchdog: deadline of $DUPLEX_TEST_TIMEOUT s reached" >&2
+    kill -TERM "$_test_pid" 2>/dev/null
+    for _p in $(pgrep -P "$_test_pid"); do
+        [ "$_p" = "$BASHPID" ] && continue
+        grep -qx "$_p" "$TESTDIR/.agents" 2>/dev/null && continue
+        kill -TERM "$_p" 2>/dev/null
+    done
+) &
+_watchdog_pid=$!
+
+
+# ---- polling ----
+
+# wait_until [-t SECONDS] [-m MESSAGE] 'shell condition'
+# Polls the condition every 0.1 s until it is true; fails the test after
+# the deadline (default 30 s, times $SLOW).
+wait_until() {
+    local secs=30 msg="" cond deadline
+    while [ $# -gt 1 ]; do
+        case $1 in
+            -t) secs=$2; shift 2 ;;
+            -m) msg=$2; shift 2 ;;
+            *) break ;;
+        esac
+    done
+    cond=$1
+    deadline=$((SECONDS + secs * SLOW))
+    while ! eval "$cond"; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            fail "${msg:-condition} not reached in $((secs * SLOW)) s: $cond"
+        fi
+        _check_agents_alive
+        sleep 0.1
+    done
+}
+
+# ---- certificates ----
+
+# make_certs DIR NAME...: a CA in DIR plus NAME.pem/NAME.key per name.
+make_certs() {
+    "$DUPLEX_SRC/deploy/duplex-certs.sh" "$@" >/dev/null ||
+        fail "duplex-certs.sh $* failed"
+}
+
+# ---- agents ----
+
+# start_agent NAME BINARY ARGS...
+# Starts BINARY ARGS... --control NAME.ctl --pidfile NAME.pid --foreground
+# (-v with DUPLEX_VERBOSE) with output in NAME.log, waits until the pidfile
+# holds its pid, and registers it for cleanup.
+start_agent() {
+    local name=$1 bin=$2 pid deadline rc
+    shift 2
+    local -a extra=(--control "$TESTDIR/$name.ctl" --pidfile "$TESTDIR/$name.pid"
+                    --foreground)
+    [ -n "${DUPLEX_VERBOSE:-}" ] && extra+=(-v)
+    rm -f "$TESTDIR/$name.pid" "$TESTDIR/$name.pid.port"
+    echo "+ $(basename "$bin") $* ${extra[*]}" >"$TESTDIR/$name.log"
+    "$bin" "$@" "${extra[@]}" >>"$TESTDIR/$name.log" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >>"$TESTDIR/.agents"
+    _agents+=("$name")
+    _agent_pid[$name]=$pid
+    deadline=$((SECONDS + 30 * SLOW))
+    while :; do
+        if [ -s "$TESTDIR/$name.pid" ] &&
+            [ "$(cat "$TESTDIR/$name.pid" 2>/dev/null)" = "$pid" ]; then
+            break
+        fi
+        if ! _alive "$pid"; then
+            wait "$pid" 2>/dev/null && rc=0 || rc=$?
+            _agent_pid[$name]=
+            cat "$TESTDIR/$name.log" >&2
+            fail "$name exited with status $rc before writing its pidfile"
+        fi
+        [ "$SECONDS" -lt "$deadline" ] ||
+            fail "$name (pid $pid) did not write $name.pid in $((30 * SLOW)) s"
+        sleep 0.1
+    done
+    log "$name started (pid $pid)"
+}
+
+# start_secondary NAME ARGS...  (sets ${NAME}_port from NAME.pid.port when
+# listening on port 0; also in $SECONDARY_PORT)
+start_secondary() {
+    local name=$1
+    shift
+    start_agent "$name" "$SECONDARY_BIN" "$@"
+    if [ -s "$TESTDIR/$name.pid.port" ]; then
+        SECONDARY_PORT=$(cat "$TESTDIR/$name.pid.port")
+        [[ "$SECONDARY_PORT" =~ ^[0-9]+$ ]] && [ "$SECONDARY_PORT" -gt 0 ] ||
+            fail "$name.pid.port holds '$SECONDARY_PORT', not a port"
+        printf -v "${name//[^A-Za-z0-9_]/_}_port" '%s' "$SECONDARY_PORT"
+    fi
+}
+
+# start_primary NAME ARGS...
+start_primary() {
+    local name=$1
+    shift
+    start_agent "$name" "$PRIMARY_BIN" "$@"
+}
+
+_alive() {
+    local pid=$1 state
+    kill -0 "$pid" 2>/dev/null || return 1
+    # A zombie not yet reaped by this shell has exited.
+    state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || return 1
+    [ "$state" != Z ]
+}
+
+# Fails the test if a registered agent died on its own.
+_check_agents_alive() {
+    local name pid rc
+    for name in "${_agents[@]}"; do
+        pid=${_agent_pid[$name]:-}
+        [ -n "$pid" ] || continue
+        if ! _alive "$pid"; then
+            wait "$pid" 2>/dev/null && rc=0 || rc=$?
+            _agent_pid[$name]=
+            fail "$name (pid $pid) died unexpectedly with status $rc"
+        fi
+    done
+}
+
+agent_pid() { echo "${_agent_pid[$1]}"; }
+
+# stop_agent NAME: SIGTERM, wait at most 5 s.  Returns non-zero (and marks
+# the test failed) if it did not exit in time (then SIGKILL), exited with a
+# non-zero status, or a sanitizer reported an error.
+stop_agent() {
+    local name=$1 pid rc deadline ok=0
+    pid=${_agent_pid[$name]:-}
+    [ -n "$pid" ] || return 0
+    _agent_pid[$name]=
+    kill -TERM "$pid" 2>/dev/null || true
+    deadline=$(($(date +%s%N) / 1000000 + 5000))
+    while _alive "$pid"; do
+        if [ "$(($(date +%s%N) / 1000000))" -ge "$deadline" ]; then
+            echo "$TEST_NAME: FAIL: $name (pid $pid) still running 5 s after SIGTERM; killing it" >&2
+            kill -KILL "$pid" 2>/dev/null || true
+            ok=1
+            break
+        fi
+        sleep 0.05
+    done
+    wait "$pid" 2>/dev/null && rc=0 || rc=$?
+    if [ "$ok" -eq 0 ] && [ "$rc" -ne 0 ]; then
+        echo "$TEST_NAME: FAIL: $name (pid $pid) exited with status $rc after SIGTERM" >&2
+        ok=1
+    fi
+    if grep -qE 'ERROR: (Address|Leak|Undefined)Sanitizer|runtime error:' \
+        "$TESTDIR/$name.log" 2>/dev/null; then
+        echo "$TEST_NAME: FAIL: sanitizer report in $name.log" >&2
+        ok=1
+    fi
+    [ "$ok" -eq 0 ] || _failed=1
+    return "$ok"
+}
+
+# ---- status ----
+
+# status_json NAME: the agent's status object.  Returns non-zero with a
+# message on stderr if duplexctl fails or does not print a JSON object (use
+# as x=$(status_json pri) so that set -e fails the test).
+status_json() {
+    local out
+    if ! out=$("$DUPLEXCTL" --control "$TESTDIR/$1.ctl" status --json 2>&1); then
+        echo "$TEST_NAME: duplexctl status --json on $1 failed: $out" >&2
+        return 1
+    fi
+    if ! jq -e 'type == "object"' >/dev/null 2>&1 <<<"$out"; then
+        echo "$TEST_NAME: status of $1 is not a JSON object: $out" >&2
+        return 1
+    fi
+    printf '%s\n' "$out"
+}
+
+# status_field NAME FIELD: one field, raw (strings unquoted).
+status_field() {
+    local out
+    out=$(status_json "$1") || return 1
+    if ! jq -er --arg f "$2" 'if has($f) then .[$f] else error("no field \($f)") end' \
+        <<<"$out" 2>/dev/null; then
+        echo "$TEST_NAME: status of $1 has no field $2: $out" >&2
+        return 1
+    fi
+}
+
+# wait_status [-t SECONDS] NAME FIELD VALUE: poll until FIELD == VALUE.
+wait_status() {
+    local t=()
+    if [ "$1" = -t ]; then t=(-t "$2"); shift 2; fi
+    wait_until "${t[@]}" -m "$1 $2 = $3" \
+        "[ \"\$(status_field $1 $2)\" = \"$3\" ]"
+}
+
+# wait_in_sync NAME...: connected and in-sync with nothing pending.
+wait_in_sync() {
+    local n
+    for n in "$@"; do
+        wait_until -t 120 -m "$n connected, in sync, no lag" \
+            "status_json $n | jq -e '.connection == \"connected\" and .sync == \"in-sync\" and .out_of_sync_bytes == 0 and .replication_lag_bytes == 0' >/dev/null"
+    done
+}
+
+# ---- the usual pair ----
+
+# Certificates for the usual pair, in $TESTDIR/certs.
+CERTS=$TESTDIR/certs
+
+# start_pair MODE [PRIMARY ARGS...]: certificates (if not made yet), a
+# secondary $SEC (default "sec") on 127.0.0.1:0 with replica.img/replica.meta,
+# then a primary $PRI (default "pri") on unix:$PRI.sock with
+# primary.img/primary.meta (the caller creates primary.img).  Extra
+# arguments go to the primary.  Sets NBD_SOCK and NBD_URI.
+PRI=pri
+SEC=sec
+start_pair() {
+    local mode=$1
+    shift
+    [ -f "$CERTS/primary.pem" ] || make_certs "$CERTS" primary secondary
+    start_secondary "$SEC" --volume "$TESTDIR/replica.img" \
+        --meta "$TESTDIR/replica.meta" --listen 127.0.0.1:0 \
+        --tls-cert "$CERTS/secondary.pem" --tls-key "$CERTS/secondary.key" \
+        --tls-ca "$CERTS/ca.pem" --peer-name primary
+    start_primary "$PRI" --volume "$TESTDIR/primary.img" \
+        --meta "$TESTDIR/primary.meta" --nbd "unix:$TESTDIR/$PRI.sock" \
+        --peer "127.0.0.1:$SECONDARY_PORT" --mode "$mode" \
+        --tls-cert "$CERTS/primary.pem" --tls-key "$CERTS/primary.key" \
+        --tls-ca "$CERTS/ca.pem" --peer-name secondary "$@"
+    NBD_SOCK=$TESTDIR/$PRI.sock
+    NBD_URI="nbd+unix:///?socket=$NBD_SOCK"
+}
+
+# ---- data ----
+
+# compare_volumes A B: byte-identical, else fail naming the first difference.
+compare_volumes() {
+    local a=$1 b=$2 out
+    [ "$(stat -c %s "$a")" = "$(stat -c %s "$b")" ] ||
+        fail "$a is $(stat -c %s "$a") bytes, $b is $(stat -c %s "$b") bytes"
+    out=$(cmp "$a" "$b" 2>&1) ||
+        fail "$(basename "$a") and $(basename "$b") differ: $out"
+    log "$(basename "$a") and $(basename "$b") are identical ($(stat -c %s "$a") bytes)"
+}
+
+# make_pattern_image FILE SIZE_MIB: random data and zero regions, sparse
+# where zero.  Prints the number of non-zero bytes written.
+make_pattern_image() {
+    local file=$1 mib=$2
+    "$PYTHON" - "$file" "$mib" <<'EOF'
+import os, random, sys
+path, mib = sys.argv[1], int(sys.argv[2])
+MiB = 1 << 20
+rng = random.Random(mib)
+with open(path, "wb") as f:
+    f.truncate(mib * MiB)
+    off, data = 0, 0
+    while off < mib * MiB:
+        # alternate random runs and zero holes of 64 KiB .. 8 MiB
+        n = min(rng.choice([64 << 10, 1 << 20, 3 << 20, 8 << 20]), mib * MiB - off)
+        if rng.random() < 0.45:
+            f.seek(off)
+            f.write(os.urandom(n))
+            data += n
+        off += n + rng.choice([0, 4096, 1 << 20, 5 << 20])
+print(data)
+EOF
+}
+
+# nbd_python SCRIPT-ARGS...: run the Python script on stdin with libnbd.
+nbd_python() {
+    "$PYTHON" - "$@"
+}
