@@ -2,7 +2,8 @@
 # install-deps.sh: install every Debian 12 package duplex needs to build, to
 # run its test suite (unit, integration, sanitizer, fuzz) and to run the demo.
 # Idempotent and non-interactive; run as root.  When every package is already
-# installed it does nothing (set DUPLEX_DEPS_FORCE=1 to run apt-get anyway).
+# installed it does nothing (set DUPLEX_DEPS_FORCE=1, or CI=true, to run
+# apt-get anyway).
 set -euo pipefail
 
 packages=(
@@ -14,7 +15,7 @@ packages=(
     libcmocka-dev clang libclang-rt-14-dev
     # integration tests and demo: NBD clients and tools
     libnbd-bin python3 python3-libnbd qemu-utils fio nbdkit
-    e2fsprogs fuse3 openssl jq util-linux mount diffutils rsync procps coreutils
+    e2fsprogs fuse3 openssl jq bc util-linux mount diffutils rsync procps coreutils
 )
 
 missing=()
@@ -24,7 +25,9 @@ for p in "${packages[@]}"; do
     fi
 done
 
-if [ ${#missing[@]} -eq 0 ] && [ -z "${DUPLEX_DEPS_FORCE:-}" ]; then
+# CI always runs apt-get, so a clean machine and this one take the same path.
+if [ ${#missing[@]} -eq 0 ] && [ -z "${DUPLEX_DEPS_FORCE:-}" ] &&
+    [ "${CI:-}" != true ]; then
     echo "install-deps: all ${#packages[@]} packages already installed"
     exit 0
 fi
