@@ -40,6 +40,7 @@ now_ms() { echo $(($(date +%s%N) / 1000000)); }
 truncate -s 256M nbdkit.img
 nbdkit -U "$TESTDIR/nbdkit.sock" -P "$TESTDIR/nbdkit.pid" file "$TESTDIR/nbdkit.img"
 wait_until '[ -s "$TESTDIR/nbdkit.pid" ]'
+cleanup_fn bash -c "kill \$(cat '$TESTDIR/nbdkit.pid') 2>/dev/null || true"
 KURI="nbd+unix:///?socket=$TESTDIR/nbdkit.sock"
 fio_run kit4k "$KURI" randwrite 4k 1
 fio_run kit1m "$KURI" write 1M 8
