@@ -26,12 +26,13 @@ static const struct frame_kind frame_kinds[] = {
   [FRAME_SYNC_STATE] = { "SYNC_STATE", &duplex__sync_state__descriptor },
   [FRAME_HEARTBEAT] = { "HEARTBEAT", &duplex__heartbeat__descriptor },
   [FRAME_ERROR] = { "ERROR", &duplex__error__descriptor },
+  [FRAME_BITMAP] = { "BITMAP", &duplex__bitmap__descriptor },
 };
 
 static bool
 frame_type_valid(uint32_t type)
 {
-  return type >= FRAME_HELLO && type <= FRAME_ERROR;
+  return type >= FRAME_HELLO && type <= FRAME_BITMAP;
 }
 
 const char *
@@ -99,9 +100,10 @@ frame_parse_header(const uint8_t hdr[FRAME_HDR_LEN], struct frame *out,
              "the limit of %u", name, msg_len, FRAME_MAX_MSG);
     return -1;
   }
-  if (payload_len > 0 && type != FRAME_WRITE) {
+  if (payload_len > 0 && type != FRAME_WRITE && type != FRAME_BITMAP) {
     snprintf(err, errlen, "%s frame: unexpected payload of %" PRIu32
-             " bytes (only WRITE frames carry data)", name, payload_len);
+             " bytes (only WRITE and BITMAP frames carry data)", name,
+             payload_len);
     return -1;
   }
   if (payload_len > FRAME_MAX_PAYLOAD) {
@@ -193,6 +195,20 @@ frame_check(const struct frame *f, char *err, size_t errlen)
       return -1;
     }
     return 0;
+  case FRAME_BITMAP: {
+    const Duplex__Bitmap *b = f->m.bitmap;
+    if (b->length != f->payload_len || b->length == 0) {
+      snprintf(err, errlen, "BITMAP frame: length %" PRIu32 " but payload %"
+               PRIu32 " bytes", b->length, f->payload_len);
+      return -1;
+    }
+    if (frame_range_overflows(b->offset, b->length)) {
+      snprintf(err, errlen, "BITMAP frame: offset %" PRIu64 " + length %"
+               PRIu32 " overflows", b->offset, b->length);
+      return -1;
+    }
+    return 0;
+  }
   case FRAME_FLUSH:
   case FRAME_SYNC_STATE:
   case FRAME_HEARTBEAT:

@@ -3,7 +3,7 @@
  * A frame is a 16-byte big-endian header
  *     u32 magic 'DPX1' | u16 type | u16 reserved(0) | u32 msg_len | u32 payload_len
  * then msg_len bytes of protobuf (proto/duplex.proto) and payload_len bytes
- * of raw block data (WRITE only).  frame_parse validates everything a
+ * of raw data (WRITE: block data; BITMAP: a piece of a bitmap image).  frame_parse validates everything a
  * receiver relies on before any of it is acted upon. */
 #ifndef DUPLEX_FRAME_H
 #define DUPLEX_FRAME_H
@@ -30,6 +30,7 @@ enum frame_type {
   FRAME_SYNC_STATE = 7,
   FRAME_HEARTBEAT = 8,
   FRAME_ERROR = 9,
+  FRAME_BITMAP = 10,
 };
 
 /* A parsed frame.  Exactly one message pointer is set, matching type.
@@ -49,13 +50,14 @@ struct frame {
     Duplex__SyncState *sync_state;
     Duplex__Heartbeat *heartbeat;
     Duplex__Error *error;
+    Duplex__Bitmap *bitmap;
     ProtobufCMessage *any;
   } m;
 };
 
 /* Header only: returns 0 and fills type/msg_len/payload_len if the 16 bytes
  * are a valid header (magic, known type, reserved 0, lengths within limits,
- * payload only on WRITE); -1 with a message in err otherwise. */
+ * payload only on WRITE and BITMAP); -1 with a message in err otherwise. */
 int frame_parse_header(const uint8_t hdr[FRAME_HDR_LEN], struct frame *out,
                        char *err, size_t errlen);
 
