@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -11,7 +12,7 @@
 enum {
   OPT_VOLUME = 256, OPT_META, OPT_NBD, OPT_PEER, OPT_MODE, OPT_ASYNC_BUFFER,
   OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA, OPT_PEER_NAME, OPT_CONTROL,
-  OPT_PIDFILE, OPT_FOREGROUND,
+  OPT_PIDFILE, OPT_FOREGROUND, OPT_PEER_TIMEOUT, OPT_BITMAP_GRAIN,
 };
 
 static const struct option config_options[] = {
@@ -28,6 +29,8 @@ static const struct option config_options[] = {
   { "control", required_argument, NULL, OPT_CONTROL },
   { "pidfile", required_argument, NULL, OPT_PIDFILE },
   { "foreground", no_argument, NULL, OPT_FOREGROUND },
+  { "peer-timeout", required_argument, NULL, OPT_PEER_TIMEOUT },
+  { "bitmap-grain", required_argument, NULL, OPT_BITMAP_GRAIN },
   { "verbose", no_argument, NULL, 'v' },
   { "help", no_argument, NULL, 'h' },
   { "version", no_argument, NULL, 'V' },
@@ -41,6 +44,7 @@ config_usage(FILE *out)
 "Usage: duplex-primary --volume PATH --meta PATH --nbd unix:PATH|HOST:PORT\n"
 "                      --peer HOST:PORT --mode sync|async [--async-buffer SIZE]\n"
 "                      --tls-cert PEM --tls-key PEM --tls-ca PEM --peer-name NAME\n"
+"                      [--peer-timeout SECONDS] [--bitmap-grain SIZE]\n"
 "                      [--control SOCKET] [--pidfile PATH] [--foreground] [-v]\n"
 "\n"
 "Serves VOLUME over NBD and replicates every write over TLS 1.3 to a\n"
@@ -56,6 +60,11 @@ config_usage(FILE *out)
 "                       async: answered when local, the replica lags behind\n"
 "  --async-buffer SIZE  async mode: bytes that may be unacknowledged by the\n"
 "                       secondary before new writes wait (default 64M)\n"
+"  --peer-timeout SECS  a secondary silent this long is dropped; writes then\n"
+"                       continue locally and are resynced later (default 10)\n"
+"  --bitmap-grain SIZE  bytes of volume per bit of the write-intent bitmap\n"
+"                       (default 4K: 32 MiB of bitmap per TiB, on disk and\n"
+"                       in memory; 64K: 2 MiB per TiB)\n"
 "  --tls-cert PEM       this agent's certificate (chain)\n"
 "  --tls-key PEM        its private key\n"
 "  --tls-ca PEM         CA the secondary's certificate must chain to\n"
@@ -90,6 +99,8 @@ config_parse(int argc, char **argv, struct config *cfg, char *err,
 
   memset(cfg, 0, sizeof *cfg);
   cfg->async_buffer = DEFAULT_ASYNC_BUFFER;
+  cfg->peer_timeout_ms = 10000;
+  cfg->bitmap_grain = 4096;
   optind = 1;
   opterr = 0;
 
@@ -142,6 +153,33 @@ config_parse(int argc, char **argv, struct config *cfg, char *err,
         return -1;
       }
       break;
+    case OPT_PEER_TIMEOUT: {
+      char *end;
+      unsigned long v;
+      errno = 0;
+      v = strtoul(optarg, &end, 10);
+      if (errno || end == optarg || *end || v < 1 || v > 3600) {
+        snprintf(err, errlen, "--peer-timeout %s: must be 1..3600 seconds",
+                 optarg);
+        return -1;
+      }
+      cfg->peer_timeout_ms = (unsigned)v * 1000;
+      break;
+    }
+    case OPT_BITMAP_GRAIN: {
+      uint64_t g;
+      if (util_parse_size(optarg, &g, sub, sizeof sub) == -1) {
+        snprintf(err, errlen, "--bitmap-grain %s: %s", optarg, sub);
+        return -1;
+      }
+      if (g < 4096 || g > (1u << 24) || (g & (g - 1))) {
+        snprintf(err, errlen, "--bitmap-grain %s: must be a power of two "
+                 "from 4K to 16M", optarg);
+        return -1;
+      }
+      cfg->bitmap_grain = (uint32_t)g;
+      break;
+    }
     case OPT_TLS_CERT: cfg->tls.cert = optarg; break;
     case OPT_TLS_KEY: cfg->tls.key = optarg; break;
     case OPT_TLS_CA: cfg->tls.ca = optarg; break;

@@ -15,6 +15,7 @@
 #include "bitmap.h"
 #include "blockdev.h"
 #include "frame.h"
+#include "gen.h"
 #include "meta.h"
 #include "tls.h"
 #include "util.h"
@@ -35,6 +36,8 @@ struct config {
   struct endpoint peer;
   enum repl_mode mode;
   uint64_t async_buffer;
+  unsigned peer_timeout_ms;
+  uint32_t bitmap_grain;
   struct tls_config tls;
   const char *control;
   const char *pidfile;
@@ -67,6 +70,9 @@ struct primary {
   struct aio_ctx *aio;
   struct bitmap *oos;           /* blocks the secondary does not have */
   struct lockset *locks;
+  struct al *al;
+  struct gen_ids gen;           /* this side's generation identifiers */
+  bool need_new_gen;            /* next unreplicated write starts one */
   struct repl *repl;
   struct resync *resync;
   struct nbd_server *nbd[NBD_MAX_ENDPOINTS];
@@ -75,6 +81,12 @@ struct primary {
   TAILQ_HEAD(, req) waiting;    /* writes waiting for async buffer space */
   bool stopping;
 };
+
+/* Start a new data generation (first change the peer does not get) and
+ * persist it before that change is made. */
+void primary_new_generation(struct primary *p);
+/* Persist p->gen (a resync finished). */
+void primary_save_generation(struct primary *p);
 
 /* ---- vol.c: the request engine (local I/O + replication) ---- */
 enum req_type { REQ_READ, REQ_WRITE, REQ_FLUSH, REQ_TRIM, REQ_ZERO };
@@ -106,6 +118,7 @@ struct req {
   uint64_t epoch;
   bool sent;                    /* handed to the replication link */
   bool locked;
+  bool al_held;                 /* holds activity-log references */
   struct aio_op aio;
   struct aio_op aio2;
   void *lock;                   /* struct range_lock * */
@@ -120,6 +133,23 @@ void vol_req_free(struct req *r);  /* frees r->buf too */
 void vol_submit(struct req *r);
 /* Buffer space or a lock became free: retry waiting requests. */
 void vol_kick(struct primary *p);
+
+/* ---- al.c: activity log (write intent of hot extents) ---- */
+#define AL_EXTENT_SHIFT 22      /* 4 MiB */
+struct al;
+struct al *al_new(struct primary *p, unsigned shift);
+void al_free(struct al *al);
+/* Startup: mark the extents of the on-disk log out of sync, persist the
+ * bitmap, start an empty log.  0 or -errno. */
+int al_recover(struct al *al);
+/* Cover [off, off+len) by the on-disk log before writing it (synchronous
+ * log write when an extent is new).  0 or -errno; pair with al_end. */
+int al_begin(struct al *al, uint64_t off, uint64_t len);
+void al_end(struct al *al, uint64_t off, uint64_t len);
+void al_tick(struct al *al);             /* retire idle extents */
+int al_flush_bitmap(struct al *al);      /* dirty bitmap pages to disk */
+void al_shutdown(struct al *al);         /* clean stop: empty log */
+unsigned al_active(const struct al *al);
 
 /* ---- lock.c: range locks serialising overlapping writes and resync ---- */
 struct range_lock;
@@ -161,6 +191,8 @@ enum repl_state {
   REPL_CONNECTING,  /* TCP connect in progress */
   REPL_HANDSHAKE,   /* TLS handshake */
   REPL_HELLO,       /* Hello sent, waiting for HelloReply */
+  REPL_BITMAP,      /* receiving the secondary's bitmap (split brain
+                       resolved by discarding its changes) */
   REPL_CONNECTED,   /* replicating */
 };
 
@@ -196,6 +228,11 @@ void repl_send_sync_state(struct repl *r, bool in_sync, uint64_t total,
 void repl_close_epoch(struct repl *r, uint64_t epoch);
 uint64_t repl_inflight_bytes(const struct repl *r);
 const char *repl_state_name(enum repl_state s);
+/* Resync finished: tell the secondary it holds our generation; `op` is
+ * acknowledged once it has adopted it durably. */
+int repl_send_sync_done(struct repl *r, struct repl_op *op);
+bool repl_split_brain(const struct repl *r);
+const char *repl_decision(const struct repl *r); /* NULL before a handshake */
 /* Why the link last failed, or NULL. */
 const char *repl_last_error(const struct repl *r);
 struct repl_counters {
@@ -220,6 +257,7 @@ struct resync_counters {
   uint64_t started_ms;
   bool full;
   bool ever_completed;
+  bool in_sync_confirmed;       /* the secondary adopted our generation */
 };
 void resync_get_counters(const struct resync *rs, struct resync_counters *c);
 

@@ -16,18 +16,36 @@
 #define STOP_DEADLINE_MS 4000
 
 static struct primary primary;
+static struct event *tick;
+
+static uint64_t
+main_random_id(void)
+{
+  uint8_t b[16];
+  uint64_t v = 0;
+  int i;
+  do {
+    util_uuid_generate(b);
+    for (i = 0; i < 8; i++)
+      v = v << 8 | b[i];
+  } while (v == 0);
+  return v;
+}
 static struct control *control;
 static struct event *stop_timer;
 static uint64_t stop_started_ms;
 
 /* Open or create the metadata beside the volume: a new file gets a fresh
- * volume identity. */
+ * volume identity and a first data generation.  Metadata last used by a
+ * secondary is fine: roles belong to the process, identity to the data. */
 static void
 main_open_meta(struct primary *p)
 {
   char err[512];
   bool created;
   struct meta_sb sb;
+  uint64_t bits;
+  int rc;
 
   if (meta_open(p->cfg.meta, &p->meta, &created, err, sizeof err) == -1)
     daemon_fail(2, "duplex-primary: --meta %s: %s", p->cfg.meta, err);
@@ -37,19 +55,105 @@ main_open_meta(struct primary *p)
     util_uuid_generate(sb.volume_uuid);
     sb.size_bytes = p->vol.size;
     sb.block_size = BDEV_ALIGN;
-    sb.role = META_ROLE_PRIMARY;
-  } else if (sb.size_bytes != p->vol.size) {
-    daemon_fail(2, "duplex-primary: --meta %s: metadata is for a volume of "
-                "%llu bytes but %s is %llu bytes; use the matching metadata "
-                "file or a new one", p->cfg.meta,
-                (unsigned long long)sb.size_bytes, p->vol.path,
-                (unsigned long long)p->vol.size);
+    sb.bitmap_grain = p->cfg.bitmap_grain;
+    sb.gen.current = main_random_id();
+  } else {
+    if (sb.size_bytes != p->vol.size)
+      daemon_fail(2, "duplex-primary: --meta %s: metadata is for a volume of "
+                  "%llu bytes but %s is %llu bytes; use the matching "
+                  "metadata file or a new one", p->cfg.meta,
+                  (unsigned long long)sb.size_bytes, p->vol.path,
+                  (unsigned long long)p->vol.size);
+    if (sb.bitmap_grain != p->cfg.bitmap_grain)
+      daemon_fail(2, "duplex-primary: --bitmap-grain %u: metadata %s was "
+                  "created with %u bytes per bit; use that or a new "
+                  "metadata file (a full resync follows)",
+                  p->cfg.bitmap_grain, p->cfg.meta, sb.bitmap_grain);
+    if (sb.role == META_ROLE_SECONDARY)
+      log_info("primary: metadata %s was last used by a secondary; serving "
+               "its data as primary", p->cfg.meta);
+    if (sb.gen.current == 0)
+      sb.gen.current = main_random_id();
   }
   sb.role = META_ROLE_PRIMARY;
   sb.clean_shutdown = false;
-  if (meta_write(p->meta, &sb) < 0)
+  if ((rc = meta_write(p->meta, &sb)) < 0)
     daemon_fail(2, "duplex-primary: --meta %s: cannot write: %s",
-                p->cfg.meta, strerror(errno));
+                p->cfg.meta, strerror(-rc));
+  bits = (p->vol.size + sb.bitmap_grain - 1) / sb.bitmap_grain;
+  if (meta_get(p->meta)->bitmap_bits != bits &&
+      (rc = meta_bitmap_resize(p->meta, bits)) < 0)
+    daemon_fail(2, "duplex-primary: --meta %s: cannot size the bitmap: %s",
+                p->cfg.meta, strerror(-rc));
+  p->gen = meta_get(p->meta)->gen;
+}
+
+/* The out-of-sync bitmap from disk, plus the regions of the activity log
+ * (writes that may have been in flight when the primary last stopped). */
+static void
+main_load_bitmap(struct primary *p)
+{
+  int rc;
+
+  p->oos = bitmap_new(p->vol.size, p->cfg.bitmap_grain);
+  if (!p->oos)
+    daemon_fail(1, "duplex-primary: cannot allocate the bitmap for %llu "
+                "bytes", (unsigned long long)p->vol.size);
+  rc = meta_bitmap_read(p->meta, bitmap_words(p->oos),
+                        bitmap_word_count(p->oos) * sizeof(uint64_t));
+  if (rc < 0)
+    daemon_fail(2, "duplex-primary: --meta %s: cannot read the bitmap: %s",
+                p->cfg.meta, strerror(-rc));
+  bitmap_recount(p->oos);
+  p->al = al_new(p, AL_EXTENT_SHIFT);
+  if ((rc = al_recover(p->al)) < 0)
+    daemon_fail(2, "duplex-primary: --meta %s: activity log: %s",
+                p->cfg.meta, strerror(-rc));
+  if (bitmap_dirty_bytes(p->oos))
+    log_info("primary: %llu bytes are marked out of sync from before",
+             (unsigned long long)bitmap_dirty_bytes(p->oos));
+}
+
+void
+primary_new_generation(struct primary *p)
+{
+  struct meta_sb sb = *meta_get(p->meta);
+  char id[17];
+  int rc;
+
+  gen_new_current(&p->gen, main_random_id());
+  sb.gen = p->gen;
+  if ((rc = meta_write(p->meta, &sb)) < 0)
+    log_error("primary: metadata %s: cannot record a new generation: %s",
+              p->cfg.meta, strerror(-rc));
+  p->need_new_gen = false;
+  gen_format(p->gen.current, id);
+  log_info("primary: new data generation %s (writes continue without the "
+           "secondary)", id);
+}
+
+/* Persist the generation identifiers (after a resync finished). */
+void
+primary_save_generation(struct primary *p)
+{
+  struct meta_sb sb = *meta_get(p->meta);
+  int rc;
+
+  sb.gen = p->gen;
+  if ((rc = meta_write(p->meta, &sb)) < 0)
+    log_error("primary: metadata %s: cannot record the generation: %s",
+              p->cfg.meta, strerror(-rc));
+}
+
+/* Once a second: retire idle activity-log extents, flush bitmap pages. */
+static void
+main_tick(evutil_socket_t fd, short what, void *opaque)
+{
+  struct primary *p = opaque;
+  (void)fd;
+  (void)what;
+  al_tick(p->al);
+  al_flush_bitmap(p->al);
 }
 
 static void
@@ -122,18 +226,14 @@ main(int argc, char **argv)
   p->aio = aio_ctx_new(p->base, 256, err, sizeof err);
   if (!p->aio)
     daemon_fail(1, "duplex-primary: %s", err);
-  p->oos = bitmap_new(p->vol.size, BDEV_ALIGN);
-  if (!p->oos)
-    daemon_fail(1, "duplex-primary: cannot allocate the bitmap for %llu "
-                "bytes", (unsigned long long)p->vol.size);
+  main_load_bitmap(p);
+  p->need_new_gen = true;
   p->locks = lock_set_new();
   TAILQ_INIT(&p->waiting);
   p->repl = repl_new(p, err, sizeof err);
   if (!p->repl)
     daemon_fail(2, "duplex-primary: %s", err);
   p->resync = resync_new(p);
-  /* Until the secondary has been synced, everything is out of sync. */
-  bitmap_set_all(p->oos);
 
   for (i = 0; i < p->cfg.n_nbd; i++) {
     if (nbd_server_new(p, &p->cfg.nbd[i], &p->nbd[i], err, sizeof err) == -1)
@@ -150,6 +250,11 @@ main(int argc, char **argv)
   sigint = evsignal_new(p->base, SIGINT, main_signal, p);
   event_add(sigterm, NULL);
   event_add(sigint, NULL);
+  {
+    struct timeval one = { 1, 0 };
+    tick = event_new(p->base, -1, EV_PERSIST, main_tick, p);
+    event_add(tick, &one);
+  }
 
   repl_start(p->repl);
   if (p->cfg.pidfile && util_write_pidfile(p->cfg.pidfile) == -1)
@@ -173,7 +278,12 @@ main(int argc, char **argv)
   p->repl = NULL;
   if (control)
     control_free(control);
+  if (clean)
+    al_shutdown(p->al);
+  else
+    al_flush_bitmap(p->al);
   sb = *meta_get(p->meta);
+  sb.gen = p->gen;
   sb.clean_shutdown = clean;
   meta_write(p->meta, &sb);
   meta_close(p->meta);
@@ -182,6 +292,8 @@ main(int argc, char **argv)
   if (clean) {
     /* Everything is idle: free it, so leak checkers see a clean exit. */
     resync_free(p->resync);
+    al_free(p->al);
+    event_free(tick);
     lock_set_free(p->locks);
     bitmap_free(p->oos);
     aio_ctx_free(p->aio);

@@ -25,7 +25,6 @@
 #include "log.h"
 
 #define REPL_HEARTBEAT_MS 2000
-#define REPL_PEER_TIMEOUT_MS 10000
 #define REPL_BACKOFF_MIN_MS 200
 #define REPL_BACKOFF_MAX_MS 5000
 
@@ -53,6 +52,14 @@ struct repl {
   struct epochs epochs;
 
   struct repl_counters ctr;
+
+  /* handshake outcome */
+  enum gen_decision decision;
+  bool have_decision;
+  bool split_brain;
+  bool bitmap_full;              /* after the bitmap: full sync instead */
+  uint8_t *bitmap_image;         /* REPL_BITMAP: the peer's bitmap */
+  uint64_t bitmap_len;
 };
 
 static void repl_timer_cb(evutil_socket_t fd, short what, void *opaque);
@@ -67,6 +74,7 @@ repl_state_name(enum repl_state s)
   case REPL_CONNECTING: return "connecting";
   case REPL_HANDSHAKE: return "tls-handshake";
   case REPL_HELLO: return "hello";
+  case REPL_BITMAP: return "bitmap-exchange";
   case REPL_CONNECTED: return "connected";
   }
   return "?";
@@ -280,10 +288,57 @@ repl_send_sync_state(struct repl *r, bool in_sync, uint64_t total,
 }
 
 static void
+repl_gen_to_msg(const struct gen_ids *gen, Duplex__GenIds *m, uint64_t *hist)
+{
+  duplex__gen_ids__init(m);
+  m->current = gen->current;
+  m->bitmap = gen->bitmap;
+  memcpy(hist, gen->history, sizeof gen->history);
+  m->history = hist;
+  m->n_history = GEN_HISTORY;
+}
+
+static void
+repl_gen_from_msg(const Duplex__GenIds *m, struct gen_ids *gen)
+{
+  size_t i;
+  memset(gen, 0, sizeof *gen);
+  if (!m)
+    return;
+  gen->current = m->current;
+  gen->bitmap = m->bitmap;
+  for (i = 0; i < m->n_history && i < GEN_HISTORY; i++)
+    gen->history[i] = m->history[i];
+}
+
+int
+repl_send_sync_done(struct repl *r, struct repl_op *op)
+{
+  Duplex__SyncState m = DUPLEX__SYNC_STATE__INIT;
+  Duplex__GenIds g;
+  uint64_t hist[GEN_HISTORY];
+
+  if (r->state != REPL_CONNECTED)
+    return -1;
+  op->epoch = r->epochs.current;
+  ring_push(r, op);
+  m.in_sync = true;
+  m.seq = op->seq;
+  repl_gen_to_msg(&r->p->gen, &g, hist);
+  m.gen = &g;
+  m.decision = (char *)gen_decision_name(r->decision);
+  repl_send_frame(r, FRAME_SYNC_STATE, &m.base, NULL, 0);
+  epoch_advance(&r->epochs);
+  return 0;
+}
+
+static void
 repl_send_hello(struct repl *r)
 {
   const struct meta_sb *sb = meta_get(r->p->meta);
   Duplex__Hello m = DUPLEX__HELLO__INIT;
+  Duplex__GenIds g;
+  uint64_t hist[GEN_HISTORY];
   char host[256];
 
   if (gethostname(host, sizeof host) == -1)
@@ -297,6 +352,9 @@ repl_send_hello(struct repl *r)
   m.mode = r->p->cfg.mode == REPL_SYNC ? DUPLEX__MODE__MODE_SYNC
                                         : DUPLEX__MODE__MODE_ASYNC;
   m.node_name = host;
+  repl_gen_to_msg(&r->p->gen, &g, hist);
+  m.gen = &g;
+  m.bitmap_grain = bitmap_grain(r->p->oos);
   repl_send_frame(r, FRAME_HELLO, &m.base, NULL, 0);
 }
 
@@ -328,13 +386,16 @@ repl_drop(struct repl *r, const char *fmt, ...)
   va_start(ap, fmt);
   vsnprintf(r->last_error, sizeof r->last_error, fmt, ap);
   va_end(ap);
-  if (was_connected || r->state == REPL_HELLO)
+  if (was_connected || r->state == REPL_HELLO || r->state == REPL_BITMAP)
     log_warn("primary: link to %s lost: %s; writes continue locally and the "
              "replica is resynced on reconnect", r->peer_desc, r->last_error);
   else
     log_debug("primary: link to %s: %s", r->peer_desc, r->last_error);
   repl_close(r);
+  free(r->bitmap_image);
+  r->bitmap_image = NULL;
   repl_set_state(r, REPL_IDLE);
+  r->p->need_new_gen = true;
   r->next_attempt_ms = util_now_ms() + r->backoff_ms;
   r->backoff_ms = MIN(r->backoff_ms * 2, REPL_BACKOFF_MAX_MS);
   epoch_advance(&r->epochs);
@@ -342,6 +403,116 @@ repl_drop(struct repl *r, const char *fmt, ...)
     resync_abort(r->p->resync);
   ring_fail_all(r);
   vol_kick(r->p);
+}
+
+/* Everything agreed: replicate, and resync what differs. */
+static void
+repl_connected_begin(struct repl *r, bool full)
+{
+  repl_set_state(r, REPL_CONNECTED);
+  r->backoff_ms = REPL_BACKOFF_MIN_MS;
+  r->ctr.connects++;
+  r->last_error[0] = '\0';
+  r->split_brain = false;
+  log_info("primary: connected to secondary %s, mode %s, %s",
+           r->peer_desc, r->p->cfg.mode == REPL_SYNC ? "sync" : "async",
+           gen_decision_name(r->decision));
+  resync_begin(r->p->resync, full);
+  vol_kick(r->p);
+}
+
+/* The peer will not be overwritten without an operator's decision: stay
+ * apart, say why (once per situation), and keep retrying slowly so a
+ * resolution on the other side takes effect. */
+static int
+repl_refuse(struct repl *r, const char *why)
+{
+  if (strcmp(r->last_error, why) != 0)
+    log_error("primary: %s", why);
+  repl_drop(r, "%s", why);
+  r->backoff_ms = REPL_BACKOFF_MAX_MS;
+  return -1;
+}
+
+/* HELLO_REPLY: which way to sync follows from the generation identifiers
+ * (common/gen.c).  This side can only be the sync source; a secondary
+ * whose changes an operator discarded joins as the target, its bitmap
+ * merged into ours. */
+static int
+repl_decide(struct repl *r, const Duplex__HelloReply *h)
+{
+  struct gen_ids peer;
+  char why[768], mine[17], theirs[17], base[17];
+  bool full = false;
+
+  repl_gen_from_msg(h->gen, &peer);
+  r->decision = gen_compare(&r->p->gen, &peer);
+  r->have_decision = true;
+  gen_format(r->p->gen.current, mine);
+  gen_format(peer.current, theirs);
+  gen_format(peer.bitmap ? peer.bitmap : r->p->gen.bitmap, base);
+  switch (r->decision) {
+  case GEN_BOTH_FRESH:
+  case GEN_SOURCE_FULL:
+    full = true;
+    break;
+  case GEN_NO_SYNC:
+  case GEN_SOURCE_BITMAP:
+    break;
+  case GEN_SPLIT_BRAIN:
+  case GEN_TARGET_BITMAP:
+    if (!h->discard_local) {
+      r->split_brain = r->decision == GEN_SPLIT_BRAIN;
+      if (r->split_brain)
+        snprintf(why, sizeof why, "split brain with secondary %s: both "
+                 "sides wrote since generation %s (ours now %s, theirs %s); "
+                 "nothing is overwritten. Run `duplexctl --control SOCKET "
+                 "resolve --discard-local` on the side whose changes are to "
+                 "be thrown away", r->peer_desc, base, mine, theirs);
+      else
+        snprintf(why, sizeof why, "secondary %s holds newer data (generation "
+                 "%s, ours %s); refusing to overwrite it. Run `duplexctl "
+                 "--control SOCKET resolve --discard-local` on the secondary "
+                 "to replace its data with ours", r->peer_desc, theirs, mine);
+      return repl_refuse(r, why);
+    }
+    break;
+  case GEN_TARGET_FULL:
+  case GEN_UNRELATED:
+    if (!h->discard_local) {
+      snprintf(why, sizeof why, "secondary %s holds %s data (generation "
+               "%s, ours %s); refusing to overwrite it. Run `duplexctl "
+               "--control SOCKET resolve --discard-local` on the secondary to "
+               "replace its data with ours", r->peer_desc,
+               r->decision == GEN_UNRELATED ? "unrelated" : "newer", theirs,
+               mine);
+      return repl_refuse(r, why);
+    }
+    full = true;
+    break;
+  }
+  if (h->discard_local)
+    log_warn("primary: secondary %s discards its own changes (operator's "
+             "decision); resyncing it from this side", r->peer_desc);
+  if (h->bitmap_bytes > 0) {
+    /* The secondary's changes follow as BITMAP frames. */
+    size_t ours = bitmap_word_count(r->p->oos) * sizeof(uint64_t);
+    r->bitmap_full = full || h->bitmap_bytes != ours;
+    if (r->bitmap_full && !full)
+      log_warn("primary: secondary's bitmap is %" PRIu64 " bytes, ours %zu "
+               "(different --bitmap-grain?): syncing everything",
+               h->bitmap_bytes, ours);
+    r->bitmap_len = h->bitmap_bytes;
+    if (!r->bitmap_full) {
+      r->bitmap_image = calloc(1, r->bitmap_len);
+      if (!r->bitmap_image)
+        abort();
+    }
+    repl_set_state(r, REPL_BITMAP);
+    return 0;
+  }
+  repl_connected_begin(r, full);
+  return 0;
 }
 
 static int
@@ -369,17 +540,29 @@ repl_handle_frame(struct repl *r, struct frame *f)
                 f->m.hello_reply->replica_size_bytes, r->p->vol.size);
       return -1;
     }
-    repl_set_state(r, REPL_CONNECTED);
-    r->backoff_ms = REPL_BACKOFF_MIN_MS;
-    r->ctr.connects++;
-    r->last_error[0] = '\0';
-    log_info("primary: connected to secondary %s (%s), mode %s",
-             r->peer_desc, f->m.hello_reply->node_name,
-             r->p->cfg.mode == REPL_SYNC ? "sync" : "async");
-    /* Without persistent resync metadata (a later issue) every connect
-     * starts with a full sync; zero ranges travel without data. */
-    resync_begin(r->p->resync, true);
-    vol_kick(r->p);
+    return repl_decide(r, f->m.hello_reply);
+  case REPL_BITMAP:
+    if (f->type != FRAME_BITMAP) {
+      repl_drop(r, "expected BITMAP, got %s", frame_type_name(f->type));
+      return -1;
+    }
+    if (!r->bitmap_full) {
+      if (f->m.bitmap->offset + f->m.bitmap->length > r->bitmap_len) {
+        repl_drop(r, "protocol error: bitmap piece beyond %" PRIu64 " bytes",
+                  r->bitmap_len);
+        return -1;
+      }
+      memcpy(r->bitmap_image + f->m.bitmap->offset, f->payload,
+             f->m.bitmap->length);
+    }
+    if (f->m.bitmap->last) {
+      if (!r->bitmap_full)
+        bitmap_or_words(r->p->oos, (const uint64_t *)r->bitmap_image,
+                        r->bitmap_len / sizeof(uint64_t));
+      free(r->bitmap_image);
+      r->bitmap_image = NULL;
+      repl_connected_begin(r, r->bitmap_full);
+    }
     return 0;
   case REPL_CONNECTED:
     switch (f->type) {
@@ -548,13 +731,14 @@ repl_timer_cb(evutil_socket_t fd, short what, void *opaque)
     break;
   case REPL_CONNECTING:
   case REPL_HANDSHAKE:
-    if (now - r->state_since_ms > REPL_PEER_TIMEOUT_MS)
+    if (now - r->state_since_ms > r->p->cfg.peer_timeout_ms)
       repl_drop(r, "timed out in state %s", repl_state_name(r->state));
     break;
   case REPL_HELLO:
+  case REPL_BITMAP:
   case REPL_CONNECTED:
-    if (now - r->last_rx_ms > REPL_PEER_TIMEOUT_MS) {
-      repl_drop(r, "no response for %d s", REPL_PEER_TIMEOUT_MS / 1000);
+    if (now - r->last_rx_ms > r->p->cfg.peer_timeout_ms) {
+      repl_drop(r, "no response for %d s", r->p->cfg.peer_timeout_ms / 1000);
       break;
     }
     if (r->state == REPL_CONNECTED && now - r->last_hb_ms >= REPL_HEARTBEAT_MS) {
@@ -620,6 +804,18 @@ void
 repl_get_counters(const struct repl *r, struct repl_counters *c)
 {
   *c = r->ctr;
+}
+
+bool
+repl_split_brain(const struct repl *r)
+{
+  return r->split_brain;
+}
+
+const char *
+repl_decision(const struct repl *r)
+{
+  return r->have_decision ? gen_decision_name(r->decision) : NULL;
 }
 
 const char *

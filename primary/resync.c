@@ -53,6 +53,24 @@ struct piece {
 
 static void resync_check_done(struct resync *rs);
 
+/* The secondary adopted our generation: it is in sync, our bitmap no
+ * longer tracks a divergence. */
+static void
+resync_done_acked(struct repl_op *op, bool ok)
+{
+  struct resync *rs = op->opaque;
+  struct primary *p = rs->p;
+
+  free(op);
+  if (!ok)
+    return;
+  if (p->gen.bitmap) {
+    gen_sync_done_source(&p->gen);
+    primary_save_generation(p);
+  }
+  rs->ctr.in_sync_confirmed = true;
+}
+
 struct resync *
 resync_new(struct primary *p)
 {
@@ -85,10 +103,11 @@ static void
 resync_report(struct resync *rs, bool force)
 {
   uint64_t now = util_now_ms();
-  if (!force && now - rs->last_progress_ms < RESYNC_PROGRESS_MS)
+  /* Progress only: completion goes out as an acknowledged op. */
+  if (!rs->active || (!force && now - rs->last_progress_ms < RESYNC_PROGRESS_MS))
     return;
   rs->last_progress_ms = now;
-  repl_send_sync_state(rs->p->repl, !rs->active, rs->ctr.total_bytes,
+  repl_send_sync_state(rs->p->repl, false, rs->ctr.total_bytes,
                        rs->ctr.done_bytes, bitmap_dirty_bytes(rs->p->oos));
 }
 
@@ -315,7 +334,15 @@ resync_check_done(struct resync *rs)
            ms / 1000.0,
            ms ? rs->ctr.total_bytes / 1048576.0 / (ms / 1000.0) : 0.0,
            rs->ctr.data_bytes_sent, rs->ctr.zero_bytes_sent);
-  resync_report(rs, true);
+  {
+    struct repl_op *op = calloc(1, sizeof *op);
+    if (!op)
+      abort();
+    op->acked = resync_done_acked;
+    op->opaque = rs;
+    if (repl_send_sync_done(rs->p->repl, op) == -1)
+      free(op);
+  }
 }
 
 void
@@ -333,6 +360,7 @@ resync_begin(struct resync *rs, bool full)
   rs->ctr.data_bytes_sent = 0;
   rs->ctr.zero_bytes_sent = 0;
   rs->ctr.started_ms = util_now_ms();
+  rs->ctr.in_sync_confirmed = false;
   log_info("primary: %s of %" PRIu64 " bytes to the secondary started",
            full ? "initial sync" : "resync", rs->ctr.total_bytes);
   resync_report(rs, true);

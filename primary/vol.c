@@ -24,7 +24,11 @@ struct vol_rop {
   struct primary *p;
   struct req *r;                /* NULL once detached */
   uint64_t off, len;
+  bool al_held;                 /* holds activity-log references */
 };
+
+/* Requests spanning more extents than this bypass the activity log. */
+#define VOL_AL_MAX_EXTENTS 64
 
 static void req_finish(struct req *r);
 static void req_put(struct req *r);
@@ -113,6 +117,10 @@ req_finish(struct req *r)
   }
   if (r->sent)
     repl_close_epoch(p->repl, r->epoch);
+  if (r->al_held) {
+    r->al_held = false;
+    al_end(p->al, r->lock_start, r->lock_end - r->lock_start);
+  }
   if (r->lock) {
     struct range_lock *l = r->lock;
     r->lock = NULL;
@@ -153,6 +161,8 @@ rop_acked(struct repl_op *op, bool ok)
   /* The secondary does not have it: remember to resync it. */
   if (!ok && vr->len)
     bitmap_set_range(vr->p->oos, vr->off, vr->len);
+  if (vr->al_held)
+    al_end(vr->p->al, vr->off, vr->len);
   struct primary *p = vr->p;
   free(vr);
   if (r) {
@@ -174,8 +184,13 @@ req_replicate(struct req *r, uint64_t off, uint64_t len, const void *data)
   int rc;
 
   if (!repl_connected(p->repl)) {
-    if (len)
+    if (len) {
+      /* The first change the peer does not get starts a new generation,
+       * on disk before the change itself. */
+      if (p->need_new_gen)
+        primary_new_generation(p);
       bitmap_set_range(p->oos, off, len);
+    }
     return;
   }
   vr = calloc(1, sizeof *vr);
@@ -208,6 +223,12 @@ req_replicate(struct req *r, uint64_t off, uint64_t len, const void *data)
       bitmap_set_range(p->oos, off, len);
     return;
   }
+  /* Until the secondary acknowledges it, the region stays in the activity
+   * log (the request's own reference covers the local write). */
+  if (len && r->al_held) {
+    al_begin(p->al, off, len);
+    vr->al_held = true;
+  }
   r->sent = true;
   r->epoch = vr->op.epoch;
   if (p->cfg.mode == REPL_SYNC) {
@@ -215,6 +236,31 @@ req_replicate(struct req *r, uint64_t off, uint64_t len, const void *data)
     r->rop = vr;
     r->pending++;
   }
+}
+
+/* Record the write intent of a locked request in the activity log. */
+static int
+vol_intent(struct req *r)
+{
+  struct primary *p = r->p;
+  uint64_t len = r->lock_end - r->lock_start;
+  int rc;
+
+  if ((len >> AL_EXTENT_SHIFT) > VOL_AL_MAX_EXTENTS) {
+    /* A huge trim or zero range: record it in the bitmap itself, on disk
+     * before the change; it is resent (as a zero range) by the next resync
+     * whether or not the secondary gets it now. */
+    bitmap_set_range(p->oos, r->lock_start, len);
+    rc = al_flush_bitmap(p->al);
+  } else {
+    rc = al_begin(p->al, r->lock_start, len);
+    r->al_held = rc == 0;
+  }
+  if (rc < 0) {
+    req_set_err(r, EIO);
+    return -1;
+  }
+  return 0;
 }
 
 /* ---- READ ---- */
@@ -325,6 +371,10 @@ write_locked(struct range_lock *l, void *opaque)
 
   (void)l;
   r->pending = 1; /* guard */
+  if (vol_intent(r) == -1) {
+    req_put(r);
+    return;
+  }
   if (!head && !tail) {
     write_submit(r, r->buf, a0, a1 - a0);
     req_put(r);
@@ -356,6 +406,10 @@ zero_locked(struct range_lock *l, void *opaque)
 
   (void)l;
   r->pending = 1;
+  if (vol_intent(r) == -1) {
+    req_put(r);
+    return;
+  }
   rc = bdev_zero(&p->vol, r->offset, r->length, punch);
   if (rc < 0) {
     log_error("primary: volume %s: %s at %" PRIu64 " length %u: %s",
