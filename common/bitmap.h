@@ -5,6 +5,7 @@
 #define DUPLEX_BITMAP_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct bitmap;
@@ -29,5 +30,36 @@ bool bitmap_next_run(const struct bitmap *bm, uint64_t from, uint64_t max_len,
 
 /* Bytes covered by set bits (the last bit clipped to the volume size). */
 uint64_t bitmap_dirty_bytes(const struct bitmap *bm);
+
+/* The word image, for persisting it (common/meta.h's bitmap area): bit i is
+ * bit i % 64 of word i / 64, little-endian, so as bytes bit i is bit i % 8 of
+ * byte i / 8.  After changing words directly, call bitmap_recount (and
+ * bitmap_mark_pages_dirty if they must be written back). */
+uint64_t *bitmap_words(struct bitmap *bm);
+size_t bitmap_word_count(const struct bitmap *bm);
+/* Recompute the set-bit count after words were loaded, clearing any bits
+ * past bitmap_bits.  Page-dirty flags are left alone. */
+void bitmap_recount(struct bitmap *bm);
+/* OR min(n, bitmap_word_count) words of another image in (bits past
+ * bitmap_bits ignored); the pages that change become dirty. */
+void bitmap_or_words(struct bitmap *bm, const uint64_t *words, size_t n);
+
+/* Page-dirty tracking for lazy flushing: the bitmap remembers which 4 KiB
+ * pages of its word image (BITMAP_PAGE bytes, the unit of
+ * meta_bitmap_write) changed since they were last taken.  Setting a bit that
+ * is already set, or clearing a clear one, changes nothing. */
+#define BITMAP_PAGE 4096u
+uint64_t bitmap_page_count(const struct bitmap *bm);
+/* Page of the word holding the bit for volume offset byte_off. */
+uint64_t bitmap_page_of(const struct bitmap *bm, uint64_t byte_off);
+bool bitmap_page_dirty(const struct bitmap *bm, uint64_t page);
+uint64_t bitmap_dirty_page_count(const struct bitmap *bm);
+/* The first run of dirty pages, [*first, *first + *n), now marked clean;
+ * false if no page is dirty.  Call until false to take them all. */
+bool bitmap_take_dirty_pages(struct bitmap *bm, uint64_t *first,
+                             uint64_t *n);
+/* Mark pages [first, first + n) dirty again, e.g. after writing them failed
+ * (clipped to bitmap_page_count). */
+void bitmap_mark_pages_dirty(struct bitmap *bm, uint64_t first, uint64_t n);
 
 #endif

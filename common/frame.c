@@ -27,12 +27,15 @@ static const struct frame_kind frame_kinds[] = {
   [FRAME_HEARTBEAT] = { "HEARTBEAT", &duplex__heartbeat__descriptor },
   [FRAME_ERROR] = { "ERROR", &duplex__error__descriptor },
   [FRAME_BITMAP] = { "BITMAP", &duplex__bitmap__descriptor },
+  [FRAME_VERIFY] = { "VERIFY", &duplex__verify__descriptor },
+  [FRAME_VERIFY_RESULT] = { "VERIFY_RESULT",
+                            &duplex__verify_result__descriptor },
 };
 
 static bool
 frame_type_valid(uint32_t type)
 {
-  return type >= FRAME_HELLO && type <= FRAME_BITMAP;
+  return type >= FRAME_HELLO && type <= FRAME_VERIFY_RESULT;
 }
 
 const char *
@@ -209,6 +212,30 @@ frame_check(const struct frame *f, char *err, size_t errlen)
     }
     return 0;
   }
+  case FRAME_VERIFY: {
+    const Duplex__Verify *v = f->m.verify;
+    if (v->block_size != 4096 || v->length == 0 ||
+        v->length % v->block_size || v->offset % v->block_size ||
+        v->length > 32u * 1024 * 1024) {
+      snprintf(err, errlen, "VERIFY frame: bad range %" PRIu64 "+%" PRIu32
+               " or block size %" PRIu32, v->offset, v->length,
+               v->block_size);
+      return -1;
+    }
+    if (frame_range_overflows(v->offset, v->length)) {
+      snprintf(err, errlen, "VERIFY frame: offset %" PRIu64 " + length %"
+               PRIu32 " overflows", v->offset, v->length);
+      return -1;
+    }
+    return 0;
+  }
+  case FRAME_VERIFY_RESULT:
+    if (f->m.verify_result->n_hashes > 8192) {
+      snprintf(err, errlen, "VERIFY_RESULT frame: %zu hashes, at most 8192",
+               f->m.verify_result->n_hashes);
+      return -1;
+    }
+    return 0;
   case FRAME_FLUSH:
   case FRAME_SYNC_STATE:
   case FRAME_HEARTBEAT:

@@ -31,6 +31,8 @@ enum frame_type {
   FRAME_HEARTBEAT = 8,
   FRAME_ERROR = 9,
   FRAME_BITMAP = 10,
+  FRAME_VERIFY = 11,
+  FRAME_VERIFY_RESULT = 12,
 };
 
 /* A parsed frame.  Exactly one message pointer is set, matching type.
@@ -51,6 +53,8 @@ struct frame {
     Duplex__Heartbeat *heartbeat;
     Duplex__Error *error;
     Duplex__Bitmap *bitmap;
+    Duplex__Verify *verify;
+    Duplex__VerifyResult *verify_result;
     ProtobufCMessage *any;
   } m;
 };

@@ -13,6 +13,7 @@ enum {
   OPT_VOLUME = 256, OPT_META, OPT_NBD, OPT_PEER, OPT_MODE, OPT_ASYNC_BUFFER,
   OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA, OPT_PEER_NAME, OPT_CONTROL,
   OPT_PIDFILE, OPT_FOREGROUND, OPT_PEER_TIMEOUT, OPT_BITMAP_GRAIN,
+  OPT_ON_CONGESTION,
 };
 
 static const struct option config_options[] = {
@@ -31,6 +32,7 @@ static const struct option config_options[] = {
   { "foreground", no_argument, NULL, OPT_FOREGROUND },
   { "peer-timeout", required_argument, NULL, OPT_PEER_TIMEOUT },
   { "bitmap-grain", required_argument, NULL, OPT_BITMAP_GRAIN },
+  { "on-congestion", required_argument, NULL, OPT_ON_CONGESTION },
   { "verbose", no_argument, NULL, 'v' },
   { "help", no_argument, NULL, 'h' },
   { "version", no_argument, NULL, 'V' },
@@ -44,6 +46,7 @@ config_usage(FILE *out)
 "Usage: duplex-primary --volume PATH --meta PATH --nbd unix:PATH|HOST:PORT\n"
 "                      --peer HOST:PORT --mode sync|async [--async-buffer SIZE]\n"
 "                      --tls-cert PEM --tls-key PEM --tls-ca PEM --peer-name NAME\n"
+"                      [--on-congestion block|pull-ahead]\n"
 "                      [--peer-timeout SECONDS] [--bitmap-grain SIZE]\n"
 "                      [--control SOCKET] [--pidfile PATH] [--foreground] [-v]\n"
 "\n"
@@ -60,6 +63,10 @@ config_usage(FILE *out)
 "                       async: answered when local, the replica lags behind\n"
 "  --async-buffer SIZE  async mode: bytes that may be unacknowledged by the\n"
 "                       secondary before new writes wait (default 64M)\n"
+"  --on-congestion block|pull-ahead\n"
+"                       async mode, buffer full: block new writes (default),\n"
+"                       or pull ahead: stop sending, record the blocks in the\n"
+"                       bitmap and resync them once the link catches up\n"
 "  --peer-timeout SECS  a secondary silent this long is dropped; writes then\n"
 "                       continue locally and are resynced later (default 10)\n"
 "  --bitmap-grain SIZE  bytes of volume per bit of the write-intent bitmap\n"
@@ -180,6 +187,17 @@ config_parse(int argc, char **argv, struct config *cfg, char *err,
       cfg->bitmap_grain = (uint32_t)g;
       break;
     }
+    case OPT_ON_CONGESTION:
+      if (strcmp(optarg, "block") == 0)
+        cfg->pull_ahead = false;
+      else if (strcmp(optarg, "pull-ahead") == 0)
+        cfg->pull_ahead = true;
+      else {
+        snprintf(err, errlen, "--on-congestion %s: must be block or "
+                 "pull-ahead", optarg);
+        return -1;
+      }
+      break;
     case OPT_TLS_CERT: cfg->tls.cert = optarg; break;
     case OPT_TLS_KEY: cfg->tls.key = optarg; break;
     case OPT_TLS_CA: cfg->tls.ca = optarg; break;
@@ -221,6 +239,11 @@ config_parse(int argc, char **argv, struct config *cfg, char *err,
   REQUIRE(cfg->tls.peer_name && *cfg->tls.peer_name, "--peer-name");
 #undef REQUIRE
 
+  if (cfg->pull_ahead && cfg->mode != REPL_ASYNC) {
+    snprintf(err, errlen, "--on-congestion pull-ahead: needs --mode async "
+             "(sync mode never buffers)");
+    return -1;
+  }
   if (config_check_file("--tls-cert", cfg->tls.cert, err, errlen) == -1 ||
       config_check_file("--tls-key", cfg->tls.key, err, errlen) == -1 ||
       config_check_file("--tls-ca", cfg->tls.ca, err, errlen) == -1)

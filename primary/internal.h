@@ -37,6 +37,7 @@ struct config {
   enum repl_mode mode;
   uint64_t async_buffer;
   unsigned peer_timeout_ms;
+  bool pull_ahead;              /* --on-congestion pull-ahead */
   uint32_t bitmap_grain;
   struct tls_config tls;
   const char *control;
@@ -53,6 +54,7 @@ void config_usage(FILE *out);
 struct nbd_server;
 struct repl;
 struct resync;
+struct verify;
 struct lockset;
 
 struct stats {
@@ -60,6 +62,7 @@ struct stats {
   uint64_t bytes_written;       /* by clients */
   uint64_t bytes_read;
   uint64_t requests;
+  uint64_t pull_ahead_events;
 };
 
 struct primary {
@@ -73,8 +76,10 @@ struct primary {
   struct al *al;
   struct gen_ids gen;           /* this side's generation identifiers */
   bool need_new_gen;            /* next unreplicated write starts one */
+  bool ahead;                   /* pulled ahead: writes go to the bitmap */
   struct repl *repl;
   struct resync *resync;
+  struct verify *verify;
   struct nbd_server *nbd[NBD_MAX_ENDPOINTS];
   int n_nbd;
   struct stats stats;
@@ -206,6 +211,8 @@ struct repl_op {
   uint64_t bytes;               /* counted against the async buffer */
   repl_acked_fn acked;
   void *opaque;
+  /* VERIFY ops: the answer, valid only during the acked callback */
+  const Duplex__VerifyResult *verify_result;
 };
 
 struct repl *repl_new(struct primary *p, char *err, size_t errlen);
@@ -228,6 +235,10 @@ void repl_send_sync_state(struct repl *r, bool in_sync, uint64_t total,
 void repl_close_epoch(struct repl *r, uint64_t epoch);
 uint64_t repl_inflight_bytes(const struct repl *r);
 const char *repl_state_name(enum repl_state s);
+/* Ask the secondary for block hashes of [off, off+len); op->acked runs
+ * with op->verify_result set when they arrive.  0 or -1 (not connected). */
+int repl_send_verify(struct repl *r, struct repl_op *op, uint64_t off,
+                     uint32_t len);
 /* Resync finished: tell the secondary it holds our generation; `op` is
  * acknowledged once it has adopted it durably. */
 int repl_send_sync_done(struct repl *r, struct repl_op *op);
@@ -250,6 +261,8 @@ void resync_begin(struct resync *rs, bool full);
 /* The link dropped: forget in-flight chunks (their bits stay set). */
 void resync_abort(struct resync *rs);
 void resync_kick(struct resync *rs);
+/* Bits were added while connected: resync them (start one if idle). */
+void resync_ensure(struct resync *rs);
 bool resync_active(const struct resync *rs);
 struct resync_counters {
   uint64_t total_bytes, done_bytes;
@@ -260,6 +273,18 @@ struct resync_counters {
   bool in_sync_confirmed;       /* the secondary adopted our generation */
 };
 void resync_get_counters(const struct resync *rs, struct resync_counters *c);
+
+/* ---- verify.c: online verify ---- */
+enum verify_state { VERIFY_IDLE, VERIFY_RUNNING, VERIFY_DONE, VERIFY_ABORTED };
+struct verify;
+struct json;
+struct verify *verify_new(struct primary *p);
+void verify_free(struct verify *v);
+int verify_start(struct verify *v, bool repair, char *err, size_t errlen);
+void verify_link_lost(struct verify *v);
+enum verify_state verify_state(const struct verify *v);
+const char *verify_state_name(enum verify_state s);
+void verify_status_json(const struct verify *v, struct json *j);
 
 /* ---- nbd-proto.c: NBD wire format, no I/O ---- */
 /* (see nbd-proto.h) */

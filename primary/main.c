@@ -234,6 +234,7 @@ main(int argc, char **argv)
   if (!p->repl)
     daemon_fail(2, "duplex-primary: %s", err);
   p->resync = resync_new(p);
+  p->verify = verify_new(p);
 
   for (i = 0; i < p->cfg.n_nbd; i++) {
     if (nbd_server_new(p, &p->cfg.nbd[i], &p->nbd[i], err, sizeof err) == -1)
@@ -292,6 +293,7 @@ main(int argc, char **argv)
   if (clean) {
     /* Everything is idle: free it, so leak checkers see a clean exit. */
     resync_free(p->resync);
+    verify_free(p->verify);
     al_free(p->al);
     event_free(tick);
     lock_set_free(p->locks);

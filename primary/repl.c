@@ -272,6 +272,26 @@ repl_send_flush(struct repl *r, struct repl_op *op)
   return 0;
 }
 
+int
+repl_send_verify(struct repl *r, struct repl_op *op, uint64_t off,
+                 uint32_t len)
+{
+  Duplex__Verify m = DUPLEX__VERIFY__INIT;
+
+  if (r->state != REPL_CONNECTED)
+    return -1;
+  op->epoch = r->epochs.current;
+  op->verify_result = NULL;
+  ring_push(r, op);
+  m.seq = op->seq;
+  m.offset = off;
+  m.length = len;
+  m.block_size = BDEV_ALIGN;
+  repl_send_frame(r, FRAME_VERIFY, &m.base, NULL, 0);
+  r->ctr.ops_sent++;
+  return 0;
+}
+
 void
 repl_send_sync_state(struct repl *r, bool in_sync, uint64_t total,
                      uint64_t done, uint64_t oos)
@@ -399,8 +419,10 @@ repl_drop(struct repl *r, const char *fmt, ...)
   r->next_attempt_ms = util_now_ms() + r->backoff_ms;
   r->backoff_ms = MIN(r->backoff_ms * 2, REPL_BACKOFF_MAX_MS);
   epoch_advance(&r->epochs);
-  if (was_connected)
+  if (was_connected) {
     resync_abort(r->p->resync);
+    verify_link_lost(r->p->verify);
+  }
   ring_fail_all(r);
   vol_kick(r->p);
 }
@@ -576,6 +598,19 @@ repl_handle_frame(struct repl *r, struct frame *f)
       resync_kick(r->p->resync);
       vol_kick(r->p);
       return r->state == REPL_CONNECTED ? 0 : -1;
+    case FRAME_VERIFY_RESULT: {
+      uint64_t seq = f->m.verify_result->seq;
+      struct repl_op *op = seq >= r->head_seq && seq < r->next_seq
+                               ? r->ring[seq & (r->cap - 1)] : NULL;
+      if (!op) {
+        repl_drop(r, "protocol error: verify result for unknown op %" PRIu64,
+                  seq);
+        return -1;
+      }
+      op->verify_result = f->m.verify_result;
+      ring_ack(r, seq);
+      return r->state == REPL_CONNECTED ? 0 : -1;
+    }
     case FRAME_HEARTBEAT:
       if (!f->m.heartbeat->reply) {
         Duplex__Heartbeat m = DUPLEX__HEARTBEAT__INIT;

@@ -368,6 +368,15 @@ resync_begin(struct resync *rs, bool full)
 }
 
 void
+resync_ensure(struct resync *rs)
+{
+  if (rs->active)
+    resync_kick(rs);
+  else if (bitmap_dirty_bytes(rs->p->oos))
+    resync_begin(rs, false);
+}
+
+void
 resync_abort(struct resync *rs)
 {
   if (rs->active)

@@ -78,6 +78,51 @@ status_json(struct primary *p, struct evbuffer *out)
   json_u64(&j, "ops_sent", v.rc.ops_sent);
   json_u64(&j, "ops_acked", v.rc.ops_acked);
   json_u64(&j, "connects", v.rc.connects);
+  {
+    char id[17];
+    int i;
+    uint64_t now = util_now_ms();
+    double secs = (now - v.rs.started_ms) / 1000.0;
+    double rate = v.rs.total_bytes && secs > 0
+                      ? (v.rs.data_bytes_sent + v.rs.zero_bytes_sent) / secs
+                      : 0.0;
+    json_u64(&j, "resync_bytes_total", v.rs.total_bytes);
+    json_u64(&j, "resync_bytes_sent",
+             v.rs.data_bytes_sent + v.rs.zero_bytes_sent);
+    json_double(&j, "resync_rate_bytes_per_sec",
+                resync_active(p->resync) ? rate : 0.0);
+    if (resync_active(p->resync) && rate > 0)
+      json_double(&j, "resync_eta_seconds", v.oos_bytes / rate);
+    else if (resync_active(p->resync))
+      json_null(&j, "resync_eta_seconds");
+    else
+      json_double(&j, "resync_eta_seconds", 0.0);
+    json_obj_begin(&j, "generation");
+    gen_format(p->gen.current, id);
+    json_str(&j, "current", id);
+    gen_format(p->gen.bitmap, id);
+    json_str(&j, "bitmap", id);
+    for (i = 0; i < GEN_HISTORY; i++) {
+      char key[16];
+      snprintf(key, sizeof key, "history%d", i);
+      gen_format(p->gen.history[i], id);
+      json_str(&j, key, id);
+    }
+    json_obj_end(&j);
+    json_bool(&j, "split_brain", repl_split_brain(p->repl));
+    json_str(&j, "congestion", p->ahead ? "ahead"
+                               : !TAILQ_EMPTY(&p->waiting) ? "blocked"
+                                                           : "none");
+    json_str(&j, "on_congestion", p->cfg.pull_ahead ? "pull-ahead" : "block");
+    json_u64(&j, "pull_ahead_events", p->stats.pull_ahead_events);
+    if (repl_decision(p->repl))
+      json_str(&j, "sync_decision", repl_decision(p->repl));
+    else
+      json_null(&j, "sync_decision");
+    json_u64(&j, "activity_log_extents", al_active(p->al));
+    verify_status_json(p->verify, &j);
+    json_u64(&j, "bitmap_grain", bitmap_grain(p->oos));
+  }
   json_u64(&j, "resync_total_bytes", v.rs.total_bytes);
   json_u64(&j, "resync_done_bytes", v.rs.done_bytes);
   json_u64(&j, "resync_data_bytes_sent", v.rs.data_bytes_sent);
@@ -122,6 +167,16 @@ status_human(struct primary *p, struct evbuffer *out)
                       p->cfg.peer.port, p->cfg.tls.peer_name, v.sync,
                       v.done_percent, oos, lag, sent, recv,
                       p->stats.writes_acked);
+  if (verify_state(p->verify) != VERIFY_IDLE)
+    evbuffer_add_printf(out, "verify:       %s\n",
+                        verify_state_name(verify_state(p->verify)));
+  if (p->ahead)
+    evbuffer_add_printf(out, "congestion:   ahead (writes recorded in the "
+                        "bitmap, resynced when the link catches up)\n");
+  if (repl_split_brain(p->repl))
+    evbuffer_add_printf(out, "SPLIT BRAIN:  both sides wrote while apart; "
+                        "nothing is overwritten until `resolve "
+                        "--discard-local` on one side\n");
   if (err)
     evbuffer_add_printf(out, "last error:   %s\n", err);
 }
@@ -143,7 +198,23 @@ status_control(void *opaque, int argc, char **argv, struct evbuffer *out)
     evbuffer_add_printf(out, "usage: status [--json]\n");
     return -1;
   }
-  evbuffer_add_printf(out, "unknown command '%s'; try: status [--json]\n",
-                      argc ? argv[0] : "");
+  if (argc >= 1 && strcmp(argv[0], "verify") == 0) {
+    char err[256];
+    bool repair = argc == 2 && strcmp(argv[1], "--repair") == 0;
+    if (argc > 2 || (argc == 2 && !repair)) {
+      evbuffer_add_printf(out, "usage: verify [--repair]\n");
+      return -1;
+    }
+    if (verify_start(p->verify, repair, err, sizeof err) == -1) {
+      evbuffer_add_printf(out, "verify: %s\n", err);
+      return -1;
+    }
+    evbuffer_add_printf(out, "verify%s started over %llu bytes; progress "
+                        "and results in `status`\n", repair ? " --repair" : "",
+                        (unsigned long long)p->vol.size);
+    return 0;
+  }
+  evbuffer_add_printf(out, "unknown command '%s'; try: status [--json], "
+                      "verify [--repair]\n", argc ? argv[0] : "");
   return -1;
 }

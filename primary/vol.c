@@ -183,11 +183,13 @@ req_replicate(struct req *r, uint64_t off, uint64_t len, const void *data)
   uint32_t flags = r->fua ? DUPLEX__OP_FLAG__OP_FLAG_FUA : 0;
   int rc;
 
-  if (!repl_connected(p->repl)) {
+  if (!repl_connected(p->repl) || p->ahead) {
     if (len) {
-      /* The first change the peer does not get starts a new generation,
-       * on disk before the change itself. */
-      if (p->need_new_gen)
+      /* The first change a lost peer does not get starts a new generation,
+       * on disk before the change itself.  Pulling ahead of a connected
+       * peer does not: it stays in this generation and gets the blocks by
+       * resync. */
+      if (!repl_connected(p->repl) && p->need_new_gen)
         primary_new_generation(p);
       bitmap_set_range(p->oos, off, len);
     }
@@ -483,6 +485,39 @@ vol_start(struct req *r)
   abort();
 }
 
+/* Async mode with --on-congestion pull-ahead: the send buffer is full, so
+ * stop sending writes (record them in the bitmap instead) rather than
+ * making clients wait (DRBD's ahead/behind). */
+static void
+vol_pull_ahead(struct primary *p)
+{
+  char buf[32];
+  if (p->ahead)
+    return;
+  p->ahead = true;
+  p->stats.pull_ahead_events++;
+  util_format_bytes(repl_inflight_bytes(p->repl), buf, sizeof buf);
+  log_info("primary: send buffer full (%s unacknowledged); pulling ahead: "
+           "writes are recorded in the bitmap and resynced once the "
+           "secondary catches up", buf);
+}
+
+/* The link drained: leave the ahead state and resync what was skipped. */
+static void
+vol_catch_up(struct primary *p)
+{
+  if (!p->ahead)
+    return;
+  if (repl_connected(p->repl) &&
+      repl_inflight_bytes(p->repl) > p->cfg.async_buffer / 4)
+    return;
+  p->ahead = false;
+  log_info("primary: secondary caught up; resyncing the blocks written "
+           "while ahead");
+  if (repl_connected(p->repl))
+    resync_ensure(p->resync);
+}
+
 void
 vol_submit(struct req *r)
 {
@@ -491,8 +526,12 @@ vol_submit(struct req *r)
   p->stats.requests++;
   if (r->type == REQ_WRITE &&
       (!TAILQ_EMPTY(&p->waiting) || !vol_has_room(p, req_buffer_bytes(r)))) {
-    TAILQ_INSERT_TAIL(&p->waiting, r, wq);
-    return;
+    if (p->cfg.pull_ahead && TAILQ_EMPTY(&p->waiting)) {
+      vol_pull_ahead(p);
+    } else {
+      TAILQ_INSERT_TAIL(&p->waiting, r, wq);
+      return;
+    }
   }
   vol_start(r);
 }
@@ -502,6 +541,7 @@ vol_kick(struct primary *p)
 {
   struct req *r;
 
+  vol_catch_up(p);
   while ((r = TAILQ_FIRST(&p->waiting)) &&
          vol_has_room(p, req_buffer_bytes(r))) {
     TAILQ_REMOVE(&p->waiting, r, wq);

@@ -308,6 +308,19 @@ apply_failed(const struct apply *a)
   return a->failed;
 }
 
+/* After a failure apply_settle emptied the queue once the last I/O came
+ * back; what follows is a new stream (the primary resyncs what it missed),
+ * so the epoch bookkeeping starts afresh too. */
+int
+apply_resume(struct apply *a)
+{
+  if (a->inflight > 0)
+    return -1;
+  a->failed = false;
+  a->started_any = false;
+  return 0;
+}
+
 void
 apply_get_stats(const struct apply *a, struct apply_stats *st)
 {

@@ -13,6 +13,8 @@
 
 #include "aio.h"
 #include "blockdev.h"
+#include "duplex.pb-c.h"
+#include "gen.h"
 #include "meta.h"
 #include "tls.h"
 #include "util.h"
@@ -65,6 +67,15 @@ struct sec_status {
   uint64_t writes_acked;        /* ops acknowledged to the primary */
   uint64_t connects;            /* primaries that completed HELLO */
   char last_error[1024];        /* "" = none */
+  /* generation identifiers, from the last HELLO */
+  bool have_decision;
+  enum gen_decision decision;   /* gen_compare(ours, the primary's) */
+  struct gen_ids peer_gen;
+  bool split_brain;             /* both sides wrote; waiting for resolve */
+  bool refused;                 /* the primary's data is refused (split
+                                   brain, newer or unrelated data here)
+                                   until resolved or a HELLO agrees */
+  bool refusal_error;           /* last_error says why it was refused */
 };
 
 struct secondary {
@@ -82,6 +93,8 @@ struct secondary {
   struct sec_status st;
   char node_name[256];
   int listen_port;
+  bool bitmap_dirty;            /* the metadata's bitmap has bits set (a
+                                   primary ran on this volume) */
   bool stopping;
 };
 
@@ -93,7 +106,9 @@ struct secondary {
  * or a fake in tests/unit/test-apply.c), so the ordering logic is testable
  * without a disk. */
 enum apply_type { APPLY_WRITE, APPLY_ZERO, APPLY_FLUSH,
-                  APPLY_MARK /* like FLUSH but internal: no seq, no ack */ };
+                  APPLY_MARK /* like FLUSH but internal: the caller decides
+                                what its completion means (seq may be 0) */
+};
 enum apply_io { APPLY_IO_WRITE, APPLY_IO_ZERO, APPLY_IO_SYNC };
 enum apply_op_state { APPLY_OP_QUEUED, APPLY_OP_RUNNING, APPLY_OP_SYNCING,
                       APPLY_OP_DONE };
@@ -166,6 +181,9 @@ void apply_io_done(struct apply *a, struct apply_op *op, int res);
 void apply_abort(struct apply *a);
 bool apply_busy(const struct apply *a);    /* I/O in flight */
 bool apply_failed(const struct apply *a);
+/* The operator fixed the replica after a failure: accept ops again, as a
+ * new stream.  0, or -1 while I/O of the failed stream is in flight. */
+int apply_resume(struct apply *a);
 void apply_get_stats(const struct apply *a, struct apply_stats *st);
 
 /* ---- replica.c: the replica volume and the real apply backend ---- */
@@ -187,6 +205,68 @@ const char *replica_path(const struct replica *r);
 int replica_sync(struct replica *r);
 /* The apply backend (opaque = the replica). */
 void replica_start(void *opaque, struct apply *a, struct apply_op *op);
+
+/* ---- identity.c: generation identifiers, the local bitmap, resolution ----
+ *
+ * The data identity lives in the metadata, not in the process: a volume a
+ * duplex-primary ran on (during an outage) carries that run's generation and
+ * bitmap, which decide what happens when the original primary comes back. */
+
+/* What a HELLO leads to, from the decision and meta.discard_local. */
+enum identity_verdict {
+  IDENTITY_ACCEPT,         /* the primary drives the resync as usual */
+  IDENTITY_SPLIT_BRAIN,    /* both sides wrote: refuse, wait for resolve */
+  IDENTITY_NEWER,          /* this side is newer: refuse to be overwritten */
+  IDENTITY_UNRELATED,      /* unrelated data here: refuse */
+};
+enum identity_verdict identity_verdict(enum gen_decision d,
+                                       bool discard_local);
+
+/* Start-up: take the secondary role in the metadata (logging it if a
+ * primary used it last) and note whether its bitmap holds changes.  0, or
+ * -1 with the reason in err. */
+int identity_start(struct secondary *s, char *err, size_t errlen);
+
+void identity_from_wire(const Duplex__GenIds *w, struct gen_ids *g);
+/* w points into g and hist (GEN_HISTORY entries); valid as long as they. */
+void identity_to_wire(const struct gen_ids *g, Duplex__GenIds *w,
+                      uint64_t *hist);
+/* The last generation both sides shared, 0 if none is known. */
+uint64_t identity_common_gen(const struct gen_ids *local,
+                             const struct gen_ids *peer);
+/* The operator-ready log / last_error text for a refused HELLO. */
+void identity_refusal_message(const struct secondary *s,
+                              enum identity_verdict v, const char *peer,
+                              const struct gen_ids *peer_gen, char *out,
+                              size_t outlen);
+
+/* After a HELLO_REPLY with discard_local: the image of the blocks this side
+ * changed, in the primary's bitmap (size_bytes, grain bytes per bit; bit i
+ * is bit i%8 of byte i/8, length a multiple of 8 bytes).  The decision says
+ * whether this side's bitmap covers its changes; if not, or if it has none,
+ * every bit is set (a full resync).  *out is malloc'ed.  0, or -1 with the
+ * reason in err. */
+int identity_bitmap_image(struct secondary *s, enum gen_decision d,
+                          const struct gen_ids *peer, uint64_t size_bytes,
+                          uint32_t grain, uint8_t **out, size_t *outlen,
+                          char *err, size_t errlen);
+/* Pure: OR into dst (dst_bits bits of dst_grain bytes) every region that
+ * overlaps a set bit of src (src_bits bits of src_grain bytes). */
+void identity_image_convert(const uint8_t *src, uint64_t src_bits,
+                            uint32_t src_grain, uint8_t *dst,
+                            uint64_t dst_bits, uint32_t dst_grain);
+/* Bytes of an image of `bits` bits: whole 64-bit words. */
+size_t identity_image_len(uint64_t bits);
+
+/* A resync to this side completed and everything before it is durable:
+ * adopt the source's generation (if given), clear discard_local and the
+ * local bitmap, and mark the replica consistent (unless a newer resync has
+ * started meanwhile).  0, or -1 with status's last_error set. */
+int identity_sync_done(struct secondary *s, const struct gen_ids *source,
+                       bool consistent);
+/* `resolve --discard-local`: persist the choice.  0, or -1 with the reason
+ * in err. */
+int identity_discard_local(struct secondary *s, char *err, size_t errlen);
 
 /* ---- listener.c: TCP listener, TLS handshakes ---- */
 /* fd: from util_listen, owned from now on. */

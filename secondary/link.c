@@ -24,6 +24,16 @@
 #include "frame.h"
 #include "log.h"
 
+#define LINK_BITMAP_CHUNK (1u << 20)    /* BITMAP frame payload */
+
+/* What an in_sync SYNC_STATE asks for once everything before it is
+ * durable; carried by its MARK op (op->mem), op->seq = the seq to ack. */
+struct link_mark {
+  struct gen_ids gen;
+  bool have_gen;
+  uint64_t resyncs;             /* link->resyncs when queued */
+};
+
 struct link {
   struct secondary *s;
   enum link_state state;
@@ -38,7 +48,11 @@ struct link {
   /* from HELLO */
   uint64_t size_bytes;
   bool consistent_at_hello;
-  bool mark_pending;            /* in_sync MARK queued, not yet done */
+  bool refused;                 /* the generations refuse this primary's
+                                   data: any data frame closes the link */
+  uint64_t resyncs;             /* SYNC_STATE in_sync=false received */
+  unsigned marks_pending;       /* in_sync MARKs queued, not yet done */
+  struct link_mark last_mark;   /* the last one queued */
   /* stream order checks */
   bool have_seq;
   uint64_t last_seq, last_epoch;
@@ -204,28 +218,46 @@ link_update(struct link *l)
     l->last_rx_ms = util_now_ms();  /* the stall was ours, not the peer's */
 }
 
-static void
-link_send(struct link *l, enum frame_type type, const ProtobufCMessage *msg)
+/* Queue a frame; payload (plen bytes) follows the message.  -1 if it
+ * could not be queued (logged). */
+static int
+link_send_payload(struct link *l, enum frame_type type,
+                  const ProtobufCMessage *msg, const void *payload,
+                  uint32_t plen)
 {
   uint8_t small[512];
   uint8_t *buf = small;
   size_t len = frame_packed_len(msg);
+  int rc = 0;
 
   if (l->state == LINK_CLOSING || l->state == LINK_TLS_HANDSHAKE)
-    return;
+    return -1;
   if (len > sizeof small) {
     buf = malloc(len);
     if (buf == NULL) {
       log_error("secondary: primary %s (%s): out of memory sending %s",
                 l->cn, l->addr, frame_type_name(type));
-      return;
+      return -1;
     }
   }
-  len = frame_pack(type, msg, 0, buf);
-  if (bufferevent_write(l->bev, buf, len) == 0)
-    l->s->st.bytes_sent += len;
+  len = frame_pack(type, msg, plen, buf);
+  if (bufferevent_write(l->bev, buf, len) == 0 &&
+      (plen == 0 || bufferevent_write(l->bev, payload, plen) == 0)) {
+    l->s->st.bytes_sent += len + plen;
+  } else {
+    log_error("secondary: primary %s (%s): out of memory sending %s",
+              l->cn, l->addr, frame_type_name(type));
+    rc = -1;
+  }
   if (buf != small)
     free(buf);
+  return rc;
+}
+
+static void
+link_send(struct link *l, enum frame_type type, const ProtobufCMessage *msg)
+{
+  (void)link_send_payload(l, type, msg, NULL, 0);
 }
 
 static void
@@ -348,12 +380,90 @@ link_meta_adopt(struct link *l, const Duplex__Hello *h, char *err,
   return 0;
 }
 
+/* The HELLO_REPLY fields every verdict shares. */
+static void
+link_reply_init(struct link *l, const struct meta_sb *sb,
+                Duplex__HelloReply *rep, Duplex__GenIds *gen, uint64_t *hist)
+{
+  struct secondary *s = l->s;
+
+  duplex__hello_reply__init(rep);
+  rep->proto_version = DUPLEX_PROTO_VERSION;
+  rep->replica_size_bytes = replica_size(s->replica);
+  if (!link_uuid_is_zero(sb->volume_uuid)) {
+    rep->replica_volume_uuid.data = (uint8_t *)sb->volume_uuid;
+    rep->replica_volume_uuid.len = 16;
+    rep->consistent = sb->consistent;
+  }
+  rep->node_name = s->node_name;
+  identity_to_wire(&sb->gen, gen, hist);
+  rep->gen = gen;
+  rep->discard_local = sb->discard_local;
+}
+
+/* The generations say this primary's data must not land here: answer the
+ * HELLO (the primary sees the same decision and closes), keep the link
+ * open but refuse every data frame, and wait for the operator. */
+static int
+link_hello_refused(struct link *l, const Duplex__Hello *h,
+                   enum identity_verdict v, const struct gen_ids *peer)
+{
+  struct secondary *s = l->s;
+  Duplex__HelloReply rep;
+  Duplex__GenIds gen;
+  uint64_t hist[GEN_HISTORY];
+  char msg[1024];
+
+  identity_refusal_message(s, v, l->cn, peer, msg, sizeof msg);
+  status_error(s, "%s", msg);   /* logged once per connection */
+  s->st.refusal_error = true;
+  s->st.refused = true;
+  s->st.split_brain = v == IDENTITY_SPLIT_BRAIN;
+  s->st.mode = h->mode;
+  s->st.sync = SEC_SYNC_UNKNOWN;
+  link_reply_init(l, meta_get(s->meta), &rep, &gen, hist);
+  rep.discard_local = false;    /* or it would not be refused */
+  link_send(l, FRAME_HELLO_REPLY, &rep.base);
+  l->refused = true;
+  l->state = LINK_REPLICATING;
+  return 0;
+}
+
+/* After a HELLO_REPLY with discard_local: this side's changed blocks, in
+ * BITMAP frames of at most LINK_BITMAP_CHUNK bytes. */
+static int
+link_send_bitmap(struct link *l, const uint8_t *img, size_t len)
+{
+  Duplex__Bitmap b = DUPLEX__BITMAP__INIT;
+  size_t off, n;
+
+  for (off = 0; off < len; off += n) {
+    n = len - off < LINK_BITMAP_CHUNK ? len - off : LINK_BITMAP_CHUNK;
+    b.offset = off;
+    b.length = (uint32_t)n;
+    b.last = off + n == len;
+    if (link_send_payload(l, FRAME_BITMAP, &b.base, img + off,
+                          (uint32_t)n) == -1) {
+      link_close(l, true, "cannot queue the bitmap (%zu bytes)", len);
+      return -1;
+    }
+  }
+  return 0;
+}
+
 static int
 link_on_hello(struct link *l, const Duplex__Hello *h)
 {
   struct secondary *s = l->s;
-  Duplex__HelloReply rep = DUPLEX__HELLO_REPLY__INIT;
+  Duplex__HelloReply rep;
+  Duplex__GenIds gen;
+  uint64_t hist[GEN_HISTORY];
   struct meta_sb before;
+  struct gen_ids peer;
+  enum gen_decision d;
+  enum identity_verdict v;
+  uint8_t *img = NULL;
+  size_t img_len = 0;
   char err[1024], uuid[37];
   int r;
 
@@ -376,11 +486,25 @@ link_on_hello(struct link *l, const Duplex__Hello *h)
   }
   if (apply_failed(s->apply)) {
     link_refuse(l, EIO, "replication is paused after an I/O error on the "
-                "replica; fix the disk and restart duplex-secondary (%s)",
+                "replica; fix the disk, then run `duplexctl --control %s "
+                "resume` or restart duplex-secondary (%s)",
+                s->cfg.control != NULL ? s->cfg.control : "SOCKET",
                 strncmp(s->st.last_error, "secondary: ", 11) == 0
                     ? s->st.last_error + 11 : s->st.last_error);
     return -1;
   }
+
+  /* Which way the data may flow, before anything is touched. */
+  identity_from_wire(h->gen, &peer);
+  d = gen_compare(&meta_get(s->meta)->gen, &peer);
+  v = identity_verdict(d, meta_get(s->meta)->discard_local);
+  s->st.have_decision = true;
+  s->st.decision = d;
+  s->st.peer_gen = peer;
+  l->size_bytes = h->size_bytes;
+  if (v != IDENTITY_ACCEPT)
+    return link_hello_refused(l, h, v, &peer);
+
   r = replica_prepare(s->replica, h->size_bytes, err, sizeof err);
   if (r == -ENOSPC) {
     status_error(s, "%s", err);
@@ -396,38 +520,55 @@ link_on_hello(struct link *l, const Duplex__Hello *h)
     return -1;
   }
   before = *meta_get(s->meta);
+  if (before.discard_local &&
+      identity_bitmap_image(s, d, &peer, h->size_bytes, h->bitmap_grain,
+                            &img, &img_len, err, sizeof err) == -1) {
+    link_refuse(l, EINVAL, "cannot send this side's bitmap: %s", err);
+    return -1;
+  }
   if (link_meta_adopt(l, h, err, sizeof err) == -1) {
+    free(img);
     status_error(s, "%s", err);
     link_refuse(l, EIO, "%s", err);
     return -1;
   }
 
-  l->size_bytes = h->size_bytes;
   l->consistent_at_hello = meta_get(s->meta)->consistent;
   s->st.mode = h->mode;
   s->st.size_bytes = h->size_bytes;
   s->st.sync = SEC_SYNC_UNKNOWN;
   s->st.connects++;
-
-  rep.proto_version = DUPLEX_PROTO_VERSION;
-  rep.replica_size_bytes = replica_size(s->replica);
-  if (!link_uuid_is_zero(before.volume_uuid)) {
-    rep.replica_volume_uuid.data = before.volume_uuid;
-    rep.replica_volume_uuid.len = 16;
-    rep.consistent = before.consistent;
+  s->st.split_brain = false;
+  s->st.refused = false;
+  if (s->st.refusal_error) {
+    s->st.last_error[0] = '\0';
+    s->st.refusal_error = false;
   }
-  rep.node_name = s->node_name;
-  link_send(l, FRAME_HELLO_REPLY, &rep.base);
 
+  /* The reply describes the replica as it was before this HELLO. */
+  link_reply_init(l, &before, &rep, &gen, hist);
+  rep.bitmap_bytes = img_len;
+  link_send(l, FRAME_HELLO_REPLY, &rep.base);
   l->state = LINK_REPLICATING;
+  if (img != NULL) {
+    r = link_send_bitmap(l, img, img_len);
+    free(img);
+    if (r == -1)
+      return -1;
+  }
+
   util_uuid_format(h->volume_uuid.data, uuid);
   log_info("secondary: primary %s (%s, node %s) connected: volume %s, %llu "
-           "bytes, %s mode; replica %s %s", l->cn, l->addr,
+           "bytes, %s mode; replica %s %s; generations: %s%s", l->cn,
+           l->addr,
            h->node_name != NULL && h->node_name[0] != '\0' ? h->node_name
                                                            : "?",
            uuid, (unsigned long long)h->size_bytes, link_mode_name(h->mode),
            replica_path(s->replica),
-           l->consistent_at_hello ? "consistent" : "needs a full sync");
+           l->consistent_at_hello ? "consistent" : "needs a full sync",
+           gen_decision_name(d),
+           before.discard_local ? " (discard-local: this side's changes "
+                                  "are overwritten)" : "");
   return 0;
 }
 
@@ -552,16 +693,17 @@ link_on_flush(struct link *l, const Duplex__Flush *fl)
   return link_queue(l, op);
 }
 
+/* A resync is starting: the replica is a mix from now on. */
 static int
-link_set_consistent(struct link *l, bool consistent)
+link_set_inconsistent(struct link *l)
 {
   struct secondary *s = l->s;
   struct meta_sb sb = *meta_get(s->meta);
   int r;
 
-  if (sb.consistent == consistent)
+  if (!sb.consistent)
     return 0;
-  sb.consistent = consistent;
+  sb.consistent = false;
   r = meta_write(s->meta, &sb);
   if (r < 0) {
     status_error(s, "secondary: metadata %s: write failed: %s; check the "
@@ -569,39 +711,74 @@ link_set_consistent(struct link *l, bool consistent)
     link_refuse(l, EIO, "%s", s->st.last_error);
     return -1;
   }
-  log_info("secondary: replica %s is now %s", replica_path(s->replica),
-           consistent ? "consistent (in sync with the primary)"
-                      : "inconsistent until the resync finishes");
+  log_info("secondary: replica %s is now inconsistent until the resync "
+           "finishes", replica_path(s->replica));
   return 0;
+}
+
+/* in_sync: the replica equals the primary's data up to this point in the
+ * stream.  A MARK (a FLUSH without an ACK of its own) makes everything
+ * before it durable; only then does link_mark_done adopt the generation,
+ * record consistency and ack ss->seq, so the primary finalises its own
+ * generation only once this side has taken it. */
+static int
+link_on_in_sync(struct link *l, const Duplex__SyncState *ss)
+{
+  struct secondary *s = l->s;
+  const struct meta_sb *sb = meta_get(s->meta);
+  struct link_mark mk = { .resyncs = l->resyncs };
+  struct apply_op *op;
+
+  if (ss->gen != NULL) {
+    identity_from_wire(ss->gen, &mk.gen);
+    mk.have_gen = true;
+  }
+  if (ss->seq == 0) {
+    /* A progress report: nothing to ack.  Skip it if it changes nothing
+     * or repeats the MARK still pending. */
+    if (l->marks_pending > 0 && l->last_mark.resyncs == mk.resyncs &&
+        l->last_mark.have_gen == mk.have_gen &&
+        (!mk.have_gen ||
+         memcmp(&l->last_mark.gen, &mk.gen, sizeof mk.gen) == 0))
+      return 0;
+    if (l->marks_pending == 0 && sb->consistent && !sb->discard_local &&
+        !s->bitmap_dirty &&
+        (!mk.have_gen || sb->gen.current == mk.gen.current))
+      return 0;
+  }
+  op = apply_op_new(APPLY_MARK);
+  if (op != NULL)
+    op->mem = malloc(sizeof mk);
+  if (op == NULL || op->mem == NULL) {
+    apply_op_free(op);
+    link_close(l, true, "out of memory");
+    return -1;
+  }
+  memcpy(op->mem, &mk, sizeof mk);
+  op->seq = ss->seq;
+  l->last_mark = mk;
+  l->marks_pending++;
+  return link_queue(l, op);
 }
 
 static int
 link_on_sync_state(struct link *l, const Duplex__SyncState *ss)
 {
   struct secondary *s = l->s;
-  struct apply_op *op;
 
+  if (l->refused)
+    return 0;                   /* nothing of this primary's applies here */
   s->st.total_bytes = ss->total_bytes;
   s->st.done_bytes = ss->done_bytes;
   s->st.out_of_sync_bytes = ss->out_of_sync_bytes;
   if (!ss->in_sync) {
     s->st.sync = l->consistent_at_hello ? SEC_SYNC_RESYNC : SEC_SYNC_INITIAL;
-    /* A resync is starting: the replica is a mix from now on. */
-    return link_set_consistent(l, false);
+    l->resyncs++;
+    return link_set_inconsistent(l);
   }
   s->st.sync = SEC_SYNC_IN_SYNC;
   l->consistent_at_hello = true;  /* a later resync is not an initial one */
-  if (meta_get(s->meta)->consistent || l->mark_pending)
-    return 0;
-  /* Record consistency only once everything before this point is durable:
-   * a MARK is a FLUSH without an ACK (see link_apply_done). */
-  op = apply_op_new(APPLY_MARK);
-  if (op == NULL) {
-    link_close(l, true, "out of memory");
-    return -1;
-  }
-  l->mark_pending = true;
-  return link_queue(l, op);
+  return link_on_in_sync(l, ss);
 }
 
 static int
@@ -616,6 +793,13 @@ link_dispatch(struct link *l, const struct frame *f, char **memp)
       return -1;
     }
     return link_on_hello(l, f->m.hello);
+  }
+  if (l->refused && (f->type == FRAME_WRITE || f->type == FRAME_ZERO ||
+                     f->type == FRAME_FLUSH)) {
+    link_close(l, true, "%s frame from a primary whose data is refused "
+               "here (%s); nothing applied", frame_type_name(f->type),
+               gen_decision_name(l->s->st.decision));
+    return -1;
   }
   switch (f->type) {
   case FRAME_WRITE:
@@ -865,13 +1049,34 @@ link_free_all(struct secondary *s)
     link_free(l);
 }
 
+/* Everything before an in_sync MARK is durable. */
+static void
+link_mark_done(struct link *l, const struct apply_op *op)
+{
+  struct link_mark mk;
+
+  memcpy(&mk, op->mem, sizeof mk);
+  l->marks_pending--;
+  /* A resync that started after the MARK keeps the replica inconsistent;
+   * the generation it reached is still this side's. */
+  if (identity_sync_done(l->s, mk.have_gen ? &mk.gen : NULL,
+                         mk.resyncs == l->resyncs) == -1) {
+    link_refuse(l, EIO, "%s", l->s->st.last_error);
+    return;
+  }
+  if (op->seq == 0)
+    return;
+  l->acks[l->n_acks++] = op->seq;
+  if (l->n_acks == SEC_ACK_BATCH)
+    link_flush_acks(l);
+  link_kick(l);
+}
+
 void
 link_apply_done(struct link *l, const struct apply_op *op)
 {
   if (op->type == APPLY_MARK) {
-    l->mark_pending = false;
-    if (l->s->st.sync == SEC_SYNC_IN_SYNC)
-      link_set_consistent(l, true);
+    link_mark_done(l, op);
     return;
   }
   l->acks[l->n_acks++] = op->seq;

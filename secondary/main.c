@@ -192,15 +192,12 @@ main_open_meta(struct secondary *s)
 {
   const char *path = s->cfg.meta;
   char err[512] = "";
-  const struct meta_sb *sb;
 
+  /* A primary's metadata is fine: roles belong to the process (see
+   * identity.c). */
   if (meta_open(path, &s->meta, &main_meta_created, err, sizeof err) == -1)
     return main_fail(EXIT_USAGE, "--meta %s: %s", path,
                      main_reason(err, path));
-  sb = meta_get(s->meta);
-  if (sb->role == META_ROLE_PRIMARY)
-    return main_fail(EXIT_USAGE, "--meta %s: belongs to a primary; give the "
-                     "secondary its own metadata file", path);
   return 0;
 }
 
@@ -208,10 +205,16 @@ main_open_meta(struct secondary *s)
 static int
 main_mark_running(struct secondary *s)
 {
-  struct meta_sb sb = *meta_get(s->meta);
-  bool was_clean = sb.clean_shutdown;
+  struct meta_sb sb;
+  bool was_clean, was_secondary;
+  char err[512] = "";
   int r;
 
+  was_secondary = meta_get(s->meta)->role == META_ROLE_SECONDARY;
+  if (identity_start(s, err, sizeof err) == -1)
+    return main_fail(EXIT_USAGE, "--meta %s: %s", s->cfg.meta, err);
+  sb = *meta_get(s->meta);
+  was_clean = sb.clean_shutdown;
   if (was_clean || main_meta_created) {
     sb.clean_shutdown = false;
     r = meta_write(s->meta, &sb);
@@ -221,7 +224,7 @@ main_mark_running(struct secondary *s)
   }
   if (main_meta_created)
     log_info("secondary: metadata %s: created", s->cfg.meta);
-  else if (sb.role == META_ROLE_SECONDARY && !was_clean)
+  else if (was_secondary && !was_clean)
     log_warn("secondary: metadata %s: the previous run did not shut down "
              "cleanly; the primary resends what it did not see "
              "acknowledged", s->cfg.meta);
@@ -293,8 +296,10 @@ main_apply_failed(void *opaque, const struct apply_op *op, int err)
     break;
   }
   status_error(s, "secondary: replica %s: %s: %s; replication paused, "
-               "primary is tracking changes", replica_path(s->replica), what,
-               strerror(err));
+               "primary is tracking changes; fix the disk, then run "
+               "`duplexctl --control %s resume` or restart duplex-secondary",
+               replica_path(s->replica), what, strerror(err),
+               s->cfg.control != NULL ? s->cfg.control : "SOCKET");
   if (s->link != NULL)
     link_apply_failed(s->link, err, s->st.last_error);
 }

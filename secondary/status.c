@@ -1,4 +1,7 @@
-/* Control socket commands of the secondary: `status` and `status --json`. */
+/* Control socket commands of the secondary: `status [--json]`, and the
+ * operator's answers to what status reports: `resolve --discard-local`
+ * (split brain, or newer / unrelated data here) and `resume` (after an I/O
+ * error on the replica). */
 #include <stdarg.h>
 #include <string.h>
 
@@ -7,6 +10,8 @@
 #include "duplex.pb-c.h"
 #include "json.h"
 #include "log.h"
+
+#define STATUS_USAGE "status [--json], resolve --discard-local, resume"
 
 struct status_view {
   const char *mode;
@@ -53,7 +58,7 @@ status_collect(const struct secondary *s, struct status_view *v)
   case DUPLEX__MODE__MODE_ASYNC: v->mode = "async"; break;
   default: v->mode = "unknown"; break;
   }
-  if (apply_failed(s->apply))
+  if (apply_failed(s->apply) || st->refused)
     v->connection = "standalone";
   else if (s->link != NULL && link_state(s->link) == LINK_REPLICATING)
     v->connection = "connected";
@@ -75,6 +80,44 @@ status_collect(const struct secondary *s, struct status_view *v)
     v->peer = link_peer_cn(s->link);
     v->peer_addr = link_peer_addr(s->link);
   }
+}
+
+/* "key":["hex16",...] — common/json.h has no arrays; this follows its
+ * separator rule (struct json's first[depth]). */
+static void
+status_json_gen_list(struct json *j, const char *key, const uint64_t *ids,
+                     size_t n)
+{
+  char hex[17];
+  size_t i;
+
+  if (!j->first[j->depth])
+    evbuffer_add(j->out, ",", 1);
+  j->first[j->depth] = false;
+  evbuffer_add_printf(j->out, "\"%s\":[", key);
+  for (i = 0; i < n; i++) {
+    gen_format(ids[i], hex);
+    evbuffer_add_printf(j->out, "%s\"%s\"", i > 0 ? "," : "", hex);
+  }
+  evbuffer_add(j->out, "]", 1);
+}
+
+static void
+status_json_gen(struct json *j, const char *key, const struct gen_ids *g)
+{
+  char hex[17];
+  size_t n = 0, i;
+
+  for (i = 0; i < GEN_HISTORY; i++)
+    if (g->history[i] != 0)
+      n = i + 1;
+  json_obj_begin(j, key);
+  gen_format(g->current, hex);
+  json_str(j, "current", hex);
+  gen_format(g->bitmap, hex);
+  json_str(j, "bitmap", hex);
+  status_json_gen_list(j, "history", g->history, n);
+  json_obj_end(j);
 }
 
 static void
@@ -122,7 +165,48 @@ status_json(const struct secondary *s, const struct status_view *v,
   json_bool(&j, "consistent", sb->consistent);
   json_u64(&j, "connects", st->connects);
   json_str(&j, "node_name", s->node_name);
+  status_json_gen(&j, "generation", &sb->gen);
+  if (st->have_decision) {
+    json_str(&j, "sync_decision", gen_decision_name(st->decision));
+    status_json_gen(&j, "peer_generation", &st->peer_gen);
+  } else {
+    json_null(&j, "sync_decision");
+    json_null(&j, "peer_generation");
+  }
+  json_bool(&j, "split_brain", st->split_brain);
+  json_bool(&j, "discard_local", sb->discard_local);
+  json_bool(&j, "replication_paused", apply_failed(s->apply));
   json_end(&j);
+}
+
+static void
+status_human_gen(const struct secondary *s, struct evbuffer *out)
+{
+  const struct sec_status *st = &s->st;
+  const struct meta_sb *sb = meta_get(s->meta);
+  char cur[17], bm[17];
+  int i;
+
+  gen_format(sb->gen.current, cur);
+  gen_format(sb->gen.bitmap, bm);
+  evbuffer_add_printf(out, "generation:  %s, bitmap %s, history", cur, bm);
+  for (i = 0; i < GEN_HISTORY; i++) {
+    gen_format(sb->gen.history[i], cur);
+    evbuffer_add_printf(out, " %s", cur);
+  }
+  evbuffer_add_printf(out, "\n");
+  if (st->have_decision || sb->discard_local)
+    evbuffer_add_printf(out, "decision:    %s%s%s\n",
+                        st->have_decision ? gen_decision_name(st->decision)
+                                          : "none yet",
+                        st->split_brain ? ", SPLIT BRAIN (nothing is "
+                                          "overwritten; see last error)" : "",
+                        sb->discard_local ? ", discard-local set (the next "
+                                            "connection resyncs this side)"
+                                          : "");
+  if (apply_failed(s->apply))
+    evbuffer_add_printf(out, "paused:      after a replica I/O error; fix "
+                        "the disk, then `resume`\n");
 }
 
 static void
@@ -162,27 +246,19 @@ status_human(const struct secondary *s, const struct status_view *v,
                       lag, v->ap.queued, v->ap.inflight);
   evbuffer_add_printf(out, "traffic:     %s sent, %s received\n", sent,
                       recv);
+  status_human_gen(s, out);
   evbuffer_add_printf(out, "last error:  %s\n",
                       st->last_error[0] != '\0' ? st->last_error : "none");
 }
 
-int
-status_control(void *opaque, int argc, char **argv, struct evbuffer *out)
+static int
+status_cmd_status(struct secondary *s, int argc, char **argv,
+                  struct evbuffer *out)
 {
-  const struct secondary *s = opaque;
   struct status_view v;
   bool json = false;
   int i;
 
-  if (argc < 1) {
-    evbuffer_add_printf(out, "empty command; try: status [--json]\n");
-    return -1;
-  }
-  if (strcmp(argv[0], "status") != 0) {
-    evbuffer_add_printf(out, "unknown command %s; try: status [--json]\n",
-                        argv[0]);
-    return -1;
-  }
   for (i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--json") == 0) {
       json = true;
@@ -198,4 +274,94 @@ status_control(void *opaque, int argc, char **argv, struct evbuffer *out)
   else
     status_human(s, &v, out);
   return 0;
+}
+
+/* The operator chose this side's changes to be thrown away.  The choice is
+ * persisted and takes effect at the next HELLO, so the current link (if
+ * any) is dropped: the primary reconnects. */
+static int
+status_cmd_resolve(struct secondary *s, int argc, char **argv,
+                   struct evbuffer *out)
+{
+  char err[512];
+
+  if (argc != 2 || strcmp(argv[1], "--discard-local") != 0) {
+    evbuffer_add_printf(out, "resolve: expected `resolve --discard-local` "
+                        "(run it on the side whose changes are to be thrown "
+                        "away)\n");
+    return -1;
+  }
+  if (identity_discard_local(s, err, sizeof err) == -1) {
+    status_error(s, "secondary: resolve --discard-local: %s", err);
+    evbuffer_add_printf(out, "resolve: %s\n", err);
+    return -1;
+  }
+  log_info("secondary: resolve --discard-local by the operator%s: the next "
+           "connection resyncs this side from the primary (blocks changed "
+           "on either side)", s->st.split_brain ? " (split brain)" : "");
+  s->st.split_brain = false;
+  s->st.refused = false;
+  if (s->st.refusal_error) {
+    s->st.last_error[0] = '\0';
+    s->st.refusal_error = false;
+  }
+  if (s->link != NULL)
+    link_close(s->link, false, "resolve --discard-local: dropping the link "
+               "so that the primary reconnects");
+  evbuffer_add_printf(out, "discard-local set: the next connection resyncs "
+                      "this side from the primary (blocks changed on either "
+                      "side)\n");
+  return 0;
+}
+
+/* Lift the pause after a replica I/O error; the primary tracked what this
+ * side missed and resyncs it at its next connection. */
+static int
+status_cmd_resume(struct secondary *s, int argc, char **argv,
+                  struct evbuffer *out)
+{
+  (void)argv;
+  if (argc != 1) {
+    evbuffer_add_printf(out, "resume: takes no arguments\n");
+    return -1;
+  }
+  if (!apply_failed(s->apply)) {
+    evbuffer_add_printf(out, "not paused\n");
+    return 0;
+  }
+  if (apply_resume(s->apply) == -1) {
+    evbuffer_add_printf(out, "resume: replica I/O from before the error is "
+                        "still in flight; try again in a moment\n");
+    return -1;
+  }
+  log_info("secondary: replica %s: resumed by the operator after: %s; the "
+           "primary's next connection resyncs what this side missed",
+           replica_path(s->replica), s->st.last_error);
+  evbuffer_add_printf(out, "resumed: applying replicated writes to %s again "
+                      "(paused after: %s); the primary's next connection "
+                      "resyncs what this side missed\n",
+                      replica_path(s->replica), s->st.last_error);
+  s->st.last_error[0] = '\0';
+  s->st.refusal_error = false;
+  return 0;
+}
+
+int
+status_control(void *opaque, int argc, char **argv, struct evbuffer *out)
+{
+  struct secondary *s = opaque;
+
+  if (argc < 1) {
+    evbuffer_add_printf(out, "empty command; try: " STATUS_USAGE "\n");
+    return -1;
+  }
+  if (strcmp(argv[0], "status") == 0)
+    return status_cmd_status(s, argc, argv, out);
+  if (strcmp(argv[0], "resolve") == 0)
+    return status_cmd_resolve(s, argc, argv, out);
+  if (strcmp(argv[0], "resume") == 0)
+    return status_cmd_resume(s, argc, argv, out);
+  evbuffer_add_printf(out, "unknown command %s; try: " STATUS_USAGE "\n",
+                      argv[0]);
+  return -1;
 }

@@ -379,6 +379,166 @@ wait_in_sync() {
     done
 }
 
+# ---- link proxy ----
+#
+# tests/tools/linkproxy.py between the agents, to cut, stall, restore and
+# throttle the link on command.  Usual use:
+#
+#   start_secondary sec ... --listen 127.0.0.1:0
+#   start_proxy px "$SECONDARY_PORT"
+#   start_primary pri ... --peer "127.0.0.1:$PROXY_PORT"
+#   proxy_cmd px cut; ...; proxy_cmd px restore
+#
+# (or PAIR_PROXY=1 start_pair MODE).  Files: NAME.ctl (control socket),
+# NAME.pid, NAME.port, NAME.log.  Commands: cut, stall, restore,
+# throttle BYTES_PER_SEC (0: no limit), status, quit; see the proxy's
+# docstring.  The proxy is stopped (SIGTERM, must exit 0 within 5 s) at exit.
+
+LINKPROXY=$DUPLEX_SRC/tests/tools/linkproxy.py
+declare -A _proxy_pid=()
+
+# start_proxy NAME TARGET_PORT|HOST:PORT [PROXY ARGS...]
+# Starts the proxy on 127.0.0.1:0, waits (with a deadline) for NAME.port,
+# registers it for cleanup and sets ${NAME}_port and PROXY_PORT.
+start_proxy() {
+    local name=$1 target=$2 pid deadline rc port
+    shift 2
+    [[ "$target" == *:* ]] || target=127.0.0.1:$target
+    rm -f "$TESTDIR/$name.port" "$TESTDIR/$name.pid" "$TESTDIR/$name.ctl"
+    "$PYTHON" "$LINKPROXY" --listen 127.0.0.1:0 --target "$target" \
+        --control "$TESTDIR/$name.ctl" --port-file "$TESTDIR/$name.port" \
+        --pidfile "$TESTDIR/$name.pid" "$@" \
+        >"$TESTDIR/$name.log" 2>&1 </dev/null &
+    pid=$!
+    # Listed with the agents: the watchdog leaves it to the cleanup.
+    echo "$pid" >>"$TESTDIR/.agents"
+    _proxy_pid[$name]=$pid
+    cleanup_fn stop_proxy "$name"
+    deadline=$((SECONDS + 30 * SLOW))
+    until [ -s "$TESTDIR/$name.port" ]; do
+        if ! _alive "$pid"; then
+            wait "$pid" 2>/dev/null && rc=0 || rc=$?
+            _proxy_pid[$name]=
+            cat "$TESTDIR/$name.log" >&2
+            fail "proxy $name exited with status $rc before writing $name.port"
+        fi
+        [ "$SECONDS" -lt "$deadline" ] ||
+            fail "proxy $name (pid $pid) did not write $name.port in $((30 * SLOW)) s"
+        sleep 0.05
+    done
+    port=$(cat "$TESTDIR/$name.port")
+    [[ "$port" =~ ^[0-9]+$ ]] && [ "$port" -gt 0 ] ||
+        fail "$name.port holds '$port', not a port"
+    PROXY_PORT=$port
+    printf -v "${name//[^A-Za-z0-9_]/_}_port" '%s' "$port"
+    log "proxy $name started (pid $pid): 127.0.0.1:$port -> $target"
+}
+
+proxy_pid() { echo "${_proxy_pid[$1]:-}"; }
+# proxy_alive NAME: the proxy's process is running.
+proxy_alive() { local p=${_proxy_pid[$1]:-}; [ -n "$p" ] && _alive "$p"; }
+
+# stop_proxy NAME: SIGTERM (unless it already exited, e.g. after quit) and
+# wait at most 5 s.  Returns non-zero and marks the test failed if it did
+# not exit in time (then SIGKILL) or exited with a non-zero status.  Prints
+# the tail of NAME.log when the test failed.
+stop_proxy() {
+    local name=$1 pid rc ok=0 deadline
+    pid=${_proxy_pid[$name]:-}
+    [ -n "$pid" ] || return 0
+    _proxy_pid[$name]=
+    kill -TERM "$pid" 2>/dev/null || true
+    deadline=$(($(date +%s%N) / 1000000 + 5000))
+    while _alive "$pid"; do
+        if [ "$(($(date +%s%N) / 1000000))" -ge "$deadline" ]; then
+            echo "$TEST_NAME: FAIL: proxy $name (pid $pid) still running 5 s after SIGTERM; killing it" >&2
+            kill -KILL "$pid" 2>/dev/null || true
+            ok=1
+            break
+        fi
+        sleep 0.05
+    done
+    wait "$pid" 2>/dev/null && rc=0 || rc=$?
+    if [ "$ok" -eq 0 ] && [ "$rc" -ne 0 ]; then
+        echo "$TEST_NAME: FAIL: proxy $name (pid $pid) exited with status $rc" >&2
+        ok=1
+    fi
+    [ "$ok" -eq 0 ] || _failed=1
+    if [ "$_failed" -ne 0 ] && [ -s "$TESTDIR/$name.log" ]; then
+        echo "----- $name.log (last 30 lines) -----" >&2
+        tail -n 30 "$TESTDIR/$name.log" >&2
+    fi
+    return "$ok"
+}
+
+# _proxy_send NAME LINE: one command over the control socket; prints the
+# reply line.  Non-zero if the socket cannot be used.
+_proxy_send() {
+    "$PYTHON" -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(10)
+try:
+    s.connect(sys.argv[1])
+    s.sendall(sys.argv[2].encode() + b"\n")
+    buf = b""
+    while not buf.endswith(b"\n"):
+        d = s.recv(65536)
+        if not d:
+            break
+        buf += d
+except OSError as e:
+    sys.exit("%s: %s" % (sys.argv[1], e))
+if not buf:
+    sys.exit("%s: no reply" % sys.argv[1])
+print(buf.decode().strip())
+' "$TESTDIR/$1.ctl" "$2"
+}
+
+# proxy_cmd NAME COMMAND...: send the command, print the reply ("ok ...");
+# fails the test on an "error ..." reply or a dead proxy.  (Inside $(...)
+# the failure is only the subshell's: use x=$(...) so that set -e acts.)
+proxy_cmd() {
+    local name=$1 reply
+    shift
+    if ! reply=$(_proxy_send "$name" "$*" 2>&1); then
+        proxy_alive "$name" || fail "proxy $name is not running ($*: $reply)"
+        fail "proxy $name: $*: $reply"
+    fi
+    case $reply in
+        ok*) printf '%s\n' "$reply" ;;
+        *) fail "proxy $name: $* -> $reply" ;;
+    esac
+}
+
+# proxy_status NAME [FIELD]: the status object, or one field of it.
+# Returns non-zero with a message on stderr on failure (like status_field).
+proxy_status() {
+    local reply
+    if ! reply=$(_proxy_send "$1" status 2>&1) || [[ "$reply" != "ok {"* ]]; then
+        echo "$TEST_NAME: proxy $1: status failed: $reply" >&2
+        return 1
+    fi
+    reply=${reply#ok }
+    if [ $# -lt 2 ]; then
+        printf '%s\n' "$reply"
+        return 0
+    fi
+    jq -er --arg f "$2" 'if has($f) then .[$f] else error("no field \($f)") end' \
+        <<<"$reply" 2>/dev/null || {
+        echo "$TEST_NAME: proxy $1 status has no field $2: $reply" >&2
+        return 1
+    }
+}
+
+# wait_proxy [-t SECONDS] NAME FIELD VALUE: poll until FIELD == VALUE.
+wait_proxy() {
+    local t=()
+    if [ "$1" = -t ]; then t=(-t "$2"); shift 2; fi
+    wait_until "${t[@]}" -m "proxy $1 $2 = $3" \
+        "[ \"\$(proxy_status $1 $2)\" = \"$3\" ]"
+}
+
 # ---- the usual pair ----
 
 # Certificates for the usual pair, in $TESTDIR/certs.
@@ -388,20 +548,27 @@ CERTS=$TESTDIR/certs
 # secondary $SEC (default "sec") on 127.0.0.1:0 with replica.img/replica.meta,
 # then a primary $PRI (default "pri") on unix:$PRI.sock with
 # primary.img/primary.meta (the caller creates primary.img).  Extra
-# arguments go to the primary.  Sets NBD_SOCK and NBD_URI.
+# arguments go to the primary.  Sets NBD_SOCK and NBD_URI.  With
+# PAIR_PROXY=1 the primary reaches the secondary through a link proxy named
+# "px" (start_proxy; PROXY_PORT), e.g. for proxy_cmd px cut.
 PRI=pri
 SEC=sec
 start_pair() {
-    local mode=$1
+    local mode=$1 peer_port
     shift
     [ -f "$CERTS/primary.pem" ] || make_certs "$CERTS" primary secondary
     start_secondary "$SEC" --volume "$TESTDIR/replica.img" \
         --meta "$TESTDIR/replica.meta" --listen 127.0.0.1:0 \
         --tls-cert "$CERTS/secondary.pem" --tls-key "$CERTS/secondary.key" \
         --tls-ca "$CERTS/ca.pem" --peer-name primary
+    peer_port=$SECONDARY_PORT
+    if [ "${PAIR_PROXY:-0}" = 1 ]; then
+        start_proxy px "$SECONDARY_PORT"
+        peer_port=$PROXY_PORT
+    fi
     start_primary "$PRI" --volume "$TESTDIR/primary.img" \
         --meta "$TESTDIR/primary.meta" --nbd "unix:$TESTDIR/$PRI.sock" \
-        --peer "127.0.0.1:$SECONDARY_PORT" --mode "$mode" \
+        --peer "127.0.0.1:$peer_port" --mode "$mode" \
         --tls-cert "$CERTS/primary.pem" --tls-key "$CERTS/primary.key" \
         --tls-ca "$CERTS/ca.pem" --peer-name secondary "$@"
     NBD_SOCK=$TESTDIR/$PRI.sock

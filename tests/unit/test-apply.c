@@ -500,6 +500,79 @@ test_mark(void **state)
   fake_free(f);
 }
 
+/* resume after a failure: refused while the failed stream's I/O is in
+ * flight, then a new stream is accepted and starts afresh (any epoch). */
+static void
+test_resume(void **state)
+{
+  struct fake *f = fake_new(64);
+  struct apply_op *op;
+
+  (void)state;
+  assert_int_equal(apply_resume(f->a), 0);      /* not failed: harmless */
+  q_write(f, 1, 9, 0);
+  q_write(f, 2, 9, 4096);
+  q_write(f, 3, 10, 8192);
+  complete(f, 0, -EIO);
+  assert_true(apply_failed(f->a));
+  assert_int_equal(apply_resume(f->a), -1);     /* seq 2 still in flight */
+  assert_true(apply_failed(f->a));
+  complete(f, 1, 0);
+  assert_int_equal(f->n_idle, 1);
+  assert_int_equal(apply_resume(f->a), 0);
+  assert_false(apply_failed(f->a));
+  assert_int_equal(queued_bytes(f), 0);
+  /* A new stream: epoch 1 after epoch 9, starts at once, done reported. */
+  q_write(f, 1, 1, 0);
+  q_op(f, APPLY_FLUSH, 2, 1, 0, 0, 0);
+  assert_int_equal(f->n_started, 3);
+  complete(f, 2, 0);
+  assert_int_equal(f->n_started, 4);
+  assert_int_equal(f->io[3], APPLY_IO_SYNC);
+  complete(f, 3, 0);
+  assert_int_equal(f->n_done, 2);
+  assert_int_equal(f->done_seq[0], 1);
+  assert_int_equal(f->done_seq[1], 2);
+  /* And a second failure is reported again. */
+  op = q_write(f, 3, 2, 0);
+  (void)op;
+  complete(f, 4, -ENOSPC);
+  assert_int_equal(f->n_failed, 2);
+  assert_int_equal(f->failed_err, ENOSPC);
+  fake_free(f);
+}
+
+/* MARK carries the caller's seq (the in_sync ack) and is reported in
+ * stream order after the ops before it, never before a later op's FUA
+ * sync. */
+static void
+test_mark_seq(void **state)
+{
+  struct fake *f = fake_new(64);
+  struct apply_op *op;
+
+  (void)state;
+  q_write(f, 1, 1, 0);
+  op = apply_op_new(APPLY_MARK);
+  assert_non_null(op);
+  op->seq = 2;
+  op->mem = malloc(16);                         /* freed with the op */
+  assert_int_equal(apply_queue(f->a, op), 0);
+  q_write(f, 3, 2, 4096);
+  assert_int_equal(f->n_started, 1);
+  complete(f, 0, 0);
+  assert_int_equal(f->n_started, 2);            /* the MARK's sync */
+  assert_int_equal(f->io[1], APPLY_IO_SYNC);
+  complete(f, 1, 0);
+  assert_int_equal(f->n_done, 2);
+  assert_int_equal(f->done_type[1], APPLY_MARK);
+  assert_int_equal(f->done_seq[1], 2);
+  assert_int_equal(f->n_started, 3);
+  complete(f, 2, 0);
+  assert_int_equal(f->done_seq[2], 3);
+  fake_free(f);
+}
+
 int
 main(void)
 {
@@ -519,6 +592,8 @@ main(void)
     cmocka_unit_test(test_abort_idle),
     cmocka_unit_test(test_abort_from_done),
     cmocka_unit_test(test_mark),
+    cmocka_unit_test(test_mark_seq),
+    cmocka_unit_test(test_resume),
   };
 
   return cmocka_run_group_tests(tests, NULL, NULL);
