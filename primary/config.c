@@ -13,7 +13,7 @@ enum {
   OPT_VOLUME = 256, OPT_META, OPT_NBD, OPT_PEER, OPT_MODE, OPT_ASYNC_BUFFER,
   OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA, OPT_PEER_NAME, OPT_CONTROL,
   OPT_PIDFILE, OPT_FOREGROUND, OPT_PEER_TIMEOUT, OPT_BITMAP_GRAIN,
-  OPT_ON_CONGESTION,
+  OPT_ON_CONGESTION, OPT_RESYNC_CHECKSUMS,
 };
 
 static const struct option config_options[] = {
@@ -33,6 +33,7 @@ static const struct option config_options[] = {
   { "peer-timeout", required_argument, NULL, OPT_PEER_TIMEOUT },
   { "bitmap-grain", required_argument, NULL, OPT_BITMAP_GRAIN },
   { "on-congestion", required_argument, NULL, OPT_ON_CONGESTION },
+  { "resync-checksums", no_argument, NULL, OPT_RESYNC_CHECKSUMS },
   { "verbose", no_argument, NULL, 'v' },
   { "help", no_argument, NULL, 'h' },
   { "version", no_argument, NULL, 'V' },
@@ -48,6 +49,7 @@ config_usage(FILE *out)
 "                      --tls-cert PEM --tls-key PEM --tls-ca PEM --peer-name NAME\n"
 "                      [--on-congestion block|pull-ahead]\n"
 "                      [--peer-timeout SECONDS] [--bitmap-grain SIZE]\n"
+"                      [--resync-checksums]\n"
 "                      [--control SOCKET] [--pidfile PATH] [--foreground] [-v]\n"
 "\n"
 "Serves VOLUME over NBD and replicates every write over TLS 1.3 to a\n"
@@ -72,6 +74,9 @@ config_usage(FILE *out)
 "  --bitmap-grain SIZE  bytes of volume per bit of the write-intent bitmap\n"
 "                       (default 4K: 32 MiB of bitmap per TiB, on disk and\n"
 "                       in memory; 64K: 2 MiB per TiB)\n"
+"  --resync-checksums   resync: the secondary hashes its blocks first and\n"
+"                       only blocks whose hash differs are sent (less\n"
+"                       traffic, one round trip per chunk)\n"
 "  --tls-cert PEM       this agent's certificate (chain)\n"
 "  --tls-key PEM        its private key\n"
 "  --tls-ca PEM         CA the secondary's certificate must chain to\n"
@@ -198,6 +203,7 @@ config_parse(int argc, char **argv, struct config *cfg, char *err,
         return -1;
       }
       break;
+    case OPT_RESYNC_CHECKSUMS: cfg->resync_checksums = true; break;
     case OPT_TLS_CERT: cfg->tls.cert = optarg; break;
     case OPT_TLS_KEY: cfg->tls.key = optarg; break;
     case OPT_TLS_CA: cfg->tls.ca = optarg; break;

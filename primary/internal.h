@@ -38,6 +38,7 @@ struct config {
   uint64_t async_buffer;
   unsigned peer_timeout_ms;
   bool pull_ahead;              /* --on-congestion pull-ahead */
+  bool resync_checksums;        /* --resync-checksums */
   uint32_t bitmap_grain;
   struct tls_config tls;
   const char *control;
@@ -271,6 +272,7 @@ struct resync_counters {
   bool full;
   bool ever_completed;
   bool in_sync_confirmed;       /* the secondary adopted our generation */
+  uint64_t checksum_same_bytes; /* --resync-checksums: equal, not sent */
 };
 void resync_get_counters(const struct resync *rs, struct resync_counters *c);
 

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hash.h"
 #include "internal.h"
 #include "log.h"
 
@@ -211,6 +212,68 @@ chunk_unlock(struct chunk *c)
   }
 }
 
+/* --resync-checksums (DRBD's csums-alg): the secondary hashes the blocks it
+ * has; only blocks whose hash differs travel. */
+static void
+chunk_checksums(struct repl_op *op, bool ok)
+{
+  struct chunk *c = op->opaque;
+  struct resync *rs = c->rs;
+  const Duplex__VerifyResult *res = op->verify_result;
+  uint64_t i, n = c->rd_len / BDEV_ALIGN;
+
+  free(op);
+  if (!ok || !res || res->error || res->n_hashes != n || c->gen != rs->gen) {
+    if (ok && c->gen == rs->gen && repl_connected(rs->p->repl)) {
+      /* The secondary could not hash: send everything. */
+      chunk_send_data(c, c->rd_off, c->rd_len, c->buf);
+    } else {
+      bitmap_set_range(rs->p->oos, c->rd_off, c->rd_len);
+      rs->window_bytes -= c->rd_len;
+    }
+  } else {
+    i = 0;
+    while (i < n) {
+      uint64_t j = i;
+      bool same = res->hashes[i] ==
+                  hash_block(c->buf + i * BDEV_ALIGN, BDEV_ALIGN);
+      while (j + 1 < n &&
+             (res->hashes[j + 1] ==
+              hash_block(c->buf + (j + 1) * BDEV_ALIGN, BDEV_ALIGN)) == same)
+        j++;
+      if (same) {
+        uint64_t len = (j - i + 1) * BDEV_ALIGN;
+        rs->window_bytes -= len;
+        rs->ctr.done_bytes += len;
+        rs->ctr.checksum_same_bytes += len;
+      } else {
+        chunk_send_data(c, c->rd_off + i * BDEV_ALIGN, (j - i + 1) * BDEV_ALIGN,
+                        c->buf + i * BDEV_ALIGN);
+      }
+      i = j + 1;
+    }
+  }
+  chunk_unlock(c);
+  chunk_put(c);
+}
+
+static int
+chunk_ask_checksums(struct chunk *c)
+{
+  struct repl_op *op = calloc(1, sizeof *op);
+  if (!op)
+    abort();
+  op->acked = chunk_checksums;
+  op->opaque = c;
+  if (repl_send_verify(c->rs->p->repl, op, c->rd_off, (uint32_t)c->rd_len)
+      == -1) {
+    free(op);
+    return -1;
+  }
+  c->pending++;
+  return 0;
+}
+
 static void
 chunk_read_done(struct aio_op *op, long res)
 {
@@ -222,6 +285,11 @@ chunk_read_done(struct aio_op *op, long res)
               rs->p->vol.path, c->rd_off, strerror((int)-res));
     bitmap_set_range(rs->p->oos, c->rd_off, c->rd_len);
     rs->window_bytes -= c->rd_len;
+  } else if (rs->p->cfg.resync_checksums && c->gen == rs->gen &&
+             chunk_ask_checksums(c) == 0) {
+    /* The lock stays held until the differing blocks are on the stream. */
+    chunk_put(c);
+    return;
   } else {
     chunk_send_data(c, c->rd_off, c->rd_len, c->buf);
   }
@@ -358,6 +426,7 @@ resync_begin(struct resync *rs, bool full)
   rs->ctr.total_bytes = bitmap_dirty_bytes(p->oos);
   rs->ctr.done_bytes = 0;
   rs->ctr.data_bytes_sent = 0;
+  rs->ctr.checksum_same_bytes = 0;
   rs->ctr.zero_bytes_sent = 0;
   rs->ctr.started_ms = util_now_ms();
   rs->ctr.in_sync_confirmed = false;

@@ -127,6 +127,8 @@ status_json(struct primary *p, struct evbuffer *out)
   json_u64(&j, "resync_done_bytes", v.rs.done_bytes);
   json_u64(&j, "resync_data_bytes_sent", v.rs.data_bytes_sent);
   json_u64(&j, "resync_zero_bytes_sent", v.rs.zero_bytes_sent);
+  json_u64(&j, "resync_checksum_same_bytes", v.rs.checksum_same_bytes);
+  json_bool(&j, "resync_checksums", p->cfg.resync_checksums);
   {
     uint64_t clients = 0;
     int i;
