@@ -72,20 +72,29 @@ al_flush_bitmap(struct al *al)
   bool wrote = false;
   int rc;
 
+  uint64_t lo = UINT64_MAX, hi = 0;
+
   while (bitmap_take_dirty_pages(p->oos, &first, &n)) {
+    lo = MIN(lo, first);
+    hi = MAX(hi, first + n);
     rc = meta_bitmap_write(p->meta, bitmap_words(p->oos), first, n);
     if (rc < 0) {
       log_error("primary: metadata %s: bitmap write: %s", p->cfg.meta,
                 strerror(-rc));
-      return rc;
+      goto failed;
     }
     wrote = true;
   }
   if (wrote && (rc = meta_sync(p->meta)) < 0) {
     log_error("primary: metadata %s: sync: %s", p->cfg.meta, strerror(-rc));
-    return rc;
+    goto failed;
   }
   return 0;
+
+failed:
+  /* Not on disk: keep every page taken so far for the next attempt. */
+  bitmap_mark_pages_dirty(p->oos, lo, hi - lo);
+  return rc;
 }
 
 static int

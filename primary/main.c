@@ -64,6 +64,9 @@ main_open_meta(struct primary *p)
                   "metadata file or a new one", p->cfg.meta,
                   (unsigned long long)sb.size_bytes, p->vol.path,
                   (unsigned long long)p->vol.size);
+    /* Metadata written by a secondary has no bitmap of its own yet. */
+    if (sb.bitmap_grain == 0)
+      sb.bitmap_grain = p->cfg.bitmap_grain;
     if (sb.bitmap_grain != p->cfg.bitmap_grain)
       daemon_fail(2, "duplex-primary: --bitmap-grain %u: metadata %s was "
                   "created with %u bytes per bit; use that or a new "
