@@ -221,10 +221,12 @@ al_recover(struct al *al)
     bitmap_set_range(p->oos, start, len);
     marked += len;
   }
-  if (m.n)
+  if (m.n) {
     log_warn("primary: %u regions (%" PRIu64 " bytes) were being written "
-             "when the primary last stopped; they are marked for resync",
-             m.n, marked);
+             "when the primary last stopped; they are resynced, comparing "
+             "checksums so only blocks that differ travel", m.n, marked);
+    p->crash_recovery = true;
+  }
   /* Persist those bits, then start with an empty log. */
   rc = al_flush_bitmap(al);
   if (rc < 0)

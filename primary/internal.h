@@ -78,6 +78,9 @@ struct primary {
   struct gen_ids gen;           /* this side's generation identifiers */
   bool need_new_gen;            /* next unreplicated write starts one */
   bool ahead;                   /* pulled ahead: writes go to the bitmap */
+  bool crash_recovery;          /* unclean stop: next resync compares
+                                   checksums (logged regions are only
+                                   possibly different) */
   struct repl *repl;
   struct resync *resync;
   struct verify *verify;

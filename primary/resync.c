@@ -69,6 +69,7 @@ resync_done_acked(struct repl_op *op, bool ok)
     gen_sync_done_source(&p->gen);
     primary_save_generation(p);
   }
+  p->crash_recovery = false;
   rs->ctr.in_sync_confirmed = true;
 }
 
@@ -285,7 +286,8 @@ chunk_read_done(struct aio_op *op, long res)
               rs->p->vol.path, c->rd_off, strerror((int)-res));
     bitmap_set_range(rs->p->oos, c->rd_off, c->rd_len);
     rs->window_bytes -= c->rd_len;
-  } else if (rs->p->cfg.resync_checksums && c->gen == rs->gen &&
+  } else if ((rs->p->cfg.resync_checksums || rs->p->crash_recovery) &&
+             c->gen == rs->gen &&
              chunk_ask_checksums(c) == 0) {
     /* The lock stays held until the differing blocks are on the stream. */
     chunk_put(c);
