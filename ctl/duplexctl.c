@@ -39,6 +39,15 @@ duplexctl_usage(FILE *out)
           "\n"
           "Commands:\n"
           "  status [--json]       replication state, progress and counters\n"
+          "  verify [--repair]     primary: compare block hashes of both sides\n"
+          "                        online; --repair resyncs what differs;\n"
+          "                        progress and results in status\n"
+          "  resolve --discard-local\n"
+          "                        after a split brain (or to replace a replica\n"
+          "                        holding other data): throw away this side's\n"
+          "                        changes; the next connection resyncs it\n"
+          "  resume                secondary: apply again after a replica I/O\n"
+          "                        error or full disk was fixed\n"
           "\n"
           "Other commands are passed to the agent as they are.\n");
 }

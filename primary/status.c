@@ -216,6 +216,13 @@ status_control(void *opaque, int argc, char **argv, struct evbuffer *out)
                         (unsigned long long)p->vol.size);
     return 0;
   }
+  if (argc >= 1 && strcmp(argv[0], "resolve") == 0) {
+    evbuffer_add_printf(out, "resolve --discard-local is not supported on "
+                        "the primary yet (it would need the replica to flow "
+                        "back); run it on the secondary to keep this side's "
+                        "data\n");
+    return -1;
+  }
   evbuffer_add_printf(out, "unknown command '%s'; try: status [--json], "
                       "verify [--repair]\n", argc ? argv[0] : "");
   return -1;
