@@ -228,8 +228,14 @@ req_replicate(struct req *r, uint64_t off, uint64_t len, const void *data)
   /* Until the secondary acknowledges it, the region stays in the activity
    * log (the request's own reference covers the local write). */
   if (len && r->al_held) {
-    al_begin(p->al, off, len);
-    vr->al_held = true;
+    if (al_begin(p->al, off, len) == 0) {
+      vr->al_held = true;
+    } else {
+      /* Cannot stay in the activity log until acknowledged: keep it in the
+       * persistent bitmap instead (resent by the next resync). */
+      bitmap_set_range(p->oos, off, len);
+      al_flush_bitmap(p->al);
+    }
   }
   r->sent = true;
   r->epoch = vr->op.epoch;
@@ -257,6 +263,11 @@ vol_intent(struct req *r)
   } else {
     rc = al_begin(p->al, r->lock_start, len);
     r->al_held = rc == 0;
+    if (rc == -EBUSY) {
+      /* Activity log full of busy regions: record this one directly. */
+      bitmap_set_range(p->oos, r->lock_start, len);
+      rc = al_flush_bitmap(p->al);
+    }
   }
   if (rc < 0) {
     req_set_err(r, EIO);

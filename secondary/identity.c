@@ -358,10 +358,13 @@ identity_sync_done(struct secondary *s, const struct gen_ids *source,
   char cur[17];
   int r;
 
-  if (source != NULL)
-    gen_sync_done_target(&sb.gen, source);
   if (consistent)
     sb.consistent = true;
+  /* Without the source's generation (a progress report saying in_sync)
+   * this is no proof the resync that a split brain needs has happened. */
+  if (source == NULL)
+    goto write;
+  gen_sync_done_target(&sb.gen, source);
   sb.discard_local = false;
   if (s->bitmap_dirty) {
     r = identity_clear_bitmap(s);
@@ -374,6 +377,7 @@ identity_sync_done(struct secondary *s, const struct gen_ids *source,
     log_info("secondary: metadata %s: bitmap cleared (the resync covered "
              "the blocks changed here)", s->cfg.meta);
   }
+write:
   if (memcmp(&sb.gen, &old->gen, sizeof sb.gen) == 0 &&
       sb.consistent == old->consistent &&
       sb.discard_local == old->discard_local)

@@ -67,6 +67,8 @@ struct sec_status {
   uint64_t writes_acked;        /* ops acknowledged to the primary */
   uint64_t connects;            /* primaries that completed HELLO */
   char last_error[1024];        /* "" = none */
+  char pause_reason[512];       /* why applying is paused: "write at 4096:
+                                   No space left on device" */
   /* generation identifiers, from the last HELLO */
   bool have_decision;
   enum gen_decision decision;   /* gen_compare(ours, the primary's) */
@@ -259,9 +261,10 @@ void identity_image_convert(const uint8_t *src, uint64_t src_bits,
 size_t identity_image_len(uint64_t bits);
 
 /* A resync to this side completed and everything before it is durable:
- * adopt the source's generation (if given), clear discard_local and the
- * local bitmap, and mark the replica consistent (unless a newer resync has
- * started meanwhile).  0, or -1 with status's last_error set. */
+ * mark the replica consistent (unless a newer resync has started
+ * meanwhile) and, given the source's generation, adopt it, clear
+ * discard_local and the local bitmap.  0, or -1 with status's last_error
+ * set. */
 int identity_sync_done(struct secondary *s, const struct gen_ids *source,
                        bool consistent);
 /* `resolve --discard-local`: persist the choice.  0, or -1 with the reason

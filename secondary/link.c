@@ -367,9 +367,15 @@ link_meta_adopt(struct link *l, const Duplex__Hello *h, char *err,
   sb.size_bytes = h->size_bytes;
   sb.block_size = BDEV_ALIGN;
   sb.role = META_ROLE_SECONDARY;
+  /* The primary's bitmap grain, so that a duplex-primary started on this
+   * metadata (failover) tracks changes the same way; not while the bitmap
+   * still holds bits counted in the old grain. */
+  if (h->bitmap_grain != 0 && !s->bitmap_dirty)
+    sb.bitmap_grain = h->bitmap_grain;
   if (memcmp(sb.volume_uuid, old->volume_uuid, 16) == 0 &&
       sb.consistent == old->consistent && sb.size_bytes == old->size_bytes &&
-      sb.block_size == old->block_size && sb.role == old->role)
+      sb.block_size == old->block_size && sb.role == old->role &&
+      sb.bitmap_grain == old->bitmap_grain)
     return 0;
   r = meta_write(s->meta, &sb);
   if (r < 0) {
@@ -486,11 +492,10 @@ link_on_hello(struct link *l, const Duplex__Hello *h)
   }
   if (apply_failed(s->apply)) {
     link_refuse(l, EIO, "replication is paused after an I/O error on the "
-                "replica; fix the disk, then run `duplexctl --control %s "
-                "resume` or restart duplex-secondary (%s)",
-                s->cfg.control != NULL ? s->cfg.control : "SOCKET",
-                strncmp(s->st.last_error, "secondary: ", 11) == 0
-                    ? s->st.last_error + 11 : s->st.last_error);
+                "replica %s (%s); fix the disk, then run `duplexctl "
+                "--control %s resume` or restart duplex-secondary",
+                replica_path(s->replica), s->st.pause_reason,
+                s->cfg.control != NULL ? s->cfg.control : "SOCKET");
     return -1;
   }
 
@@ -733,7 +738,17 @@ link_on_in_sync(struct link *l, const Duplex__SyncState *ss)
     identity_from_wire(ss->gen, &mk.gen);
     mk.have_gen = true;
   }
-  if (ss->seq == 0) {
+  if (ss->seq != 0) {
+    /* Acked in the stream: it takes its place in the seq order. */
+    if (l->have_seq && ss->seq <= l->last_seq) {
+      link_close(l, true, "SYNC_STATE seq %llu after seq %llu: sequence "
+                 "numbers must increase", (unsigned long long)ss->seq,
+                 (unsigned long long)l->last_seq);
+      return -1;
+    }
+    l->have_seq = true;
+    l->last_seq = ss->seq;
+  } else {
     /* A progress report: nothing to ack.  Skip it if it changes nothing
      * or repeats the MARK still pending. */
     if (l->marks_pending > 0 && l->last_mark.resyncs == mk.resyncs &&
@@ -741,9 +756,9 @@ link_on_in_sync(struct link *l, const Duplex__SyncState *ss)
         (!mk.have_gen ||
          memcmp(&l->last_mark.gen, &mk.gen, sizeof mk.gen) == 0))
       return 0;
-    if (l->marks_pending == 0 && sb->consistent && !sb->discard_local &&
-        !s->bitmap_dirty &&
-        (!mk.have_gen || sb->gen.current == mk.gen.current))
+    if (l->marks_pending == 0 && sb->consistent &&
+        (!mk.have_gen || (sb->gen.current == mk.gen.current &&
+                          !sb->discard_local && !s->bitmap_dirty)))
       return 0;
   }
   op = apply_op_new(APPLY_MARK);

@@ -295,10 +295,12 @@ main_apply_failed(void *opaque, const struct apply_op *op, int err)
     snprintf(what, sizeof what, "flush");
     break;
   }
-  status_error(s, "secondary: replica %s: %s: %s; replication paused, "
-               "primary is tracking changes; fix the disk, then run "
-               "`duplexctl --control %s resume` or restart duplex-secondary",
-               replica_path(s->replica), what, strerror(err),
+  snprintf(s->st.pause_reason, sizeof s->st.pause_reason, "%s: %s", what,
+           strerror(err));
+  status_error(s, "secondary: replica %s: %s; replication paused, primary "
+               "is tracking changes; fix the disk, then run `duplexctl "
+               "--control %s resume` or restart duplex-secondary",
+               replica_path(s->replica), s->st.pause_reason,
                s->cfg.control != NULL ? s->cfg.control : "SOCKET");
   if (s->link != NULL)
     link_apply_failed(s->link, err, s->st.last_error);

@@ -334,13 +334,14 @@ status_cmd_resume(struct secondary *s, int argc, char **argv,
                         "still in flight; try again in a moment\n");
     return -1;
   }
-  log_info("secondary: replica %s: resumed by the operator after: %s; the "
-           "primary's next connection resyncs what this side missed",
-           replica_path(s->replica), s->st.last_error);
+  log_info("secondary: replica %s: resumed by the operator (paused after: "
+           "%s); the primary's next connection resyncs what this side "
+           "missed", replica_path(s->replica), s->st.pause_reason);
   evbuffer_add_printf(out, "resumed: applying replicated writes to %s again "
                       "(paused after: %s); the primary's next connection "
                       "resyncs what this side missed\n",
-                      replica_path(s->replica), s->st.last_error);
+                      replica_path(s->replica), s->st.pause_reason);
+  s->st.pause_reason[0] = '\0';
   s->st.last_error[0] = '\0';
   s->st.refusal_error = false;
   return 0;
