@@ -14,6 +14,7 @@
 #include "aio.h"
 #include "blockdev.h"
 #include "duplex.pb-c.h"
+#include "frame.h"
 #include "gen.h"
 #include "meta.h"
 #include "tls.h"
@@ -292,6 +293,17 @@ struct link *link_new(struct secondary *s, struct bufferevent *bev,
 void link_close(struct link *l, bool error, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void link_free(struct link *l);
+/* Send an ERROR frame (after the ACKs due), then close. */
+void link_refuse(struct link *l, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Queue a frame; payload (plen bytes) follows the message.  -1 if it could
+ * not be queued (logged). */
+int link_send_frame(struct link *l, enum frame_type type,
+                    const ProtobufCMessage *msg, const void *payload,
+                    uint32_t plen);
+/* HELLO answered: replicate (refused: close on any data frame). */
+void link_hello_done(struct link *l, uint64_t size_bytes, bool consistent,
+                     bool refused);
 enum link_state link_state(const struct link *l);
 unsigned link_count(const struct secondary *s, enum link_state st);
 const char *link_state_name(enum link_state st);
@@ -307,6 +319,11 @@ void link_apply_done(struct link *l, const struct apply_op *op);
 void link_apply_failed(struct link *l, int err, const char *msg);
 /* Apply became idle (old I/O finished): frames may be read again. */
 void link_kick(struct link *l);
+
+/* ---- hello.c: the handshake of a link ---- */
+/* HELLO from the verified primary on l: check it, decide from the
+ * generations, answer.  0, or -1 once the link is closing. */
+int hello_handle(struct secondary *s, struct link *l, const Duplex__Hello *h);
 
 /* ---- status.c: control socket commands ---- */
 int status_control(void *opaque, int argc, char **argv, struct evbuffer *out);

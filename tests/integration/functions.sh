@@ -355,7 +355,8 @@ status_json() {
 status_field() {
     local out
     out=$(status_json "$1") || return 1
-    if ! jq -er --arg f "$2" 'if has($f) then .[$f] else error("no field \($f)") end' \
+    # Not jq -e: a field that is false or null is still a field.
+    if ! jq -r --arg f "$2" 'if has($f) then .[$f] else error("no field \($f)") end' \
         <<<"$out" 2>/dev/null; then
         echo "$TEST_NAME: status of $1 has no field $2: $out" >&2
         return 1
@@ -614,4 +615,320 @@ EOF
 # nbd_python SCRIPT-ARGS...: run the Python script on stdin with libnbd.
 nbd_python() {
     "$PYTHON" - "$@"
+}
+
+# ---- outage helpers ----
+#
+# For the outage and crash scenarios: a pair whose agents can be restarted
+# with their original command lines, kill -9 that the harness knows about,
+# a background NBD write load, and the resync figures.
+#
+#   start_outage_pair MODE [PRIMARY ARGS...]   start_pair, remembered
+#   restart_secondary / restart_primary [EXTRA PRIMARY ARGS...]
+#   kill9_agent NAME
+#   start_writer NAME [--pattern random|tagged|distinct] [--max-bytes N] ...
+#   stop_writer NAME / wait_writer_exit NAME; writer_sum NAME FIELD
+#   pri_snapshot: "bytes_written replication_lag_bytes" of the primary
+#   wait_connected LABEL; wait_resync LABEL [SINCE_MS]: connected, then in
+#   sync; sets CONNECTED_MS, RESYNC_SECS
+#   check_resync_ratio LABEL WRITTEN_APART [EXTRA FIGURES...]
+
+PAIR_MODE=
+declare -a PAIR_PRI_ARGS=()
+PAIR_SEC_PORT=
+PAIR_PEER_PORT=
+declare -A _outage_restarts=()
+
+# start_outage_pair MODE [PRIMARY ARGS...]: start_pair (PAIR_PROXY as
+# usual), remembering the mode, the extra primary arguments and the ports,
+# so that restart_secondary and restart_primary use the same command lines.
+start_outage_pair() {
+    PAIR_MODE=$1
+    shift
+    PAIR_PRI_ARGS=("$@")
+    start_pair "$PAIR_MODE" "$@"
+    PAIR_SEC_PORT=$SECONDARY_PORT
+    if [ "${PAIR_PROXY:-0}" = 1 ]; then
+        PAIR_PEER_PORT=$PROXY_PORT
+    else
+        PAIR_PEER_PORT=$SECONDARY_PORT
+    fi
+    cleanup_fn _outage_show_old_logs
+}
+
+# Keep the log of an agent's earlier run as NAME.log.N (start_agent
+# truncates NAME.log); printed at exit if the test failed.
+_outage_rotate_log() {
+    local name=$1 n
+    n=$((${_outage_restarts[$name]:-0} + 1))
+    _outage_restarts[$name]=$n
+    [ -f "$TESTDIR/$name.log" ] && mv "$TESTDIR/$name.log" "$TESTDIR/$name.log.$n"
+    return 0
+}
+_outage_show_old_logs() {
+    local f
+    [ "$_failed" -ne 0 ] || return 0
+    for f in "$TESTDIR"/*.log.[0-9]*; do
+        [ -s "$f" ] || continue
+        echo "----- $(basename "$f") (an earlier run; last 40 lines) -----" >&2
+        tail -n 40 "$f" >&2
+    done
+}
+
+# _outage_forget NAME: drop NAME from the harness's list of agents (it is
+# not running; start_agent lists it again), so that it is listed once.
+_outage_forget() {
+    local n
+    local -a keep=()
+    for n in "${_agents[@]}"; do
+        [ "$n" = "$1" ] || keep+=("$n")
+    done
+    _agents=("${keep[@]}")
+}
+
+# restart_secondary: start $SEC again (it must be stopped or killed) with
+# start_pair's command line, on the same port.
+restart_secondary() {
+    [ -z "${_agent_pid[$SEC]:-}" ] || fail "restart_secondary: $SEC is still running"
+    _outage_rotate_log "$SEC"
+    _outage_forget "$SEC"
+    start_secondary "$SEC" --volume "$TESTDIR/replica.img" \
+        --meta "$TESTDIR/replica.meta" --listen "127.0.0.1:$PAIR_SEC_PORT" \
+        --tls-cert "$CERTS/secondary.pem" --tls-key "$CERTS/secondary.key" \
+        --tls-ca "$CERTS/ca.pem" --peer-name primary
+}
+
+# restart_primary [EXTRA ARGS...]: start $PRI again with start_pair's
+# command line, mode $PAIR_MODE and the remembered extra arguments.
+restart_primary() {
+    [ -z "${_agent_pid[$PRI]:-}" ] || fail "restart_primary: $PRI is still running"
+    _outage_rotate_log "$PRI"
+    _outage_forget "$PRI"
+    start_primary "$PRI" --volume "$TESTDIR/primary.img" \
+        --meta "$TESTDIR/primary.meta" --nbd "unix:$TESTDIR/$PRI.sock" \
+        --peer "127.0.0.1:$PAIR_PEER_PORT" --mode "$PAIR_MODE" \
+        --tls-cert "$CERTS/primary.pem" --tls-key "$CERTS/primary.key" \
+        --tls-ca "$CERTS/ca.pem" --peer-name secondary \
+        "${PAIR_PRI_ARGS[@]}" "$@"
+}
+
+# kill9_agent NAME: SIGKILL the agent, wait until it is gone and make the
+# harness forget it (no SIGTERM check at exit; restart it with start_agent
+# or restart_primary/restart_secondary).
+kill9_agent() {
+    local name=$1 pid
+    pid=${_agent_pid[$name]:-}
+    [ -n "$pid" ] || fail "kill9_agent: $name is not running"
+    _alive "$pid" || fail "kill9_agent: $name (pid $pid) died before the kill"
+    _agent_pid[$name]=
+    kill -KILL "$pid"
+    wait "$pid" 2>/dev/null || true
+    ! _alive "$pid" || fail "kill9_agent: $name (pid $pid) survived SIGKILL"
+    log "$name (pid $pid) killed with SIGKILL"
+}
+
+# pri_snapshot: prints "bytes_written replication_lag_bytes" of $PRI, from
+# one status call.
+pri_snapshot() {
+    local s
+    s=$(status_json "$PRI") || return 1
+    jq -r '"\(.bytes_written) \(.replication_lag_bytes)"' <<<"$s"
+}
+
+# now_ms: wall clock in milliseconds.
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# ---- write load ----
+#
+# start_writer NAME [OPTIONS]: a serial libnbd client on $NBD_SOCK in the
+# background, writing 4 KiB blocks until NAME.stop exists (stop_writer),
+# --max-bytes is reached or (with --tolerate-errors) the server goes away.
+# Options (see _outage_writer_py): --pattern random (random data at random
+# aligned offsets, the default), tagged (random offsets, each block holds
+# its sequence number and offset), distinct (each block written once, in a
+# shuffled order, holding its sequence number and offset); --seed N;
+# --max-bytes N; --tolerate-errors.  Files: NAME.acked ("SEQ OFFSET" per
+# answered write, tagged and distinct), NAME.sum (JSON at exit: issued,
+# acked, bytes_issued, bytes_acked, max_latency_s, error), NAME.err.
+declare -A _writer_pid=()
+_outage_writer_py() {
+    cat <<'PY'
+import argparse, json, os, random, struct, sys, time
+import nbd
+
+TAG = b"DUPLEXWR"
+BS = 4096
+
+def tag_block(seq, off):
+    hdr = struct.pack("<8sQQ", TAG, seq, off)
+    return (hdr * (BS // len(hdr) + 1))[:BS]
+
+ap = argparse.ArgumentParser()
+ap.add_argument("socket")
+ap.add_argument("name")
+ap.add_argument("--pattern", choices=["random", "tagged", "distinct"],
+                default="random")
+ap.add_argument("--seed", type=int, default=1)
+ap.add_argument("--max-bytes", type=int, default=0)
+ap.add_argument("--tolerate-errors", action="store_true")
+a = ap.parse_args()
+
+stop = a.name + ".stop"
+rng = random.Random(a.seed)
+h = nbd.NBD()
+h.connect_unix(a.socket)
+nblocks = h.get_size() // BS
+if a.pattern == "distinct":
+    order = list(range(nblocks))
+    rng.shuffle(order)
+acked_log = open(a.name + ".acked", "w") if a.pattern != "random" else None
+st = {"issued": 0, "acked": 0, "bytes_issued": 0, "bytes_acked": 0,
+      "max_latency_s": 0.0, "error": None, "last_issued": None}
+rc = 0
+try:
+    while not os.path.exists(stop):
+        if a.max_bytes and st["bytes_issued"] >= a.max_bytes:
+            break
+        seq = st["issued"] + 1
+        if a.pattern == "distinct":
+            if seq > nblocks:
+                break
+            off = order[seq - 1] * BS
+        else:
+            off = rng.randrange(nblocks) * BS
+        buf = os.urandom(BS) if a.pattern == "random" else tag_block(seq, off)
+        st["issued"] = seq
+        st["bytes_issued"] += BS
+        st["last_issued"] = [seq, off]
+        t0 = time.monotonic()
+        h.pwrite(buf, off)
+        st["max_latency_s"] = max(st["max_latency_s"],
+                                  round(time.monotonic() - t0, 3))
+        st["acked"] += 1
+        st["bytes_acked"] += BS
+        if acked_log:
+            acked_log.write("%d %d\n" % (seq, off))
+            if seq % 64 == 0:
+                acked_log.flush()
+    h.shutdown()
+except nbd.Error as e:
+    st["error"] = str(e)
+    if not a.tolerate_errors:
+        rc = 1
+if acked_log:
+    acked_log.close()
+with open(a.name + ".sum.tmp", "w") as f:
+    json.dump(st, f)
+os.rename(a.name + ".sum.tmp", a.name + ".sum")
+sys.exit(rc)
+PY
+}
+
+start_writer() {
+    local name=$1
+    shift
+    [ -f "$TESTDIR/writer.py" ] || _outage_writer_py >"$TESTDIR/writer.py"
+    rm -f "$TESTDIR/$name.stop" "$TESTDIR/$name.sum" "$TESTDIR/$name.acked"
+    "$PYTHON" "$TESTDIR/writer.py" "$NBD_SOCK" "$TESTDIR/$name" "$@" \
+        >"$TESTDIR/$name.err" 2>&1 </dev/null &
+    _writer_pid[$name]=$!
+    cleanup_fn _outage_kill_writer "$name"
+    log "writer $name started (pid ${_writer_pid[$name]}): $*"
+}
+_outage_kill_writer() {
+    local pid=${_writer_pid[$1]:-}
+    [ -n "$pid" ] || return 0
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    return 0
+}
+
+# wait_writer_exit NAME: wait (with a deadline) for the writer to exit;
+# fails the test if it failed or wrote no NAME.sum.
+wait_writer_exit() {
+    local name=$1 pid rc
+    pid=${_writer_pid[$name]:-}
+    [ -n "$pid" ] || fail "writer $name is not running"
+    wait_until -t 60 -m "writer $name exits" "! _alive $pid"
+    wait "$pid" 2>/dev/null && rc=0 || rc=$?
+    _writer_pid[$name]=
+    if [ "$rc" -ne 0 ] || [ ! -s "$TESTDIR/$name.sum" ]; then
+        cat "$TESTDIR/$name.err" >&2
+        fail "writer $name exited with status $rc ($(cat "$TESTDIR/$name.sum" 2>/dev/null))"
+    fi
+    log "writer $name: $(cat "$TESTDIR/$name.sum")"
+}
+
+# stop_writer NAME: ask the writer to stop after its current write; wait.
+stop_writer() {
+    touch "$TESTDIR/$1.stop"
+    wait_writer_exit "$1"
+}
+
+# writer_running NAME: the writer has not exited.
+writer_running() { local p=${_writer_pid[$1]:-}; [ -n "$p" ] && _alive "$p"; }
+
+# writer_sum NAME FIELD: one field of NAME.sum.
+writer_sum() { jq -r --arg f "$2" '.[$f]' "$TESTDIR/$1.sum"; }
+
+# wait_written BYTES [SECONDS]: until the primary's bytes_written reaches
+# BYTES (the writer must be running).
+wait_written() {
+    wait_until -t "${2:-60}" -m "primary bytes_written reaches $1" \
+        "[ \"\$(status_field $PRI bytes_written)\" -ge $1 ]"
+}
+
+# ---- resync figures ----
+
+# _outage_not_flapping LABEL: fails the test once $PRI has connected 5 more
+# times since wait_connected or wait_resync began (a link that drops at
+# every attempt would otherwise only time out), naming the last error.
+_resync_connects0=0
+_outage_not_flapping() {
+    local s n
+    s=$(status_json "$PRI") || return 1
+    n=$(jq -r .connects <<<"$s")
+    [ "$n" -lt $((_resync_connects0 + 5)) ] ||
+        fail "$1: the link dropped $((n - _resync_connects0)) times during the resync; last_error: $(jq -r .last_error <<<"$s")"
+}
+
+# wait_connected LABEL: wait until $PRI is connected; sets CONNECTED_MS
+# (when it was first seen connected).
+CONNECTED_MS=
+wait_connected() {
+    _resync_connects0=$(status_field "$PRI" connects)
+    wait_until -t 60 -m "$1: $PRI reconnects" \
+        "_outage_not_flapping '$1' && [ \"\$(status_field $PRI connection)\" = connected ]"
+    CONNECTED_MS=$(now_ms)
+}
+
+# wait_resync LABEL [SINCE_MS]: wait until $PRI is connected (unless
+# SINCE_MS, the moment it was seen connected, is given), then until it is
+# in sync with nothing pending; sets RESYNC_SECS (connected to in sync,
+# 0.1 s resolution, as seen by polling).
+RESYNC_SECS=
+wait_resync() {
+    local t1=${2:-} t2
+    if [ -z "$t1" ]; then
+        wait_connected "$1"
+        t1=$CONNECTED_MS
+    fi
+    _resync_connects0=$(status_field "$PRI" connects)
+    wait_until -t 120 -m "$1: $PRI connected, in sync, no lag" \
+        "_outage_not_flapping '$1' && status_json $PRI | jq -e '.connection == \"connected\" and .sync == \"in-sync\" and .out_of_sync_bytes == 0 and .replication_lag_bytes == 0' >/dev/null"
+    t2=$(now_ms)
+    RESYNC_SECS=$(awk -v a="$t1" -v b="$t2" 'BEGIN { printf "%.1f", (b - a) / 1000 }')
+}
+
+# check_resync_ratio LABEL WRITTEN_APART SENT [EXTRA FIGURES...]: prints
+# the FIGURES line and fails unless 0 < WRITTEN_APART and SENT <= 2 x
+# WRITTEN_APART.
+check_resync_ratio() {
+    local label=$1 apart=$2 sent=$3 ratio
+    shift 3
+    ratio=$(awk -v s="$sent" -v a="$apart" 'BEGIN { printf "%.3f", a ? s / a : 0 }')
+    echo "FIGURES: $TEST_NAME $label: written_apart_bytes=$apart resync_bytes_sent=$sent ratio=$ratio resync_secs=${RESYNC_SECS:-?} $*"
+    [ "$apart" -gt 0 ] || fail "$label: nothing was written while apart"
+    [ "$sent" -le $((2 * apart)) ] ||
+        fail "$label: resync sent $sent bytes > 2 x $apart bytes written while apart (ratio $ratio)"
 }
