@@ -41,6 +41,7 @@ struct chunk {
   struct range_lock *lock;
   struct aio_op aio;
   uint64_t rd_off, rd_len;      /* the data extent being read */
+  unsigned lock_holds;          /* steps that still need the range lock */
   unsigned pending;             /* piece ops unacknowledged, +1 until the
                                    chunk is read and all of it sent */
 };
@@ -203,14 +204,108 @@ chunk_send_data(struct chunk *c, uint64_t off, uint64_t len, const char *buf)
   }
 }
 
+/* Drop one hold on the chunk's range lock: the lock stays until the chunk's
+ * read and every checksum comparison have put their frames on the stream. */
 static void
 chunk_unlock(struct chunk *c)
 {
+  if (--c->lock_holds > 0)
+    return;
   if (c->lock) {
     struct range_lock *l = c->lock;
     c->lock = NULL;
     lock_release(c->rs->p->locks, l);
   }
+}
+
+static bool
+resync_use_checksums(const struct resync *rs)
+{
+  return rs->p->cfg.resync_checksums || rs->p->crash_recovery;
+}
+
+/* A hole checked by checksum: only blocks the secondary does not hold as
+ * zeroes are sent (as zero ranges). */
+struct hole_check {
+  struct repl_op op;
+  struct chunk *c;
+  uint64_t off, len;
+};
+
+static uint64_t
+resync_zero_hash(void)
+{
+  static uint64_t h;
+  static bool have;
+  if (!have) {
+    static const char zero[BDEV_ALIGN];
+    h = hash_block(zero, sizeof zero);
+    have = true;
+  }
+  return h;
+}
+
+static void chunk_unlock(struct chunk *c);
+
+static void
+hole_checked(struct repl_op *op, bool ok)
+{
+  struct hole_check *hc = (struct hole_check *)op;
+  struct chunk *c = hc->c;
+  struct resync *rs = c->rs;
+  const Duplex__VerifyResult *res = op->verify_result;
+  uint64_t i, n = hc->len / BDEV_ALIGN, zh = resync_zero_hash();
+
+  if (!ok || !res || res->error || res->n_hashes != n || c->gen != rs->gen) {
+    if (ok && c->gen == rs->gen && repl_connected(rs->p->repl)) {
+      piece_send(c, hc->off, hc->len, NULL);
+    } else {
+      bitmap_set_range(rs->p->oos, hc->off, hc->len);
+      rs->window_bytes -= hc->len;
+    }
+  } else {
+    i = 0;
+    while (i < n) {
+      uint64_t j = i;
+      bool same = res->hashes[i] == zh;
+      while (j + 1 < n && (res->hashes[j + 1] == zh) == same)
+        j++;
+      if (same) {
+        uint64_t len = (j - i + 1) * BDEV_ALIGN;
+        rs->window_bytes -= len;
+        rs->ctr.done_bytes += len;
+        rs->ctr.checksum_same_bytes += len;
+      } else {
+        piece_send(c, hc->off + i * BDEV_ALIGN, (j - i + 1) * BDEV_ALIGN,
+                   NULL);
+      }
+      i = j + 1;
+    }
+  }
+  free(hc);
+  chunk_unlock(c);
+  chunk_put(c);
+}
+
+/* Ask for the secondary's hashes of a hole; false if it went out (the
+ * answer sends what differs), true if the caller must send it as is. */
+static bool
+chunk_check_hole(struct chunk *c, uint64_t off, uint64_t len)
+{
+  struct hole_check *hc = calloc(1, sizeof *hc);
+  if (!hc)
+    abort();
+  hc->c = c;
+  hc->off = off;
+  hc->len = len;
+  hc->op.acked = hole_checked;
+  if (repl_send_verify(c->rs->p->repl, &hc->op, off, (uint32_t)len) == -1) {
+    free(hc);
+    return true;
+  }
+  c->pending++;
+  c->lock_holds++;
+  return false;
 }
 
 /* --resync-checksums (DRBD's csums-alg): the secondary hashes the blocks it
@@ -286,8 +381,7 @@ chunk_read_done(struct aio_op *op, long res)
               rs->p->vol.path, c->rd_off, strerror((int)-res));
     bitmap_set_range(rs->p->oos, c->rd_off, c->rd_len);
     rs->window_bytes -= c->rd_len;
-  } else if ((rs->p->cfg.resync_checksums || rs->p->crash_recovery) &&
-             c->gen == rs->gen &&
+  } else if (resync_use_checksums(rs) && c->gen == rs->gen &&
              chunk_ask_checksums(c) == 0) {
     /* The lock stays held until the differing blocks are on the stream. */
     chunk_put(c);
@@ -317,7 +411,8 @@ chunk_locked(struct range_lock *l, void *opaque)
     if (data > pos) {
       uint64_t hend = MIN(end, data - (data % BDEV_ALIGN));
       if (hend > pos) {
-        piece_send(c, pos, hend - pos, NULL);
+        if (!resync_use_checksums(rs) || chunk_check_hole(c, pos, hend - pos))
+          piece_send(c, pos, hend - pos, NULL);
         pos = hend;
         continue;
       }
@@ -336,9 +431,11 @@ chunk_locked(struct range_lock *l, void *opaque)
     c->rd_off = pos;
     c->rd_len = dend - pos;
     /* The chunk's opening reference now belongs to the read. */
+    c->lock_holds++;
     aio_pread(p->aio, &c->aio, p->vol.fd, c->buf, dend - pos, pos,
               chunk_read_done, c);
-    return; /* chunk_read_done unlocks */
+    chunk_unlock(c); /* chunk_locked's own hold */
+    return;          /* chunk_read_done drops the read's */
   }
   chunk_unlock(c);
   chunk_put(c);
@@ -358,6 +455,7 @@ resync_start_chunk(struct resync *rs, uint64_t off, uint64_t len)
   c->off = off;
   c->len = len;
   c->pending = 1;
+  c->lock_holds = 1;
   bitmap_clear_range(p->oos, off, len);
   rs->window_bytes += len;
   c->lock = lock_acquire(p->locks, off, off + len, chunk_locked, c, &granted);

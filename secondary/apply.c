@@ -97,7 +97,8 @@ apply_op_free(struct apply_op *op)
 static bool
 apply_is_barrier(const struct apply_op *op)
 {
-  return op->type == APPLY_FLUSH || op->type == APPLY_MARK;
+  return op->type == APPLY_FLUSH || op->type == APPLY_MARK ||
+         op->type == APPLY_VERIFY;
 }
 
 static bool
@@ -122,8 +123,9 @@ apply_may_start(const struct apply *a, const struct apply_op *op)
   if (a->inflight > 0 && a->started_any && op->epoch != a->epoch)
     return false;
   for (o = TAILQ_FIRST(&a->q); o != NULL && o != op; o = TAILQ_NEXT(o, q))
-    if (o->state != APPLY_OP_DONE && apply_overlaps(o, op))
-      return false;
+    if (o->state != APPLY_OP_DONE &&
+        (o->type == APPLY_VERIFY || apply_overlaps(o, op)))
+      return false; /* a VERIFY reads a state nothing later may touch */
   return true;
 }
 
@@ -197,6 +199,9 @@ apply_pump(struct apply *a)
     case APPLY_FLUSH:
     case APPLY_MARK:
       apply_start_io(a, op, APPLY_IO_SYNC);
+      break;
+    case APPLY_VERIFY:
+      apply_start_io(a, op, APPLY_IO_READ);
       break;
     }
   }

@@ -109,10 +109,13 @@ struct secondary {
  * or a fake in tests/unit/test-apply.c), so the ordering logic is testable
  * without a disk. */
 enum apply_type { APPLY_WRITE, APPLY_ZERO, APPLY_FLUSH,
-                  APPLY_MARK /* like FLUSH but internal: the caller decides
-                                what its completion means (seq may be 0) */
+                  APPLY_MARK, /* like FLUSH but internal: the caller decides
+                                 what its completion means (seq may be 0) */
+                  APPLY_VERIFY /* a barrier like FLUSH whose I/O reads
+                                  [offset, offset+length) into mem, to be
+                                  hashed; answered by VERIFY_RESULT */
 };
-enum apply_io { APPLY_IO_WRITE, APPLY_IO_ZERO, APPLY_IO_SYNC };
+enum apply_io { APPLY_IO_WRITE, APPLY_IO_ZERO, APPLY_IO_SYNC, APPLY_IO_READ };
 enum apply_op_state { APPLY_OP_QUEUED, APPLY_OP_RUNNING, APPLY_OP_SYNCING,
                       APPLY_OP_DONE };
 

@@ -25,6 +25,7 @@
 #include "internal.h"
 
 #include "frame.h"
+#include "hash.h"
 #include "log.h"
 
 /* What an in_sync SYNC_STATE asks for once everything before it is
@@ -458,6 +459,52 @@ link_on_flush(struct link *l, const Duplex__Flush *fl)
   return link_queue(l, op);
 }
 
+/* VERIFY: hash the blocks once everything before it is applied. */
+static int
+link_on_verify(struct link *l, const Duplex__Verify *v)
+{
+  struct apply_op *op;
+
+  if (link_check_order(l, "VERIFY", v->seq, l->last_epoch) == -1 ||
+      link_check_range(l, "VERIFY", v->offset, v->length, true) == -1)
+    return -1;
+  op = apply_op_new(APPLY_VERIFY);
+  if (op == NULL) {
+    link_close(l, true, "out of memory");
+    return -1;
+  }
+  op->seq = v->seq;
+  op->epoch = l->last_epoch;
+  op->offset = v->offset;
+  op->length = v->length;
+  op->mem = util_alloc_aligned(v->length);
+  return link_queue(l, op);
+}
+
+/* The blocks of a VERIFY were read: answer with their hashes (after the
+ * acks of everything before it). */
+static void
+link_verify_done(struct link *l, const struct apply_op *op)
+{
+  Duplex__VerifyResult m = DUPLEX__VERIFY_RESULT__INIT;
+  size_t i, n = op->length / BDEV_ALIGN;
+  uint64_t *h = calloc(n, sizeof *h);
+
+  if (h == NULL) {
+    link_close(l, true, "out of memory");
+    return;
+  }
+  for (i = 0; i < n; i++)
+    h[i] = hash_block(op->mem + i * BDEV_ALIGN, BDEV_ALIGN);
+  m.seq = op->seq;
+  m.offset = op->offset;
+  m.hashes = h;
+  m.n_hashes = n;
+  link_flush_acks(l);
+  link_send(l, FRAME_VERIFY_RESULT, &m.base);
+  free(h);
+}
+
 /* A resync is starting: the replica is a mix from now on. */
 static int
 link_set_inconsistent(struct link *l)
@@ -570,7 +617,7 @@ link_dispatch(struct link *l, const struct frame *f, char **memp)
     return hello_handle(l->s, l, f->m.hello);
   }
   if (l->refused && (f->type == FRAME_WRITE || f->type == FRAME_ZERO ||
-                     f->type == FRAME_FLUSH)) {
+                     f->type == FRAME_FLUSH || f->type == FRAME_VERIFY)) {
     link_close(l, true, "%s frame from a primary whose data is refused "
                "here (%s); nothing applied", frame_type_name(f->type),
                gen_decision_name(l->s->st.decision));
@@ -583,6 +630,8 @@ link_dispatch(struct link *l, const struct frame *f, char **memp)
     return link_on_zero(l, f->m.zero);
   case FRAME_FLUSH:
     return link_on_flush(l, f->m.flush);
+  case FRAME_VERIFY:
+    return link_on_verify(l, f->m.verify);
   case FRAME_SYNC_STATE:
     return link_on_sync_state(l, f->m.sync_state);
   case FRAME_HEARTBEAT:
@@ -852,6 +901,11 @@ link_apply_done(struct link *l, const struct apply_op *op)
 {
   if (op->type == APPLY_MARK) {
     link_mark_done(l, op);
+    return;
+  }
+  if (op->type == APPLY_VERIFY) {
+    link_verify_done(l, op);
+    link_kick(l);
     return;
   }
   l->acks[l->n_acks++] = op->seq;

@@ -294,6 +294,10 @@ main_apply_failed(void *opaque, const struct apply_op *op, int err)
   case APPLY_MARK:
     snprintf(what, sizeof what, "flush");
     break;
+  case APPLY_VERIFY:
+    snprintf(what, sizeof what, "read for verify at %llu",
+             (unsigned long long)op->offset);
+    break;
   }
   snprintf(s->st.pause_reason, sizeof s->st.pause_reason, "%s: %s", what,
            strerror(err));

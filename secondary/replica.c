@@ -192,6 +192,10 @@ replica_start(void *opaque, struct apply *a, struct apply_op *op)
   case APPLY_IO_SYNC:
     aio_fdsync(r->aio, &op->aio, r->dev.fd, replica_aio_cb, a);
     break;
+  case APPLY_IO_READ:
+    aio_pread(r->aio, &op->aio, r->dev.fd, op->mem, op->length, op->offset,
+              replica_aio_cb, a);
+    break;
   case APPLY_IO_ZERO:
     op->bres = bdev_zero(&r->dev, op->offset, op->length,
                          (op->flags & DUPLEX__OP_FLAG__OP_FLAG_PUNCH) != 0);

@@ -80,6 +80,10 @@ if bad:
 PY
 cat prefix.txt
 k=$(sed -n 's/^replica holds writes 1\.\.\([0-9]*\) .*/\1/p' prefix.txt)
+# Writes the secondary acknowledged before the last status are on it (the
+# primary forgets them once acknowledged).
+[ "$k" -ge $(((b0 - lag0) / 4096)) ] ||
+    fail "the replica holds writes 1..$k, but the secondary had acknowledged $(((b0 - lag0) / 4096)) writes before the kill"
 
 # Both back: the pair converges.
 restart_secondary

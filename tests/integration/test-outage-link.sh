@@ -71,7 +71,8 @@ outage_round() {
     # In sync mode a write waits for the secondary at most --peer-timeout
     # (plus scheduling slack) before it is answered locally.
     if [ "$mode" = sync ]; then
-        awk -v l="$lat" -v t="$PEER_TIMEOUT" 'BEGIN { exit !(l <= t + 3) }' ||
+        awk -v l="$lat" -v t="$PEER_TIMEOUT" -v k="$SLOW" \
+            'BEGIN { exit !(l <= t + 3 * k) }' ||
             fail "$label: a write waited $lat s (peer timeout $PEER_TIMEOUT s)"
     fi
 }
