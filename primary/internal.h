@@ -271,7 +271,7 @@ bool resync_active(const struct resync *rs);
 struct resync_counters {
   uint64_t total_bytes, done_bytes;
   uint64_t data_bytes_sent, zero_bytes_sent;
-  uint64_t started_ms;
+  uint64_t started_ms, finished_ms;
   bool full;
   bool ever_completed;
   bool in_sync_confirmed;       /* the secondary adopted our generation */

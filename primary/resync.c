@@ -495,7 +495,8 @@ resync_check_done(struct resync *rs)
   }
   rs->active = false;
   rs->ctr.ever_completed = true;
-  ms = util_now_ms() - rs->ctr.started_ms;
+  rs->ctr.finished_ms = util_now_ms();
+  ms = rs->ctr.finished_ms - rs->ctr.started_ms;
   log_info("primary: %s complete: %" PRIu64 " bytes in %.1f s (%.1f MiB/s), "
            "%" PRIu64 " sent as data, %" PRIu64 " as zero ranges",
            rs->ctr.full ? "initial sync" : "resync", rs->ctr.total_bytes,

@@ -87,6 +87,10 @@ status_json(struct primary *p, struct evbuffer *out)
                       ? (v.rs.data_bytes_sent + v.rs.zero_bytes_sent) / secs
                       : 0.0;
     json_u64(&j, "resync_bytes_total", v.rs.total_bytes);
+    json_double(&j, "resync_seconds",
+                v.rs.started_ms == 0 ? 0.0
+                : ((resync_active(p->resync) ? now : v.rs.finished_ms) -
+                   v.rs.started_ms) / 1000.0);
     json_u64(&j, "resync_bytes_sent",
              v.rs.data_bytes_sent + v.rs.zero_bytes_sent);
     json_double(&j, "resync_rate_bytes_per_sec",
@@ -217,10 +221,14 @@ status_control(void *opaque, int argc, char **argv, struct evbuffer *out)
     return 0;
   }
   if (argc >= 1 && strcmp(argv[0], "resolve") == 0) {
-    evbuffer_add_printf(out, "resolve --discard-local is not supported on "
-                        "the primary yet (it would need the replica to flow "
-                        "back); run it on the secondary to keep this side's "
-                        "data\n");
+    /* As in DRBD, the node whose data is discarded must not be serving it:
+     * it becomes the resync target as a secondary. */
+    evbuffer_add_printf(out, "resolve --discard-local runs on a secondary: "
+                        "to throw away this side's changes, stop "
+                        "duplex-primary, start duplex-secondary on this "
+                        "volume and metadata, run resolve --discard-local "
+                        "there and let the other side's primary resync it "
+                        "(a discarding node cannot serve clients)\n");
     return -1;
   }
   evbuffer_add_printf(out, "unknown command '%s'; try: status [--json], "
