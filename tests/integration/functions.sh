@@ -628,10 +628,10 @@ nbd_python() {
 #   kill9_agent NAME
 #   start_writer NAME [--pattern random|tagged|distinct] [--max-bytes N] ...
 #   stop_writer NAME / wait_writer_exit NAME; writer_sum NAME FIELD
-#   pri_snapshot: "bytes_written replication_lag_bytes" of the primary
+#   pri_snapshot WRITTEN_VAR LAG_VAR: bytes_written, replication_lag_bytes
 #   wait_connected LABEL; wait_resync LABEL [SINCE_MS]: connected, then in
 #   sync; sets CONNECTED_MS, RESYNC_SECS
-#   check_resync_ratio LABEL WRITTEN_APART [EXTRA FIGURES...]
+#   check_resync_ratio LABEL WRITTEN_APART SENT [EXTRA FIGURES...]
 
 PAIR_MODE=
 declare -a PAIR_PRI_ARGS=()
@@ -727,12 +727,17 @@ kill9_agent() {
     log "$name (pid $pid) killed with SIGKILL"
 }
 
-# pri_snapshot: prints "bytes_written replication_lag_bytes" of $PRI, from
-# one status call.
+# pri_snapshot WRITTEN_VAR LAG_VAR: sets the two variables to the
+# primary's bytes_written and replication_lag_bytes, from one status call;
+# fails the test if status fails.
 pri_snapshot() {
-    local s
-    s=$(status_json "$PRI") || return 1
-    jq -r '"\(.bytes_written) \(.replication_lag_bytes)"' <<<"$s"
+    local _s _w _l
+    _s=$(status_json "$PRI") || fail "pri_snapshot: no status from $PRI"
+    read -r _w _l < <(jq -r '"\(.bytes_written) \(.replication_lag_bytes)"' <<<"$_s")
+    [[ "$_w" =~ ^[0-9]+$ && "$_l" =~ ^[0-9]+$ ]] ||
+        fail "pri_snapshot: bad status from $PRI: $_s"
+    printf -v "$1" '%s' "$_w"
+    printf -v "$2" '%s' "$_l"
 }
 
 # now_ms: wall clock in milliseconds.
@@ -924,10 +929,16 @@ wait_resync() {
 # the FIGURES line and fails unless 0 < WRITTEN_APART and SENT <= 2 x
 # WRITTEN_APART.
 check_resync_ratio() {
-    local label=$1 apart=$2 sent=$3 ratio
+    local label=$1 apart=$2 sent=$3 ratio secs rate
     shift 3
     ratio=$(awk -v s="$sent" -v a="$apart" 'BEGIN { printf "%.3f", a ? s / a : 0 }')
-    echo "FIGURES: $TEST_NAME $label: written_apart_bytes=$apart resync_bytes_sent=$sent ratio=$ratio resync_secs=${RESYNC_SECS:-?} $*"
+    # The agent's own figures of its last resync run: duration, bytes sent
+    # and bytes covered (sent + found equal by checksum) per second.
+    read -r secs rate <<<"$(status_json "$PRI" 2>/dev/null | jq -r '
+        (.resync_seconds // 0) as $t |
+        if $t > 0 then "\($t) \(.resync_bytes_sent / $t / 1048576 * 10 | round / 10)/\(.resync_bytes_total / $t / 1048576 * 10 | round / 10)"
+        else "\($t) ?" end')" || true
+    echo "FIGURES: $TEST_NAME $label: written_apart_bytes=$apart resync_bytes_sent=$sent ratio=$ratio resync_seconds=${secs:-?} resync_mib_per_sec_sent/covered=${rate:-?} polled_resync_secs=${RESYNC_SECS:-?} $*"
     [ "$apart" -gt 0 ] || fail "$label: nothing was written while apart"
     [ "$sent" -le $((2 * apart)) ] ||
         fail "$label: resync sent $sent bytes > 2 x $apart bytes written while apart (ratio $ratio)"

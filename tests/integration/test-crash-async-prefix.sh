@@ -23,7 +23,7 @@ start_writer w --pattern distinct --seed 41 --tolerate-errors
 lag_at=$(((2 + RANDOM % 5) * MiB))
 wait_until -m "the replica lags by $lag_at bytes" \
     "[ \"\$(status_field pri replication_lag_bytes)\" -ge $lag_at ]"
-read -r b0 lag0 < <(pri_snapshot)
+pri_snapshot b0 lag0
 writer_running w || fail "the writer stopped before the kill"
 kill9_agent pri
 wait_writer_exit w
@@ -99,7 +99,8 @@ echo "FIGURES: $TEST_NAME: answered_writes=$acked replica_prefix=$k" \
     "lag_at_kill=$lag0 behind_bytes=$behind resync_bytes_sent=$sent" \
     "resync_checksum_same_bytes=$(jq -r .resync_checksum_same_bytes <<<"$s")" \
     "resync_bytes_total=$(jq -r .resync_bytes_total <<<"$s")" \
-    "resync_secs=$RESYNC_SECS sync_decision=$(jq -r .sync_decision <<<"$s")"
+    "resync_seconds=$(jq -r .resync_seconds <<<"$s") polled_resync_secs=$RESYNC_SECS" \
+    "sync_decision=$(jq -r .sync_decision <<<"$s")"
 # The secondary lacked the writes after its prefix (plus the one in
 # flight): the resync sends at most twice that.
 [ "$sent" -le $((2 * (behind + 4096))) ] ||

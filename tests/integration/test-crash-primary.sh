@@ -56,7 +56,7 @@ after_restart() {
 bw_start=$(status_field pri bytes_written)
 start_writer w1 --seed 11 --tolerate-errors
 wait_written $((bw_start + 2 * MiB))
-read -r b0 lag0 < <(pri_snapshot)
+pri_snapshot b0 lag0
 proxy_cmd px cut >/dev/null
 wait_until -m "primary notices the cut" \
     '[ "$(status_field pri connection)" = connecting ]'
@@ -81,7 +81,7 @@ bw_start=$(status_field pri bytes_written)
 start_writer w2 --seed 12 --tolerate-errors
 wait_until -m "the replica lags by 4 MiB" \
     '[ "$(status_field pri replication_lag_bytes)" -ge $((4 * MiB)) ]'
-read -r b0 lag0 < <(pri_snapshot)
+pri_snapshot b0 lag0
 writer_running w2 || fail "the writer stopped before the kill"
 kill9_agent pri
 wait_writer_exit w2

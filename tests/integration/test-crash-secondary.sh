@@ -25,10 +25,10 @@ crash_round() {
         apart
     round=$((round + 1))
     start_writer "w$round" --seed "$((20 + round))"
-    read -r b0 lag0 < <(pri_snapshot)
+    pri_snapshot b0 lag0
     wait_written $((b0 + 2 * MiB))
 
-    read -r b0 lag0 < <(pri_snapshot)
+    pri_snapshot b0 lag0
     kill9_agent sec
     wait_until -t $((PEER_TIMEOUT + 15)) -m "$label: primary notices" \
         '[ "$(status_field pri connection)" = connecting ]'
@@ -37,7 +37,7 @@ crash_round() {
 
     restart_secondary
     wait_connected "$label"
-    read -r b1 lag1 < <(pri_snapshot)
+    pri_snapshot b1 lag1
     stop_writer "w$round"
     wait_resync "$label" "$CONNECTED_MS"
     wait_in_sync sec

@@ -86,7 +86,8 @@ sent=$(jq -r .resync_bytes_sent <<<"$s")
 echo "FIGURES: $TEST_NAME: answered_writes=$acked resync_bytes_sent=$sent" \
     "resync_checksum_same_bytes=$(jq -r .resync_checksum_same_bytes <<<"$s")" \
     "resync_bytes_total=$(jq -r .resync_bytes_total <<<"$s")" \
-    "resync_secs=$RESYNC_SECS sync_decision=$(jq -r .sync_decision <<<"$s")"
+    "resync_seconds=$(jq -r .resync_seconds <<<"$s") polled_resync_secs=$RESYNC_SECS" \
+    "sync_decision=$(jq -r .sync_decision <<<"$s")"
 # In sync mode the secondary lacks at most the write in flight at the kill.
 [ "$sent" -le $((2 * 4096)) ] ||
     fail "resync after a sync-mode primary crash sent $sent bytes; the secondary lacked at most one 4 KiB write"

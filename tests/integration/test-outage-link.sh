@@ -28,10 +28,10 @@ outage_round() {
     round=$((round + 1))
     label="$mode-$how"
     start_writer "w$round" --seed "$round"
-    read -r b0 lag0 < <(pri_snapshot)
+    pri_snapshot b0 lag0
     wait_written $((b0 + 2 * MiB))
 
-    read -r b0 lag0 < <(pri_snapshot)
+    pri_snapshot b0 lag0
     proxy_cmd px "$how" >/dev/null
     t_out=$(now_ms)
     wait_until -t $((PEER_TIMEOUT + 15)) -m "$label: primary notices the outage" \
@@ -45,7 +45,7 @@ outage_round() {
 
     proxy_cmd px restore >/dev/null
     wait_connected "$label"
-    read -r b1 lag1 < <(pri_snapshot)
+    pri_snapshot b1 lag1
     stop_writer "w$round"
     lat=$(writer_sum "w$round" max_latency_s)
     wait_resync "$label" "$CONNECTED_MS"

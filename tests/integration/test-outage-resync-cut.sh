@@ -17,13 +17,13 @@ truncate -s 256M primary.img
 PAIR_PROXY=1 start_outage_pair sync --peer-timeout "$PEER_TIMEOUT"
 wait_in_sync pri sec
 
-read -r b0 lag0 < <(pri_snapshot)
+pri_snapshot b0 lag0
 proxy_cmd px cut >/dev/null
 wait_until -m "primary notices the cut" \
     '[ "$(status_field pri connection)" = connecting ]'
 start_writer w --max-bytes "$APART"
 wait_writer_exit w
-read -r b1 lag1 < <(pri_snapshot)
+pri_snapshot b1 lag1
 apart=$((b1 - b0 + lag0))
 log "written while apart: $apart bytes"
 

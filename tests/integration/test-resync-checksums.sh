@@ -19,7 +19,7 @@ wait_in_sync sec
 [ "$(status_field pri resync_checksums)" = true ] ||
     fail "status does not show resync_checksums"
 
-read -r b0 lag0 < <(pri_snapshot)
+pri_snapshot b0 lag0
 proxy_cmd px cut >/dev/null
 wait_until -m "primary notices the cut" \
     '[ "$(status_field pri connection)" = connecting ]'
@@ -43,7 +43,7 @@ for i, b in enumerate(blocks):
 h.flush()
 h.shutdown()
 PY
-read -r b1 lag1 < <(pri_snapshot)
+pri_snapshot b1 lag1
 apart=$((b1 - b0 + lag0))
 [ "$apart" -eq $(((CHANGED + SAME) * 4096)) ] ||
     fail "bytes_written grew by $((b1 - b0)), expected $(((CHANGED + SAME) * 4096))"
