@@ -114,6 +114,13 @@ status_json(struct primary *p, struct evbuffer *out)
     }
     json_obj_end(&j);
     json_bool(&j, "split_brain", repl_split_brain(p->repl));
+    /* Why the current or last resync ran; "crash-recovery" also after a
+     * no-sync decision, when the activity log had regions to compare. */
+    json_str(&j, "resync_kind",
+             v.rs.started_ms == 0 ? "none"
+             : v.rs.full ? "full"
+             : p->crash_recovery ? "crash-recovery"
+             : p->cfg.resync_checksums ? "bitmap-checksums" : "bitmap");
     json_str(&j, "congestion", p->ahead ? "ahead"
                                : !TAILQ_EMPTY(&p->waiting) ? "blocked"
                                                            : "none");
