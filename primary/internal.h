@@ -275,6 +275,7 @@ struct resync_counters {
   bool full;
   bool ever_completed;
   bool in_sync_confirmed;       /* the secondary adopted our generation */
+  bool crash_recovery;          /* started after an unclean stop */
   uint64_t checksum_same_bytes; /* --resync-checksums: equal, not sent */
 };
 void resync_get_counters(const struct resync *rs, struct resync_counters *c);

@@ -531,6 +531,7 @@ resync_begin(struct resync *rs, bool full)
   rs->ctr.zero_bytes_sent = 0;
   rs->ctr.started_ms = util_now_ms();
   rs->ctr.in_sync_confirmed = false;
+  rs->ctr.crash_recovery = p->crash_recovery;
   log_info("primary: %s of %" PRIu64 " bytes to the secondary started",
            full ? "initial sync" : "resync", rs->ctr.total_bytes);
   resync_report(rs, true);

@@ -119,7 +119,7 @@ status_json(struct primary *p, struct evbuffer *out)
     json_str(&j, "resync_kind",
              v.rs.started_ms == 0 ? "none"
              : v.rs.full ? "full"
-             : p->crash_recovery ? "crash-recovery"
+             : v.rs.crash_recovery ? "crash-recovery"
              : p->cfg.resync_checksums ? "bitmap-checksums" : "bitmap");
     json_str(&j, "congestion", p->ahead ? "ahead"
                                : !TAILQ_EMPTY(&p->waiting) ? "blocked"
