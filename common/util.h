@@ -46,6 +46,9 @@ bool util_is_zero(const void *buf, size_t len);
  * sized ourselves is not recoverable input). */
 void *util_alloc_aligned(size_t len);
 
+/* Keep freed block buffers in the heap (no mmap per buffer). */
+void util_tune_malloc(void);
+
 /* Write "pid\n" to path atomically (tmp + rename).  0 or -1 (errno). */
 int util_write_pidfile(const char *path);
 

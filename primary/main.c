@@ -216,6 +216,7 @@ main(int argc, char **argv)
   if (p->cfg.verbose)
     log_set_level(LOG_LVL_DEBUG);
   signal(SIGPIPE, SIG_IGN);
+  util_tune_malloc();
 
   daemon_start(p->cfg.foreground);
 

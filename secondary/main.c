@@ -562,6 +562,7 @@ main(int argc, char **argv)
     log_set_level(LOG_LVL_DEBUG);
   signal(SIGPIPE, SIG_IGN);
   signal(SIGHUP, SIG_IGN);
+  util_tune_malloc();
 
   if (!s.cfg.foreground && (r = main_absolutize(&s.cfg)) != 0)
     return r;
