@@ -230,6 +230,12 @@ bool repl_connected(const struct repl *r);
  * acked is never called). */
 int repl_send_write(struct repl *r, struct repl_op *op, uint64_t off,
                     uint32_t len, const void *data, uint32_t flags);
+/* Same, without copying data: ref_done(data, len, ref_arg) runs once the
+ * bytes are written out or dropped; data must stay valid until then. */
+typedef void (*repl_ref_done_fn)(const void *data, size_t len, void *arg);
+int repl_send_write_ref(struct repl *r, struct repl_op *op, uint64_t off,
+                        uint32_t len, const void *data, uint32_t flags,
+                        repl_ref_done_fn ref_done, void *ref_arg);
 int repl_send_zero(struct repl *r, struct repl_op *op, uint64_t off,
                    uint64_t len, uint32_t flags);
 int repl_send_flush(struct repl *r, struct repl_op *op);

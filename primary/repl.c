@@ -193,10 +193,14 @@ repl_close_epoch(struct repl *r, uint64_t epoch)
 
 /* ---- sending ---- */
 
+/* payload is copied into the output buffer unless ref_done is given: then
+ * it is referenced and ref_done(payload, len, ref_arg) runs once it has
+ * been written out (or dropped with the connection). */
 static void
-repl_send_frame(struct repl *r, enum frame_type type,
-                const ProtobufCMessage *msg, const void *payload,
-                uint32_t payload_len)
+repl_send_frame_ref(struct repl *r, enum frame_type type,
+                    const ProtobufCMessage *msg, const void *payload,
+                    uint32_t payload_len, repl_ref_done_fn ref_done,
+                    void *ref_arg)
 {
   struct evbuffer *out = bufferevent_get_output(r->bev);
   size_t n = frame_packed_len(msg);
@@ -207,16 +211,34 @@ repl_send_frame(struct repl *r, enum frame_type type,
     abort();
   n = frame_pack(type, msg, payload_len, buf);
   evbuffer_add(out, buf, n);
-  if (payload_len)
+  if (payload_len && ref_done)
+    evbuffer_add_reference(out, payload, payload_len, ref_done, ref_arg);
+  else if (payload_len)
     evbuffer_add(out, payload, payload_len);
   if (buf != stackbuf)
     free(buf);
   r->ctr.bytes_sent += n + payload_len;
 }
 
+static void
+repl_send_frame(struct repl *r, enum frame_type type,
+                const ProtobufCMessage *msg, const void *payload,
+                uint32_t payload_len)
+{
+  repl_send_frame_ref(r, type, msg, payload, payload_len, NULL, NULL);
+}
+
 int
 repl_send_write(struct repl *r, struct repl_op *op, uint64_t off,
                 uint32_t len, const void *data, uint32_t flags)
+{
+  return repl_send_write_ref(r, op, off, len, data, flags, NULL, NULL);
+}
+
+int
+repl_send_write_ref(struct repl *r, struct repl_op *op, uint64_t off,
+                    uint32_t len, const void *data, uint32_t flags,
+                    repl_ref_done_fn ref_done, void *ref_arg)
 {
   Duplex__Write m = DUPLEX__WRITE__INIT;
 
@@ -229,7 +251,7 @@ repl_send_write(struct repl *r, struct repl_op *op, uint64_t off,
   m.offset = off;
   m.length = len;
   m.flags = flags;
-  repl_send_frame(r, FRAME_WRITE, &m.base, data, len);
+  repl_send_frame_ref(r, FRAME_WRITE, &m.base, data, len, ref_done, ref_arg);
   r->ctr.ops_sent++;
   return 0;
 }

@@ -42,6 +42,7 @@ struct chunk {
   struct aio_op aio;
   uint64_t rd_off, rd_len;      /* the data extent being read */
   unsigned lock_holds;          /* steps that still need the range lock */
+  unsigned out_refs;            /* pieces of buf still in the output buffer */
   unsigned pending;             /* piece ops unacknowledged, +1 until the
                                    chunk is read and all of it sent */
 };
@@ -120,9 +121,26 @@ chunk_put(struct chunk *c)
   struct resync *rs = c->rs;
   if (--c->pending > 0)
     return;
+  if (c->out_refs > 0)
+    return; /* freed when the last piece has left the output buffer */
   free(c->buf);
   free(c);
   resync_kick(rs);
+}
+
+/* A piece of c->buf was written out (or dropped with the link).  It is
+ * acknowledged only after it was sent, so normally pending > 0 here; the
+ * chunk is freed here only if the link dropped first. */
+static void
+chunk_ref_done(const void *data, size_t len, void *arg)
+{
+  struct chunk *c = arg;
+  (void)data;
+  (void)len;
+  if (--c->out_refs == 0 && c->pending == 0) {
+    free(c->buf);
+    free(c);
+  }
 }
 
 static void
@@ -166,10 +184,13 @@ piece_send(struct chunk *c, uint64_t off, uint64_t len, const char *buf)
   pc->len = len;
   pc->op.acked = piece_acked;
   if (buf) {
-    rc = repl_send_write(p->repl, &pc->op, off, (uint32_t)len, buf,
-                         DUPLEX__OP_FLAG__OP_FLAG_RESYNC);
-    if (rc == 0)
+    rc = repl_send_write_ref(p->repl, &pc->op, off, (uint32_t)len, buf,
+                             DUPLEX__OP_FLAG__OP_FLAG_RESYNC, chunk_ref_done,
+                             c);
+    if (rc == 0) {
+      c->out_refs++;
       rs->ctr.data_bytes_sent += len;
+    }
   } else {
     rc = repl_send_zero(p->repl, &pc->op, off, len,
                         DUPLEX__OP_FLAG__OP_FLAG_RESYNC |
