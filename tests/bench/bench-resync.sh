@@ -2,7 +2,8 @@
 # Resync benchmark: after an outage during which PCT % of the 4 KiB blocks
 # of a SIZE_MIB volume changed, how long until the replica is in sync again,
 # beside `rsync --inplace --no-whole-file` bringing a copy of the old image
-# up to date with the same change, measured in the same run.
+# up to date with the same change (--ignore-times: never skip by mtime),
+# measured in the same run.
 #
 #   DUPLEX_BUILD=build-release tests/bench/bench-resync.sh [OUT.md]
 #   (BENCH_SIZE_MIB=1024 BENCH_PCT=1 by default)
@@ -57,7 +58,7 @@ duplex_ms=$((t1 - t0))
 
 # rsync: bring the old copy up to date with the same change.
 t0=$(now_ms)
-rsync --inplace --no-whole-file primary.img old.img
+rsync --inplace --no-whole-file --ignore-times primary.img old.img
 t1=$(now_ms)
 rsync_ms=$((t1 - t0))
 cmp primary.img old.img || fail "rsync copy differs"
