@@ -210,11 +210,25 @@ repl_send_frame_ref(struct repl *r, enum frame_type type,
   if (!buf)
     abort();
   n = frame_pack(type, msg, payload_len, buf);
-  evbuffer_add(out, buf, n);
-  if (payload_len && ref_done)
+  if (payload_len && ref_done) {
+    evbuffer_add(out, buf, n);
     evbuffer_add_reference(out, payload, payload_len, ref_done, ref_arg);
-  else if (payload_len)
-    evbuffer_add(out, payload, payload_len);
+  } else if (payload_len) {
+    /* One contiguous piece, so the frame leaves as one TLS record (the
+     * TLS bufferevent writes each buffer segment as its own record, and
+     * the peer would wake up once per record). */
+    struct evbuffer_iovec v;
+    if (evbuffer_reserve_space(out, (ev_ssize_t)(n + payload_len), &v, 1)
+        != 1)
+      abort();
+    memcpy(v.iov_base, buf, n);
+    memcpy((char *)v.iov_base + n, payload, payload_len);
+    v.iov_len = n + payload_len;
+    if (evbuffer_commit_space(out, &v, 1) == -1)
+      abort();
+  } else {
+    evbuffer_add(out, buf, n);
+  }
   if (buf != stackbuf)
     free(buf);
   r->ctr.bytes_sent += n + payload_len;
