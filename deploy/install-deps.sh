@@ -16,6 +16,9 @@ packages=(
     # integration tests and demo: NBD clients and tools
     libnbd-bin python3 python3-libnbd qemu-utils fio nbdkit
     e2fsprogs fuse3 openssl jq bc util-linux mount diffutils rsync procps coreutils
+    # benchmark suite (tests/bench/run-suite.sh): chart, loopback TCP limit,
+    # ss, and the lint CI runs on the bench scripts
+    gnuplot-nox iperf3 iproute2 shellcheck
 )
 
 missing=()
