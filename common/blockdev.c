@@ -138,25 +138,6 @@ bdev_close(struct bdev *b)
 }
 
 static int
-bdev_pwrite_all(int fd, const char *buf, size_t len, uint64_t off)
-{
-  while (len > 0) {
-    ssize_t r = pwrite(fd, buf, len, (off_t)off);
-    if (r < 0) {
-      if (errno == EINTR)
-        continue;
-      return -errno;
-    }
-    if (r == 0)
-      return -ENOSPC;
-    buf += r;
-    len -= (size_t)r;
-    off += (uint64_t)r;
-  }
-  return 0;
-}
-
-static int
 bdev_pread_all(int fd, char *buf, size_t len, uint64_t off)
 {
   while (len > 0) {
@@ -187,7 +168,7 @@ bdev_zero_partial(struct bdev *b, char *bounce, uint64_t off, uint64_t len)
   if (r < 0)
     return r;
   memset(bounce + (off - block), 0, len);
-  return bdev_pwrite_all(b->fd, bounce, BDEV_ALIGN, block);
+  return util_pwrite_all(b->fd, bounce, BDEV_ALIGN, block);
 }
 
 /* Fallback for devices and file systems without fallocate zeroing. */
@@ -210,7 +191,7 @@ bdev_zero_write(struct bdev *b, uint64_t off, uint64_t len)
     } else {
       if (b->direct)
         n -= n % BDEV_ALIGN; /* the unaligned tail comes next round */
-      r = bdev_pwrite_all(b->fd, zeroes, n, off);
+      r = util_pwrite_all(b->fd, zeroes, n, off);
     }
     if (r < 0)
       break;

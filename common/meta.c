@@ -28,6 +28,7 @@
 
 #include "crc32c.h"
 #include "meta.h"
+#include "util.h"
 
 #define META_OFF_MAGIC 0
 #define META_OFF_VERSION 8
@@ -208,25 +209,6 @@ meta_al_decode(const uint8_t *slot, size_t len, struct meta_al *al,
   return 0;
 }
 
-static int
-meta_pwrite_all(int fd, const uint8_t *buf, size_t len, off_t off)
-{
-  while (len > 0) {
-    ssize_t r = pwrite(fd, buf, len, off);
-    if (r < 0) {
-      if (errno == EINTR)
-        continue;
-      return -errno;
-    }
-    if (r == 0)
-      return -ENOSPC;
-    buf += r;
-    len -= (size_t)r;
-    off += r;
-  }
-  return 0;
-}
-
 /* Read up to len bytes; returns the count read (short only at end of file)
  * or -errno. */
 static ssize_t
@@ -286,7 +268,7 @@ meta_create(const char *path, char *err, size_t errlen)
     free(header);
     return -1;
   }
-  r = meta_pwrite_all(fd, header, META_BITMAP_OFF, 0);
+  r = util_pwrite_all(fd, header, META_BITMAP_OFF, 0);
   free(header);
   if (r == 0 && fdatasync(fd) == -1)
     r = -errno;
@@ -491,8 +473,8 @@ meta_write_sb(struct meta *m, const struct meta_sb *sb, uint64_t bits)
 
   next.bitmap_bits = bits;
   meta_sb_encode(&next, m->seq + 1, slot);
-  r = meta_pwrite_all(m->fd, slot, sizeof slot,
-                      (off_t)(META_SB_OFF + (unsigned)target * META_SLOT_SIZE));
+  r = util_pwrite_all(m->fd, slot, sizeof slot,
+                      META_SB_OFF + (uint64_t)target * META_SLOT_SIZE);
   if (r == 0 && fdatasync(m->fd) == -1)
     r = -errno;
   if (r < 0)
@@ -558,7 +540,7 @@ meta_bitmap_resize(struct meta *m, uint64_t bits)
     if (n == 0)
       return -EIO;
     b &= (uint8_t)((1u << (old % 8)) - 1);
-    r = meta_pwrite_all(m->fd, &b, 1, last);
+    r = util_pwrite_all(m->fd, &b, 1, (uint64_t)last);
     if (r < 0)
       return r;
   }
@@ -619,9 +601,9 @@ meta_bitmap_write(struct meta *m, const void *image, uint64_t first_page,
   end = (first_page + npages) * META_BITMAP_PAGE;
   if (end > used)
     end = used;
-  return meta_pwrite_all(m->fd, (const uint8_t *)image + start,
+  return util_pwrite_all(m->fd, (const uint8_t *)image + start,
                          (size_t)(end - start),
-                         (off_t)(META_BITMAP_OFF + start));
+                         META_BITMAP_OFF + start);
 }
 
 int
@@ -654,8 +636,8 @@ meta_al_write(struct meta *m, const struct meta_al *al)
   if (al->n > META_AL_MAX || al->extent_shift >= 64)
     return -EINVAL;
   meta_al_encode(al, m->al_seq + 1, slot);
-  r = meta_pwrite_all(m->fd, slot, sizeof slot,
-                      (off_t)(META_AL_OFF + (unsigned)target * META_SLOT_SIZE));
+  r = util_pwrite_all(m->fd, slot, sizeof slot,
+                      META_AL_OFF + (uint64_t)target * META_SLOT_SIZE);
   if (r == 0 && fdatasync(m->fd) == -1)
     r = -errno;
   if (r < 0)

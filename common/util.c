@@ -444,6 +444,27 @@ util_alloc_aligned(size_t len)
   return p;
 }
 
+int
+util_pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
+{
+  const char *p = buf;
+
+  while (len > 0) {
+    ssize_t r = pwrite(fd, p, len, (off_t)off);
+    if (r < 0) {
+      if (errno == EINTR)
+        continue;
+      return -errno;
+    }
+    if (r == 0)
+      return -ENOSPC;
+    p += r;
+    len -= (size_t)r;
+    off += (uint64_t)r;
+  }
+  return 0;
+}
+
 void
 util_tune_malloc(void)
 {

@@ -46,6 +46,10 @@ bool util_is_zero(const void *buf, size_t len);
  * sized ourselves is not recoverable input). */
 void *util_alloc_aligned(size_t len);
 
+/* pwrite all of buf, retrying short writes and EINTR: 0, or -errno
+ * (-ENOSPC when the device accepts nothing more). */
+int util_pwrite_all(int fd, const void *buf, size_t len, uint64_t off);
+
 /* Keep freed block buffers in the heap (no mmap per buffer). */
 void util_tune_malloc(void);
 
