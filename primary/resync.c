@@ -251,13 +251,8 @@ resync_use_checksums(const struct resync *rs)
   return rs->p->cfg.resync_checksums || rs->p->crash_recovery;
 }
 
-/* A hole checked by checksum: only blocks the secondary does not hold as
- * zeroes are sent (as zero ranges). */
-struct hole_check {
-  struct repl_op op;
-  struct chunk *c;
-  uint64_t off, len;
-};
+static void chunk_send_data(struct chunk *c, uint64_t off, uint64_t len,
+                            const char *buf);
 
 static uint64_t
 resync_zero_hash(void)
@@ -272,6 +267,67 @@ resync_zero_hash(void)
   return h;
 }
 
+/* Send the blocks of [off, off+len) whose hash differs from the
+ * secondary's (`res`), as data from buf, or as zero ranges when buf is NULL
+ * (a hole); equal blocks only count as done.  Each local hash is computed
+ * once.  Without a usable answer the whole range is sent, or, if the link
+ * or this resync is gone, put back into the bitmap. */
+static void
+chunk_send_differing(struct chunk *c, uint64_t off, uint64_t len,
+                     const char *buf, bool ok, const Duplex__VerifyResult *res)
+{
+  struct resync *rs = c->rs;
+  uint64_t k, start = 0, n = len / BDEV_ALIGN, zh = resync_zero_hash();
+  bool start_same = false;
+
+  if (!ok || !res || res->error || res->n_hashes != n || c->gen != rs->gen) {
+    if (ok && c->gen == rs->gen && repl_connected(rs->p->repl)) {
+      if (buf)
+        chunk_send_data(c, off, len, buf);
+      else
+        piece_send(c, off, len, NULL);
+    } else {
+      bitmap_set_range(rs->p->oos, off, len);
+      rs->window_bytes -= len;
+    }
+    return;
+  }
+  for (k = 0; k <= n; k++) {
+    bool same = k < n &&
+        res->hashes[k] == (buf ? hash_block(buf + k * BDEV_ALIGN, BDEV_ALIGN)
+                               : zh);
+    if (k == 0) {
+      start_same = same;
+      continue;
+    }
+    if (k < n && same == start_same)
+      continue;
+    /* The run [start, k) ends here. */
+    if (start_same) {
+      uint64_t l = (k - start) * BDEV_ALIGN;
+      rs->window_bytes -= l;
+      rs->ctr.done_bytes += l;
+      rs->ctr.checksum_same_bytes += l;
+    } else if (buf) {
+      chunk_send_data(c, off + start * BDEV_ALIGN, (k - start) * BDEV_ALIGN,
+                      buf + start * BDEV_ALIGN);
+    } else {
+      piece_send(c, off + start * BDEV_ALIGN, (k - start) * BDEV_ALIGN, NULL);
+    }
+    start = k;
+    start_same = same;
+  }
+}
+
+/* A hole checked by checksum: only blocks the secondary does not hold as
+ * zeroes are sent (as zero ranges). */
+struct hole_check {
+  struct repl_op op;
+  struct chunk *c;
+  uint64_t off, len;
+};
+
+
 static void chunk_unlock(struct chunk *c);
 
 static void
@@ -279,36 +335,8 @@ hole_checked(struct repl_op *op, bool ok)
 {
   struct hole_check *hc = (struct hole_check *)op;
   struct chunk *c = hc->c;
-  struct resync *rs = c->rs;
-  const Duplex__VerifyResult *res = op->verify_result;
-  uint64_t i, n = hc->len / BDEV_ALIGN, zh = resync_zero_hash();
 
-  if (!ok || !res || res->error || res->n_hashes != n || c->gen != rs->gen) {
-    if (ok && c->gen == rs->gen && repl_connected(rs->p->repl)) {
-      piece_send(c, hc->off, hc->len, NULL);
-    } else {
-      bitmap_set_range(rs->p->oos, hc->off, hc->len);
-      rs->window_bytes -= hc->len;
-    }
-  } else {
-    i = 0;
-    while (i < n) {
-      uint64_t j = i;
-      bool same = res->hashes[i] == zh;
-      while (j + 1 < n && (res->hashes[j + 1] == zh) == same)
-        j++;
-      if (same) {
-        uint64_t len = (j - i + 1) * BDEV_ALIGN;
-        rs->window_bytes -= len;
-        rs->ctr.done_bytes += len;
-        rs->ctr.checksum_same_bytes += len;
-      } else {
-        piece_send(c, hc->off + i * BDEV_ALIGN, (j - i + 1) * BDEV_ALIGN,
-                   NULL);
-      }
-      i = j + 1;
-    }
-  }
+  chunk_send_differing(c, hc->off, hc->len, NULL, ok, op->verify_result);
   free(hc);
   chunk_unlock(c);
   chunk_put(c);
@@ -341,41 +369,10 @@ static void
 chunk_checksums(struct repl_op *op, bool ok)
 {
   struct chunk *c = op->opaque;
-  struct resync *rs = c->rs;
-  const Duplex__VerifyResult *res = op->verify_result;
-  uint64_t i, n = c->rd_len / BDEV_ALIGN;
 
+  chunk_send_differing(c, c->rd_off, c->rd_len, c->buf, ok,
+                       op->verify_result);
   free(op);
-  if (!ok || !res || res->error || res->n_hashes != n || c->gen != rs->gen) {
-    if (ok && c->gen == rs->gen && repl_connected(rs->p->repl)) {
-      /* The secondary could not hash: send everything. */
-      chunk_send_data(c, c->rd_off, c->rd_len, c->buf);
-    } else {
-      bitmap_set_range(rs->p->oos, c->rd_off, c->rd_len);
-      rs->window_bytes -= c->rd_len;
-    }
-  } else {
-    i = 0;
-    while (i < n) {
-      uint64_t j = i;
-      bool same = res->hashes[i] ==
-                  hash_block(c->buf + i * BDEV_ALIGN, BDEV_ALIGN);
-      while (j + 1 < n &&
-             (res->hashes[j + 1] ==
-              hash_block(c->buf + (j + 1) * BDEV_ALIGN, BDEV_ALIGN)) == same)
-        j++;
-      if (same) {
-        uint64_t len = (j - i + 1) * BDEV_ALIGN;
-        rs->window_bytes -= len;
-        rs->ctr.done_bytes += len;
-        rs->ctr.checksum_same_bytes += len;
-      } else {
-        chunk_send_data(c, c->rd_off + i * BDEV_ALIGN, (j - i + 1) * BDEV_ALIGN,
-                        c->buf + i * BDEV_ALIGN);
-      }
-      i = j + 1;
-    }
-  }
   chunk_unlock(c);
   chunk_put(c);
 }
