@@ -300,30 +300,38 @@ _check_agents_alive() {
 
 agent_pid() { echo "${_agent_pid[$1]}"; }
 
-# stop_agent NAME: SIGTERM, wait at most 5 s.  Returns non-zero (and marks
-# the test failed) if it did not exit in time (then SIGKILL), exited with a
-# non-zero status, or a sanitizer reported an error.
-stop_agent() {
-    local name=$1 pid rc deadline ok=0
-    pid=${_agent_pid[$name]:-}
-    [ -n "$pid" ] || return 0
-    _agent_pid[$name]=
+# _terminate LABEL PID: SIGTERM one of our background processes and wait at
+# most 5 s (then SIGKILL).  Non-zero, with a FAIL line naming LABEL, if it
+# did not exit in time or exited with a non-zero status.
+_terminate() {
+    local label=$1 pid=$2 rc deadline
     kill -TERM "$pid" 2>/dev/null || true
     deadline=$(($(date +%s%N) / 1000000 + 5000))
     while _alive "$pid"; do
         if [ "$(($(date +%s%N) / 1000000))" -ge "$deadline" ]; then
-            echo "$TEST_NAME: FAIL: $name (pid $pid) still running 5 s after SIGTERM; killing it" >&2
+            echo "$TEST_NAME: FAIL: $label (pid $pid) still running 5 s after SIGTERM; killing it" >&2
             kill -KILL "$pid" 2>/dev/null || true
-            ok=1
-            break
+            wait "$pid" 2>/dev/null || true
+            return 1
         fi
         sleep 0.05
     done
     wait "$pid" 2>/dev/null && rc=0 || rc=$?
-    if [ "$ok" -eq 0 ] && [ "$rc" -ne 0 ]; then
-        echo "$TEST_NAME: FAIL: $name (pid $pid) exited with status $rc after SIGTERM" >&2
-        ok=1
+    if [ "$rc" -ne 0 ]; then
+        echo "$TEST_NAME: FAIL: $label (pid $pid) exited with status $rc after SIGTERM" >&2
+        return 1
     fi
+}
+
+# stop_agent NAME: SIGTERM, wait at most 5 s.  Returns non-zero (and marks
+# the test failed) if it did not exit in time (then SIGKILL), exited with a
+# non-zero status, or a sanitizer reported an error.
+stop_agent() {
+    local name=$1 pid ok=0
+    pid=${_agent_pid[$name]:-}
+    [ -n "$pid" ] || return 0
+    _agent_pid[$name]=
+    _terminate "$name" "$pid" || ok=1
     if grep -qE 'ERROR: (Address|Leak|Undefined)Sanitizer|runtime error:' \
         "$TESTDIR/$name.log" 2>/dev/null; then
         echo "$TEST_NAME: FAIL: sanitizer report in $name.log" >&2
@@ -444,26 +452,11 @@ proxy_alive() { local p=${_proxy_pid[$1]:-}; [ -n "$p" ] && _alive "$p"; }
 # not exit in time (then SIGKILL) or exited with a non-zero status.  Prints
 # the tail of NAME.log when the test failed.
 stop_proxy() {
-    local name=$1 pid rc ok=0 deadline
+    local name=$1 pid ok=0
     pid=${_proxy_pid[$name]:-}
     [ -n "$pid" ] || return 0
     _proxy_pid[$name]=
-    kill -TERM "$pid" 2>/dev/null || true
-    deadline=$(($(date +%s%N) / 1000000 + 5000))
-    while _alive "$pid"; do
-        if [ "$(($(date +%s%N) / 1000000))" -ge "$deadline" ]; then
-            echo "$TEST_NAME: FAIL: proxy $name (pid $pid) still running 5 s after SIGTERM; killing it" >&2
-            kill -KILL "$pid" 2>/dev/null || true
-            ok=1
-            break
-        fi
-        sleep 0.05
-    done
-    wait "$pid" 2>/dev/null && rc=0 || rc=$?
-    if [ "$ok" -eq 0 ] && [ "$rc" -ne 0 ]; then
-        echo "$TEST_NAME: FAIL: proxy $name (pid $pid) exited with status $rc" >&2
-        ok=1
-    fi
+    _terminate "proxy $name" "$pid" || ok=1
     [ "$ok" -eq 0 ] || _failed=1
     if [ "$_failed" -ne 0 ] && [ -s "$TESTDIR/$name.log" ]; then
         echo "----- $name.log (last 30 lines) -----" >&2
