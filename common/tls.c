@@ -1,5 +1,5 @@
-/* TLS 1.3 with mutual certificate authentication on top of libevent's
- * OpenSSL bufferevents.  The peer name is checked by OpenSSL during chain
+/* TLS 1.3 with mutual certificate authentication: contexts, the SSL object
+ * of a connection, and error descriptions.  The peer name is checked by OpenSSL during chain
  * verification (X509_VERIFY_PARAM host/ip), on the server as well as on the
  * client, so a handshake only completes with a correctly named peer. */
 #include <arpa/inet.h>
@@ -9,7 +9,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <event2/bufferevent_ssl.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
@@ -122,15 +121,12 @@ tls_is_ip(const char *name)
          inet_pton(AF_INET6, name, buf) == 1;
 }
 
-struct bufferevent *
-tls_bev_new(struct event_base *base, SSL_CTX *ctx, int fd, bool server,
-            const char *peer_name)
+SSL *
+tls_ssl_new(SSL_CTX *ctx, bool server, const char *peer_name)
 {
-  struct bufferevent *bev;
-  SSL *ssl;
+  SSL *ssl = peer_name ? SSL_new(ctx) : NULL;
   int ok;
 
-  ssl = peer_name ? SSL_new(ctx) : NULL;
   if (!ssl)
     goto err;
   /* The name is checked against the peer certificate during verification:
@@ -146,32 +142,11 @@ tls_bev_new(struct event_base *base, SSL_CTX *ctx, int fd, bool server,
   if (!server && !tls_is_ip(peer_name) &&
       !SSL_set_tlsext_host_name(ssl, peer_name))
     goto err;
-
-  /* If libevent fails half way it may already have freed the SSL (and
-   * closed fd); an extra reference keeps our cleanup from freeing it
-   * twice. */
-  SSL_up_ref(ssl);
-  bev = bufferevent_openssl_socket_new(
-      base, fd, ssl,
-      server ? BUFFEREVENT_SSL_ACCEPTING : BUFFEREVENT_SSL_CONNECTING,
-      BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-  SSL_free(ssl); /* drop the extra reference (an early failure, out of
-                    memory only, leaks the SSL rather than risk a double
-                    free) */
-  if (!bev) {
-    ssl = NULL;
-    goto err;
-  }
-  /* A peer that closes the TCP connection without close_notify (killed,
-   * link cut) is reported as EOF rather than as an SSL error. */
-  bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
-  return bev;
+  return ssl;
 
 err:
   ERR_clear_error();
-  if (ssl)
-    SSL_free(ssl);
-  close(fd);
+  SSL_free(ssl);
   return NULL;
 }
 
@@ -211,10 +186,10 @@ tls_alert_hint(int reason)
 }
 
 void
-tls_describe_error(struct bufferevent *bev, char *out, size_t outlen)
+tls_describe(SSL *ssl, const unsigned long *errs, unsigned nerrs,
+             int sys_err, char *out, size_t outlen)
 {
-  SSL *ssl = bufferevent_openssl_get_ssl(bev);
-  unsigned long e, last = 0;
+  unsigned long last = 0;
   size_t pos = 0;
   char buf[256];
   long v;
@@ -222,10 +197,9 @@ tls_describe_error(struct bufferevent *bev, char *out, size_t outlen)
   if (outlen == 0)
     return;
   out[0] = '\0';
-  while ((e = bufferevent_get_openssl_error(bev)) != 0) {
+  for (unsigned i = 0; i < nerrs; i++) {
+    unsigned long e = errs[i];
     const char *reason = ERR_reason_error_string(e);
-    /* libevent also records its SSL_get_error() code (library 0), which
-     * says nothing the real entries do not. */
     if (ERR_GET_LIB(e) == 0 || (last && ERR_GET_REASON(e) ==
                                             ERR_GET_REASON(last)))
       continue;
@@ -252,18 +226,14 @@ tls_describe_error(struct bufferevent *bev, char *out, size_t outlen)
   } else if (v != X509_V_OK) {
     tls_append(out, outlen, &pos, X509_verify_cert_error_string(v));
   }
-  if (pos == 0) {
-    int err = EVUTIL_SOCKET_ERROR();
-    tls_append(out, outlen, &pos, err ? evutil_socket_error_to_string(err)
-                                      : "connection closed by peer");
-  }
-  ERR_clear_error();
+  if (pos == 0)
+    tls_append(out, outlen, &pos, sys_err ? strerror(sys_err)
+                                          : "connection closed by peer");
 }
 
 void
-tls_peer_cn(struct bufferevent *bev, char *out, size_t outlen)
+tls_peer_cn(SSL *ssl, char *out, size_t outlen)
 {
-  SSL *ssl = bufferevent_openssl_get_ssl(bev);
   X509 *cert = ssl ? SSL_get0_peer_certificate(ssl) : NULL;
   X509_NAME *name = cert ? X509_get_subject_name(cert) : NULL;
   int n;

@@ -1,6 +1,6 @@
-/* TLS 1.3 transport with mutual certificate authentication, behind
- * libevent's bufferevent interface so the link state machines only see a
- * byte stream.  Both sides require a peer certificate that chains to the
+/* TLS 1.3 with mutual certificate authentication: contexts, per-connection
+ * peer-name checks and error descriptions (the byte stream itself is
+ * tls-stream.h).  Both sides require a peer certificate that chains to the
  * configured CA and whose name (SAN DNS entry, or CN when there is no SAN)
  * equals the configured peer name. */
 #ifndef DUPLEX_TLS_H
@@ -9,7 +9,6 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include <event2/bufferevent.h>
 #include <openssl/ssl.h>
 
 struct tls_config {
@@ -24,19 +23,19 @@ struct tls_config {
 SSL_CTX *tls_ctx_new(const struct tls_config *cfg, bool server, char *err,
                      size_t errlen);
 
-/* Wrap an already connected (or accepted) non-blocking fd.  Takes ownership
- * of fd (closed when the bufferevent is freed, or at once if this returns
- * NULL: the caller must not close it again).  The handshake runs inside
- * the bufferevent; the event callback sees BEV_EVENT_CONNECTED once the peer
- * is verified, or BEV_EVENT_ERROR. */
-struct bufferevent *tls_bev_new(struct event_base *base, SSL_CTX *ctx, int fd,
-                                bool server, const char *peer_name);
+/* A connection's SSL object that accepts only a peer certificate naming
+ * peer_name (DNS SAN entries, or the CN when there are none; an IP address
+ * is matched against IP SAN entries).  NULL on failure. */
+SSL *tls_ssl_new(SSL_CTX *ctx, bool server, const char *peer_name);
 
-/* After BEV_EVENT_ERROR/EOF: why, e.g. "certificate verify failed: unable to
- * get local issuer certificate" or "peer name mismatch". */
-void tls_describe_error(struct bufferevent *bev, char *out, size_t outlen);
+/* Why a connection failed, for a log line, e.g. "certificate verify
+ * failed: unable to get local issuer certificate" or "peer name mismatch":
+ * from the OpenSSL error codes recorded at the failure, the verification
+ * result and the socket error (sys_err, 0 if none). */
+void tls_describe(SSL *ssl, const unsigned long *errs, unsigned nerrs,
+                  int sys_err, char *out, size_t outlen);
 
 /* Subject CN of the verified peer certificate, or "(none)". */
-void tls_peer_cn(struct bufferevent *bev, char *out, size_t outlen);
+void tls_peer_cn(SSL *ssl, char *out, size_t outlen);
 
 #endif

@@ -18,11 +18,11 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 
 #include "frame.h"
 #include "internal.h"
 #include "log.h"
+#include "tls-stream.h"
 
 #define REPL_HEARTBEAT_MS 2000
 #define REPL_BACKOFF_MIN_MS 200
@@ -34,7 +34,7 @@ struct repl {
   SSL_CTX *ssl_ctx;
   int fd;                        /* CONNECTING */
   struct event *connect_ev;
-  struct bufferevent *bev;       /* HANDSHAKE.. */
+  struct tls_stream *ts;         /* HANDSHAKE.. */
   struct event *timer;           /* reconnects, heartbeats, timeouts */
   uint64_t state_since_ms;
   uint64_t last_rx_ms, last_hb_ms;
@@ -202,7 +202,7 @@ repl_send_frame_ref(struct repl *r, enum frame_type type,
                     uint32_t payload_len, repl_ref_done_fn ref_done,
                     void *ref_arg)
 {
-  struct evbuffer *out = bufferevent_get_output(r->bev);
+  struct evbuffer *out = tls_stream_output(r->ts);
   size_t n = frame_packed_len(msg);
   uint8_t stackbuf[256];
   uint8_t *buf = n <= sizeof stackbuf ? stackbuf : malloc(n);
@@ -214,9 +214,7 @@ repl_send_frame_ref(struct repl *r, enum frame_type type,
     evbuffer_add(out, buf, n);
     evbuffer_add_reference(out, payload, payload_len, ref_done, ref_arg);
   } else if (payload_len) {
-    /* One contiguous piece, so the frame leaves as one TLS record (the
-     * TLS bufferevent writes each buffer segment as its own record, and
-     * the peer would wake up once per record). */
+    /* One contiguous copy: the caller's buffer is not kept. */
     struct evbuffer_iovec v;
     if (evbuffer_reserve_space(out, (ev_ssize_t)(n + payload_len), &v, 1)
         != 1)
@@ -429,9 +427,9 @@ repl_close(struct repl *r)
     close(r->fd);
     r->fd = -1;
   }
-  if (r->bev) {
-    bufferevent_free(r->bev);
-    r->bev = NULL;
+  if (r->ts) {
+    tls_stream_free(r->ts);
+    r->ts = NULL;
   }
 }
 
@@ -672,14 +670,14 @@ repl_handle_frame(struct repl *r, struct frame *f)
 }
 
 static void
-repl_read_cb(struct bufferevent *bev, void *opaque)
+repl_read_cb(struct tls_stream *ts, void *opaque)
 {
   struct repl *r = opaque;
-  struct evbuffer *in = bufferevent_get_input(bev);
+  struct evbuffer *in = tls_stream_input(ts);
   char err[256];
 
   r->last_rx_ms = util_now_ms();
-  while (r->bev == bev) {
+  while (r->ts == ts) {
     size_t avail = evbuffer_get_length(in);
     uint8_t hdr[FRAME_HDR_LEN];
     struct frame f;
@@ -714,27 +712,27 @@ repl_read_cb(struct bufferevent *bev, void *opaque)
 }
 
 static void
-repl_event_cb(struct bufferevent *bev, short what, void *opaque)
+repl_event_cb(struct tls_stream *ts, int what, void *opaque)
 {
   struct repl *r = opaque;
   char why[512];
 
-  (void)bev;
-  if (what & BEV_EVENT_CONNECTED) {
+  (void)ts;
+  if (what & TLS_STREAM_CONNECTED) {
     char cn[256];
-    tls_peer_cn(r->bev, cn, sizeof cn);
+    tls_stream_peer_cn(r->ts, cn, sizeof cn);
     log_debug("primary: TLS to %s established, peer %s", r->peer_desc, cn);
     repl_set_state(r, REPL_HELLO);
     r->last_rx_ms = util_now_ms();
     repl_send_hello(r);
     return;
   }
-  if (what & (BEV_EVENT_ERROR | BEV_EVENT_EOF)) {
-    tls_describe_error(r->bev, why, sizeof why);
+  if (what & (TLS_STREAM_ERROR | TLS_STREAM_EOF)) {
+    tls_stream_describe(r->ts, why, sizeof why);
     if (r->state == REPL_HANDSHAKE)
       log_warn("primary: TLS handshake with %s failed: %s", r->peer_desc,
                why);
-    repl_drop(r, "%s", (what & BEV_EVENT_EOF) && !why[0]
+    repl_drop(r, "%s", (what & TLS_STREAM_EOF) && !why[0]
                            ? "connection closed by peer" : why);
   }
 }
@@ -755,16 +753,15 @@ repl_connected_cb(evutil_socket_t fd, short what, void *opaque)
     repl_drop(r, "connect: %s", strerror(soerr));
     return;
   }
-  r->fd = -1; /* owned by the bufferevent from here */
-  r->bev = tls_bev_new(r->p->base, r->ssl_ctx, fd, false,
-                       r->p->cfg.tls.peer_name);
-  if (!r->bev) {
-    /* tls_bev_new closed fd. */
+  r->fd = -1; /* owned by the stream from here */
+  r->ts = tls_stream_new(r->p->base, r->ssl_ctx, fd, false,
+                         r->p->cfg.tls.peer_name);
+  if (!r->ts) {
+    /* tls_stream_new closed fd. */
     repl_drop(r, "cannot set up TLS");
     return;
   }
-  bufferevent_setcb(r->bev, repl_read_cb, NULL, repl_event_cb, r);
-  bufferevent_enable(r->bev, EV_READ | EV_WRITE);
+  tls_stream_setcb(r->ts, repl_read_cb, NULL, repl_event_cb, r);
   repl_set_state(r, REPL_HANDSHAKE);
 }
 
@@ -835,7 +832,7 @@ repl_start(struct repl *r)
 void
 repl_shutdown(struct repl *r)
 {
-  if (r->state != REPL_IDLE || r->bev || r->fd >= 0)
+  if (r->state != REPL_IDLE || r->ts || r->fd >= 0)
     repl_drop(r, "agent stopping");
 }
 

@@ -17,6 +17,7 @@
 #include "frame.h"
 #include "gen.h"
 #include "meta.h"
+#include "tls-stream.h"
 #include "tls.h"
 #include "util.h"
 
@@ -290,7 +291,7 @@ enum link_state {
 };
 
 /* Takes ownership of bev (TLS, not yet handshaken). */
-struct link *link_new(struct secondary *s, struct bufferevent *bev,
+struct link *link_new(struct secondary *s, struct tls_stream *ts,
                       const char *peer_addr);
 /* Log reason (warn if error, else info), send nothing more, free soon. */
 void link_close(struct link *l, bool error, const char *fmt, ...)

@@ -20,7 +20,6 @@
 #include <sys/socket.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 
 #include "internal.h"
 
@@ -39,7 +38,7 @@ struct link_mark {
 struct link {
   struct secondary *s;
   enum link_state state;
-  struct bufferevent *bev;
+  struct tls_stream *ts;
   char addr[80];                /* peer address, for logs */
   char cn[256];                 /* verified peer name */
   uint64_t last_rx_ms;
@@ -66,9 +65,9 @@ struct link {
   TAILQ_ENTRY(link) entry;
 };
 
-static void link_read_cb(struct bufferevent *bev, void *arg);
-static void link_write_cb(struct bufferevent *bev, void *arg);
-static void link_event_cb(struct bufferevent *bev, short what, void *arg);
+static void link_read_cb(struct tls_stream *ts, void *arg);
+static void link_write_cb(struct tls_stream *ts, void *arg);
+static void link_event_cb(struct tls_stream *ts, int what, void *arg);
 static void link_defer_cb(evutil_socket_t fd, short what, void *arg);
 static void link_free_cb(evutil_socket_t fd, short what, void *arg);
 static void link_process(struct link *l);
@@ -116,14 +115,14 @@ link_count(const struct secondary *s, enum link_state st)
 }
 
 struct link *
-link_new(struct secondary *s, struct bufferevent *bev, const char *peer_addr)
+link_new(struct secondary *s, struct tls_stream *ts, const char *peer_addr)
 {
   struct link *l = calloc(1, sizeof *l);
 
   if (l == NULL)
     return NULL;
   l->s = s;
-  l->bev = bev;
+  l->ts = ts;
   l->state = LINK_TLS_HANDSHAKE;
   l->last_rx_ms = util_now_ms();
   snprintf(l->addr, sizeof l->addr, "%s", peer_addr);
@@ -139,11 +138,10 @@ link_new(struct secondary *s, struct bufferevent *bev, const char *peer_addr)
     return NULL;
   }
   TAILQ_INSERT_TAIL(&s->links, l, entry);
-  bufferevent_setcb(bev, link_read_cb, link_write_cb, link_event_cb, l);
+  tls_stream_setcb(ts, link_read_cb, link_write_cb, link_event_cb, l);
   /* One whole frame always fits, so a partial frame never stalls reading. */
-  bufferevent_setwatermark(bev, EV_READ, 0,
-                           FRAME_HDR_LEN + FRAME_MAX_MSG + FRAME_MAX_PAYLOAD);
-  bufferevent_enable(bev, EV_READ | EV_WRITE);
+  tls_stream_set_read_limit(ts, FRAME_HDR_LEN + FRAME_MAX_MSG +
+                                    FRAME_MAX_PAYLOAD);
   l->reading = true;
   return l;
 }
@@ -161,7 +159,7 @@ link_free(struct link *l)
     apply_abort(s->apply);
   }
   TAILQ_REMOVE(&s->links, l, entry);
-  bufferevent_free(l->bev);
+  tls_stream_free(l->ts);
   event_free(l->defer_ev);
   event_free(l->free_ev);
   free(l);
@@ -209,10 +207,7 @@ link_update(struct link *l)
   }
   if (want == l->reading)
     return;
-  if (want)
-    bufferevent_enable(l->bev, EV_READ);
-  else
-    bufferevent_disable(l->bev, EV_READ);
+  tls_stream_set_reading(l->ts, want);
   l->reading = want;
   log_debug("secondary: primary %s (%s): reading %s", l->cn, l->addr,
             want ? "resumed" : "paused");
@@ -241,8 +236,9 @@ link_send_frame(struct link *l, enum frame_type type,
     }
   }
   len = frame_pack(type, msg, plen, buf);
-  if (bufferevent_write(l->bev, buf, len) == 0 &&
-      (plen == 0 || bufferevent_write(l->bev, payload, plen) == 0)) {
+  if (evbuffer_add(tls_stream_output(l->ts), buf, len) == 0 &&
+      (plen == 0 ||
+       evbuffer_add(tls_stream_output(l->ts), payload, plen) == 0)) {
     l->s->st.bytes_sent += len + plen;
   } else {
     log_error("secondary: primary %s (%s): out of memory sending %s",
@@ -317,8 +313,8 @@ link_close(struct link *l, bool error, const char *fmt, ...)
   }
   link_update(l);
   /* Let a last ERROR frame drain, then half-close (see link_write_cb). */
-  if (evbuffer_get_length(bufferevent_get_output(l->bev)) == 0)
-    link_write_cb(l->bev, l);
+  if (evbuffer_get_length(tls_stream_output(l->ts)) == 0)
+    link_write_cb(l->ts, l);
 }
 
 void
@@ -659,7 +655,7 @@ link_dispatch(struct link *l, const struct frame *f, char **memp)
 static int
 link_read_frame(struct link *l)
 {
-  struct evbuffer *in = bufferevent_get_input(l->bev);
+  struct evbuffer *in = tls_stream_input(l->ts);
   size_t avail = evbuffer_get_length(in), total, head, pad;
   uint8_t hdr[FRAME_HDR_LEN];
   struct frame f;
@@ -727,7 +723,7 @@ link_process(struct link *l)
 
   for (;;) {
     if (l->state == LINK_CLOSING) {
-      in = bufferevent_get_input(l->bev);
+      in = tls_stream_input(l->ts);
       evbuffer_drain(in, evbuffer_get_length(in));
       return;
     }
@@ -740,11 +736,11 @@ link_process(struct link *l)
 }
 
 static void
-link_read_cb(struct bufferevent *bev, void *arg)
+link_read_cb(struct tls_stream *ts, void *arg)
 {
   struct link *l = arg;
 
-  (void)bev;
+  (void)ts;
   l->last_rx_ms = util_now_ms();
   link_process(l);
 }
@@ -752,30 +748,30 @@ link_read_cb(struct bufferevent *bev, void *arg)
 /* Output drained.  When closing: half-close, so the peer gets our last
  * frame and an EOF rather than a reset; free on its EOF or the timeout. */
 static void
-link_write_cb(struct bufferevent *bev, void *arg)
+link_write_cb(struct tls_stream *ts, void *arg)
 {
   struct link *l = arg;
   evutil_socket_t fd;
 
   if (l->state != LINK_CLOSING || l->shut_wr)
     return;
-  if (evbuffer_get_length(bufferevent_get_output(bev)) > 0)
+  if (evbuffer_get_length(tls_stream_output(ts)) > 0)
     return;
   l->shut_wr = true;
-  fd = bufferevent_getfd(bev);
+  fd = tls_stream_fd(ts);
   if (fd < 0 || shutdown(fd, SHUT_WR) == -1)
     event_active(l->free_ev, 0, 0);
 }
 
 static void
-link_event_cb(struct bufferevent *bev, short what, void *arg)
+link_event_cb(struct tls_stream *ts, int what, void *arg)
 {
   struct link *l = arg;
   struct secondary *s = l->s;
   char why[256], who[400];
 
-  if (what & BEV_EVENT_CONNECTED) {
-    tls_peer_cn(bev, l->cn, sizeof l->cn);
+  if (what & TLS_STREAM_CONNECTED) {
+    tls_stream_peer_cn(ts, l->cn, sizeof l->cn);
     if (s->stopping) {
       link_free(l);
       return;
@@ -790,24 +786,24 @@ link_event_cb(struct bufferevent *bev, short what, void *arg)
     link_process(l);
     return;
   }
-  if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
+  if (!(what & (TLS_STREAM_EOF | TLS_STREAM_ERROR)))
     return;
   if (l->state == LINK_CLOSING) {
     link_free(l);
     return;
   }
   if (l->state == LINK_TLS_HANDSHAKE) {
-    tls_describe_error(bev, why, sizeof why);
+    tls_stream_describe(ts, why, sizeof why);
     log_warn("secondary: %s refused: %s", link_who(l, who, sizeof who), why);
     link_free(l);
     return;
   }
-  if (what & BEV_EVENT_EOF)
+  if (what & TLS_STREAM_EOF)
     snprintf(why, sizeof why, "the primary closed the connection");
   else
-    tls_describe_error(bev, why, sizeof why);
+    tls_stream_describe(ts, why, sizeof why);
   /* Frames already buffered were read; nothing more can be sent. */
-  link_close(l, !(what & BEV_EVENT_EOF), "%s", why);
+  link_close(l, !(what & TLS_STREAM_EOF), "%s", why);
   link_free(l);
 }
 

@@ -11,7 +11,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <event2/bufferevent.h>
 #include <event2/listener.h>
 
 #include "internal.h"
@@ -51,7 +50,7 @@ listener_accept_cb(struct evconnlistener *evl, evutil_socket_t fd,
 {
   struct listener *ls = arg;
   struct secondary *s = ls->s;
-  struct bufferevent *bev;
+  struct tls_stream *ts;
   char addr[INET6_ADDRSTRLEN + 16];
   int one = 1;
 
@@ -77,17 +76,17 @@ listener_accept_cb(struct evconnlistener *evl, evutil_socket_t fd,
     close(fd);
     return;
   }
-  bev = tls_bev_new(s->base, s->tls, fd, true, s->cfg.tls.peer_name);
-  if (bev == NULL) {
+  ts = tls_stream_new(s->base, s->tls, fd, true, s->cfg.tls.peer_name);
+  if (ts == NULL) {
     log_warn("secondary: connection from %s: cannot set up TLS; dropped",
              addr);
     close(fd);
     return;
   }
   log_debug("secondary: connection from %s, TLS handshake", addr);
-  if (link_new(s, bev, addr) == NULL) {
+  if (link_new(s, ts, addr) == NULL) {
     log_warn("secondary: connection from %s: out of memory; dropped", addr);
-    bufferevent_free(bev);
+    tls_stream_free(ts);
   }
 }
 

@@ -14,12 +14,13 @@
 #include <unistd.h>
 
 #include <cmocka.h>
-#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
 #include <event2/event.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include "tls-stream.h"
 #include "tls.h"
 
 static char dir[] = "/tmp/duplex-tls-XXXXXX";
@@ -142,22 +143,22 @@ ctx_for(const char *name, const char *ca, const char *peer, bool server)
 }
 
 struct side {
-  struct bufferevent *bev;
-  short events;
+  struct tls_stream *ts;
+  int events;
   char why[512];
   char cn[128];
 };
 
 static void
-event_cb(struct bufferevent *bev, short what, void *arg)
+event_cb(struct tls_stream *ts, int what, void *arg)
 {
   struct side *s = arg;
 
   s->events |= what;
-  if (what & BEV_EVENT_CONNECTED)
-    tls_peer_cn(bev, s->cn, sizeof s->cn);
-  if (what & (BEV_EVENT_ERROR | BEV_EVENT_EOF))
-    tls_describe_error(bev, s->why, sizeof s->why);
+  if (what & TLS_STREAM_CONNECTED)
+    tls_stream_peer_cn(ts, s->cn, sizeof s->cn);
+  if (what & (TLS_STREAM_ERROR | TLS_STREAM_EOF))
+    tls_stream_describe(ts, s->why, sizeof s->why);
 }
 
 /* Handshake a client (as primary) with cctx against a server (as
@@ -174,21 +175,19 @@ handshake_ctx(SSL_CTX *cctx, const char *client_expects,
   memset(c, 0, sizeof *c);
   memset(s, 0, sizeof *s);
   assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
-  c->bev = tls_bev_new(base, cctx, sv[0], false, client_expects);
-  s->bev = tls_bev_new(base, sctx, sv[1], true, server_expects);
-  assert_non_null(c->bev);
-  assert_non_null(s->bev);
-  bufferevent_setcb(c->bev, NULL, NULL, event_cb, c);
-  bufferevent_setcb(s->bev, NULL, NULL, event_cb, s);
-  bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-  bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+  c->ts = tls_stream_new(base, cctx, sv[0], false, client_expects);
+  s->ts = tls_stream_new(base, sctx, sv[1], true, server_expects);
+  assert_non_null(c->ts);
+  assert_non_null(s->ts);
+  tls_stream_setcb(c->ts, NULL, NULL, event_cb, c);
+  tls_stream_setcb(s->ts, NULL, NULL, event_cb, s);
   for (int i = 0; i < 200 && !(c->events && s->events); i++)
     event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
   /* One side failing closes the socket; let the other notice. */
   for (int i = 0; i < 200 && !(c->events && s->events); i++)
     event_base_loop(base, EVLOOP_ONCE);
-  bufferevent_free(c->bev);
-  bufferevent_free(s->bev);
+  tls_stream_free(c->ts);
+  tls_stream_free(s->ts);
   SSL_CTX_free(cctx);
   SSL_CTX_free(sctx);
   event_base_free(base);
@@ -212,8 +211,8 @@ test_mutual_auth_ok(void **state)
   (void)state;
   handshake("primary", "ca", "secondary.test", "secondary", "ca",
             "primary.test", &c, &s);
-  assert_true(c.events & BEV_EVENT_CONNECTED);
-  assert_true(s.events & BEV_EVENT_CONNECTED);
+  assert_true(c.events & TLS_STREAM_CONNECTED);
+  assert_true(s.events & TLS_STREAM_CONNECTED);
   assert_string_equal(c.cn, "secondary");
   assert_string_equal(s.cn, "primary.test");
 }
@@ -227,8 +226,8 @@ test_server_name_mismatch(void **state)
   /* The secondary's certificate is not for "backup.test". */
   handshake("primary", "ca", "backup.test", "secondary", "ca",
             "primary.test", &c, &s);
-  assert_false(c.events & BEV_EVENT_CONNECTED);
-  assert_false(s.events & BEV_EVENT_CONNECTED);
+  assert_false(c.events & TLS_STREAM_CONNECTED);
+  assert_false(s.events & TLS_STREAM_CONNECTED);
   if (!strstr(c.why, "peer name mismatch"))
     fail_msg("client: %s", c.why);
   assert_non_null(strstr(c.why, "backup.test"));
@@ -243,7 +242,7 @@ test_client_name_mismatch(void **state)
   /* The server checks the client's name too. */
   handshake("primary", "ca", "secondary.test", "secondary", "ca",
             "someone-else", &c, &s);
-  assert_false(s.events & BEV_EVENT_CONNECTED);
+  assert_false(s.events & TLS_STREAM_CONNECTED);
   if (!strstr(s.why, "peer name mismatch"))
     fail_msg("server: %s", s.why);
 }
@@ -256,7 +255,7 @@ test_client_from_other_ca(void **state)
   (void)state;
   handshake("rogue", "ca", "secondary.test", "secondary", "ca",
             "primary.test", &c, &s);
-  assert_false(s.events & BEV_EVENT_CONNECTED);
+  assert_false(s.events & TLS_STREAM_CONNECTED);
   if (!strstr(s.why, "certificate verify failed"))
     fail_msg("server: %s", s.why);
   assert_non_null(strstr(s.why, "unable to get local issuer certificate"));
@@ -270,11 +269,11 @@ test_server_from_other_ca(void **state)
   (void)state;
   handshake("primary", "other-ca", "secondary.test", "secondary", "ca",
             "primary.test", &c, &s);
-  assert_false(c.events & BEV_EVENT_CONNECTED);
+  assert_false(c.events & TLS_STREAM_CONNECTED);
   if (!strstr(c.why, "certificate verify failed"))
     fail_msg("client: %s", c.why);
   /* The server learns why from the client's alert. */
-  assert_false(s.events & BEV_EVENT_CONNECTED);
+  assert_false(s.events & TLS_STREAM_CONNECTED);
   assert_true(s.why[0] != '\0');
 }
 
@@ -288,7 +287,7 @@ test_client_without_certificate(void **state)
   SSL_CTX_set_verify(bare, SSL_VERIFY_NONE, NULL);
   handshake_ctx(bare, "secondary.test", "secondary", "ca", "primary.test", &c,
                 &s);
-  assert_false(s.events & BEV_EVENT_CONNECTED);
+  assert_false(s.events & TLS_STREAM_CONNECTED);
   if (!strstr(s.why, "peer did not return a certificate"))
     fail_msg("server: %s", s.why);
 }
