@@ -1,8 +1,12 @@
 /* TLS transport: mutual authentication over a socketpair with certificates
- * made at test time, peer name checks on both sides, and the error texts
- * an operator sees. */
+ * made at test time, peer name checks on both sides, the error texts an
+ * operator sees, and the stream itself: bytes arrive intact and in order
+ * in both directions through tiny socket buffers (every write blocks
+ * part-way), with referenced payloads, paused reading, a read limit, an
+ * end of stream, and a stream freed inside its own callback. */
 #include <fcntl.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -14,7 +18,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
-#include <event2/event.h>
+#include <event2/buffer.h>
 #include <event2/event.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -22,6 +26,7 @@
 
 #include "tls-stream.h"
 #include "tls.h"
+#include "util.h"
 
 static char dir[] = "/tmp/duplex-tls-XXXXXX";
 
@@ -333,9 +338,261 @@ test_ctx_errors_name_the_file(void **state)
   assert_non_null(strstr(err, "--tls-ca"));
 }
 
+
+/* ---- the stream ---- */
+
+#define XFER_MSGS 400
+
+/* The byte at position i of what a side sends (seeded per direction). */
+static uint8_t
+xfer_byte(uint64_t i, unsigned seed)
+{
+  uint64_t x = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
+  x ^= x >> 29;
+  return (uint8_t)(x * 0xBF58476D1CE4E5B9ull >> 56);
+}
+
+struct xfer {
+  struct tls_stream *ts;
+  struct event *drain_ev, *resume_ev;
+  unsigned seed_out, seed_in;
+  uint64_t sent, received;
+  unsigned reads, refs_out, refs_done, drained;
+  bool connected, bad, eof, error;
+  bool free_on_read;
+};
+
+static void
+xfer_ref_done(const void *data, size_t len, void *arg)
+{
+  struct xfer *x = arg;
+
+  (void)len;
+  free((void *)data);
+  x->refs_done++;
+}
+
+/* Queue one message: small ones copied, large ones referenced. */
+static void
+xfer_send_one(struct xfer *x, unsigned i)
+{
+  size_t len = i % 3 == 0 ? 16384 + (i * 7919) % 300000 : 1 + (i * 131) % 700;
+  uint8_t *buf = malloc(len);
+
+  assert_non_null(buf);
+  for (size_t k = 0; k < len; k++)
+    buf[k] = xfer_byte(x->sent + k, x->seed_out);
+  x->sent += len;
+  if (i % 3 == 0) {
+    x->refs_out++;
+    assert_int_equal(evbuffer_add_reference(tls_stream_output(x->ts), buf,
+                                            len, xfer_ref_done, x), 0);
+  } else {
+    assert_int_equal(evbuffer_add(tls_stream_output(x->ts), buf, len), 0);
+    free(buf);
+  }
+}
+
+static void
+xfer_consume(struct xfer *x, size_t max)
+{
+  struct evbuffer *in = tls_stream_input(x->ts);
+  uint8_t buf[4096];
+  int n;
+
+  while (max > 0 && (n = evbuffer_remove(in, buf, MIN(max, sizeof buf))) > 0) {
+    for (int k = 0; k < n; k++)
+      if (buf[k] != xfer_byte(x->received + (uint64_t)k, x->seed_in))
+        x->bad = true;
+    x->received += (uint64_t)n;
+    max -= (size_t)n;
+  }
+}
+
+static void
+xfer_drain_cb(evutil_socket_t fd, short what, void *arg)
+{
+  (void)fd;
+  (void)what;
+  xfer_consume(arg, SIZE_MAX);
+}
+
+static void
+xfer_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+  struct xfer *x = arg;
+
+  (void)fd;
+  (void)what;
+  tls_stream_set_reading(x->ts, true);
+}
+
+/* Every few calls leave most input unread (the read limit must stop the
+ * stream, the later drain restart it) or pause reading. */
+static void
+xfer_read_cb(struct tls_stream *ts, void *arg)
+{
+  struct xfer *x = arg;
+
+  (void)ts;
+  if (x->free_on_read) {
+    tls_stream_free(x->ts);
+    x->ts = NULL;
+    return;
+  }
+  x->reads++;
+  if (x->reads % 3 == 0) {
+    xfer_consume(x, 1000);
+    event_active(x->drain_ev, 0, 0);
+  } else if (x->reads % 5 == 0) {
+    xfer_consume(x, SIZE_MAX);
+    tls_stream_set_reading(x->ts, false);
+    event_active(x->resume_ev, 0, 0);
+  } else {
+    xfer_consume(x, SIZE_MAX);
+  }
+}
+
+static void
+xfer_drained_cb(struct tls_stream *ts, void *arg)
+{
+  struct xfer *x = arg;
+
+  (void)ts;
+  x->drained++;
+}
+
+static void
+xfer_event_cb(struct tls_stream *ts, int what, void *arg)
+{
+  struct xfer *x = arg;
+
+  if (what & TLS_STREAM_CONNECTED)
+    x->connected = true;
+  if (what & TLS_STREAM_EOF)
+    x->eof = true;
+  if (what & (TLS_STREAM_ERROR | TLS_STREAM_EOF)) {
+    char why[512];
+    tls_stream_describe(ts, why, sizeof why);
+    print_message("stream %s: %s\n", what & TLS_STREAM_EOF ? "eof" : "error",
+                  why);
+  }
+  if (what & TLS_STREAM_ERROR)
+    x->error = true;
+}
+
+/* A connected pair over a socketpair whose buffers hold a few KiB. */
+static void
+xfer_pair(struct event_base *base, struct xfer *c, struct xfer *s)
+{
+  SSL_CTX *cctx = ctx_for("primary", "ca", "secondary.test", false);
+  SSL_CTX *sctx = ctx_for("secondary", "ca", "primary.test", true);
+  int sv[2], small = 4096;
+
+  memset(c, 0, sizeof *c);
+  memset(s, 0, sizeof *s);
+  assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+  for (int i = 0; i < 2; i++) {
+    setsockopt(sv[i], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    setsockopt(sv[i], SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  }
+  c->ts = tls_stream_new(base, cctx, sv[0], false, "secondary.test");
+  s->ts = tls_stream_new(base, sctx, sv[1], true, "primary.test");
+  SSL_CTX_free(cctx);           /* each SSL holds its own reference */
+  SSL_CTX_free(sctx);
+  assert_non_null(c->ts);
+  assert_non_null(s->ts);
+  c->seed_out = s->seed_in = 1;
+  s->seed_out = c->seed_in = 2;
+  for (struct xfer *x = c; x; x = x == c ? s : NULL) {
+    x->drain_ev = event_new(base, -1, 0, xfer_drain_cb, x);
+    x->resume_ev = event_new(base, -1, 0, xfer_resume_cb, x);
+    tls_stream_setcb(x->ts, xfer_read_cb, xfer_drained_cb, xfer_event_cb, x);
+  }
+  tls_stream_set_read_limit(s->ts, 64 * 1024);
+}
+
+static void
+xfer_free(struct xfer *x)
+{
+  tls_stream_free(x->ts);
+  event_free(x->drain_ev);
+  event_free(x->resume_ev);
+}
+
+static void
+test_stream_transfer(void **state)
+{
+  struct event_base *base = event_base_new();
+  struct xfer c, s;
+  unsigned i = 0;
+  int loops;
+
+  (void)state;
+  xfer_pair(base, &c, &s);
+  /* Messages are queued before the handshake ends and while it runs. */
+  for (loops = 0; loops < 100000; loops++) {
+    if (i < XFER_MSGS && (i < 5 || (c.connected && s.connected))) {
+      xfer_send_one(&c, i);
+      xfer_send_one(&s, i);
+      i++;
+    }
+    if (i == XFER_MSGS && c.received == s.sent && s.received == c.sent)
+      break;
+    event_base_loop(base, EVLOOP_ONCE);
+  }
+  assert_true(loops < 100000);
+  assert_false(c.bad);
+  assert_false(s.bad);
+  assert_false(c.error || s.error || c.eof || s.eof);
+  assert_true(c.sent > 16u * 1024 * 1024); /* each way */
+  assert_int_equal(c.refs_done, c.refs_out);
+  assert_int_equal(s.refs_done, s.refs_out);
+  assert_true(c.drained > 0 && s.drained > 0);
+  assert_true(s.reads > 10);
+  assert_int_equal(evbuffer_get_length(tls_stream_output(c.ts)), 0);
+
+  /* The client goes away without close_notify: the server sees EOF. */
+  xfer_free(&c);
+  for (loops = 0; loops < 1000 && !s.eof; loops++)
+    event_base_loop(base, EVLOOP_ONCE);
+  assert_true(s.eof);
+  xfer_free(&s);
+  event_base_free(base);
+}
+
+/* Unsent referenced payloads are released when the stream is freed, and a
+ * stream may be freed inside its own read callback. */
+static void
+test_stream_free_inside_callback(void **state)
+{
+  struct event_base *base = event_base_new();
+  struct xfer c, s;
+  int loops;
+
+  (void)state;
+  xfer_pair(base, &c, &s);
+  s.free_on_read = true;
+  for (unsigned i = 0; i < 30; i++)
+    xfer_send_one(&c, i);
+  for (loops = 0; loops < 10000 && s.ts != NULL; loops++)
+    event_base_loop(base, EVLOOP_ONCE);
+  assert_null(s.ts);
+  for (loops = 0; loops < 10000 && !c.eof && !c.error; loops++)
+    event_base_loop(base, EVLOOP_ONCE);
+  assert_true(c.eof || c.error);
+  xfer_free(&c);
+  assert_int_equal(c.refs_done, c.refs_out);
+  event_free(s.drain_ev);
+  event_free(s.resume_ev);
+  event_base_free(base);
+}
+
 int
 main(void)
 {
+  /* As in the agents: a write to a closed peer is an error, not a signal. */
+  signal(SIGPIPE, SIG_IGN);
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_mutual_auth_ok),
     cmocka_unit_test(test_server_name_mismatch),
@@ -344,6 +601,8 @@ main(void)
     cmocka_unit_test(test_server_from_other_ca),
     cmocka_unit_test(test_client_without_certificate),
     cmocka_unit_test(test_ctx_errors_name_the_file),
+    cmocka_unit_test(test_stream_transfer),
+    cmocka_unit_test(test_stream_free_inside_callback),
   };
   return cmocka_run_group_tests(tests, setup_certs, teardown_certs);
 }
