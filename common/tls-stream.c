@@ -48,6 +48,8 @@ struct tls_stream {
   bool kick_pending;
   bool write_wants_read; /* SSL_write said WANT_READ */
   size_t read_limit;
+  char *sink;            /* tls_stream_read_into's destination */
+  size_t sink_left;
   char *stage;           /* TLS_RECORD bytes */
   size_t stage_len;
   size_t retry_len;      /* a long segment's length that got WANT_WRITE */
@@ -260,6 +262,28 @@ stream_read(struct tls_stream *ts)
     struct evbuffer_iovec v;
     int rc;
 
+    if (ts->sink_left) {
+      ERR_clear_error();
+      rc = SSL_read(ts->ssl, ts->sink, (int)MIN(ts->sink_left,
+                                                 (size_t)INT_MAX));
+      if (rc <= 0) {
+        what = stream_ssl_error(ts, rc, &sys_err);
+        break;
+      }
+      ts->sink += rc;
+      ts->sink_left -= (size_t)rc;
+      pass += (size_t)rc;
+      got = true;
+      if (ts->sink_left == 0) {
+        /* The owner takes it from here; then reading goes on. */
+        ts->sink = NULL;
+        more = true;
+        break;
+      }
+      if (!SSL_has_pending(ts->ssl))
+        break;
+      continue;
+    }
     if (evbuffer_reserve_space(ts->in, TLS_READ_CHUNK, &v, 1) < 1)
       abort();
     ERR_clear_error();
@@ -472,6 +496,28 @@ tls_stream_set_read_limit(struct tls_stream *ts, size_t bytes)
 {
   ts->read_limit = bytes ? bytes : SIZE_MAX;
   stream_update_read(ts);
+}
+
+void
+tls_stream_read_into(struct tls_stream *ts, void *dst, size_t len)
+{
+  int n = evbuffer_remove(ts->in, dst, len);
+
+  if (n > 0) {
+    dst = (char *)dst + n;
+    len -= (size_t)n;
+  }
+  ts->sink = len ? dst : NULL;
+  ts->sink_left = len;
+  /* OpenSSL may already hold the bytes (read ahead): look at once. */
+  if (len && ts->rev_armed)
+    event_active(ts->rev, EV_READ, 0);
+}
+
+size_t
+tls_stream_sink_left(const struct tls_stream *ts)
+{
+  return ts->sink_left;
 }
 
 int

@@ -58,6 +58,14 @@ struct evbuffer *tls_stream_output(struct tls_stream *ts);
 void tls_stream_set_reading(struct tls_stream *ts, bool on);
 void tls_stream_set_read_limit(struct tls_stream *ts, size_t bytes);
 
+/* Deliver the next len bytes of plaintext into dst instead of the input
+ * buffer (what the input buffer already holds is moved there first), so a
+ * block payload is decrypted straight into its aligned buffer.  read_cb
+ * runs when dst is full; until then tls_stream_sink_left says how much is
+ * missing.  dst must stay valid until then or until the stream is freed. */
+void tls_stream_read_into(struct tls_stream *ts, void *dst, size_t len);
+size_t tls_stream_sink_left(const struct tls_stream *ts);
+
 int tls_stream_fd(const struct tls_stream *ts);
 
 /* Why the stream failed, for a log line: the TLS alert or verification

@@ -46,6 +46,11 @@ struct link {
   bool reading;                 /* EV_READ enabled, as last computed */
   bool throttled;               /* too much payload waiting to be applied */
   bool shut_wr;
+  /* A WRITE frame whose payload is arriving straight into its aligned
+   * buffer (tls_stream_read_into). */
+  char *rx_mem;
+  uint8_t *rx_buf;
+  size_t rx_total;
   /* from HELLO */
   uint64_t size_bytes;
   bool consistent_at_hello;
@@ -160,6 +165,7 @@ link_free(struct link *l)
   }
   TAILQ_REMOVE(&s->links, l, entry);
   tls_stream_free(l->ts);
+  free(l->rx_mem);              /* after the stream that was filling it */
   event_free(l->defer_ev);
   event_free(l->free_ev);
   free(l);
@@ -665,6 +671,15 @@ link_read_frame(struct link *l)
   ssize_t n;
   int rc;
 
+  if (l->rx_mem != NULL) {
+    if (tls_stream_sink_left(l->ts) > 0)
+      return 0;
+    mem = l->rx_mem;
+    buf = l->rx_buf;
+    total = l->rx_total;
+    l->rx_mem = NULL;
+    goto parse;
+  }
   if (avail < FRAME_HDR_LEN)
     return 0;
   evbuffer_copyout(in, hdr, FRAME_HDR_LEN);
@@ -674,21 +689,29 @@ link_read_frame(struct link *l)
   }
   head = FRAME_HDR_LEN + f.msg_len;
   total = head + f.payload_len;
-  if (avail < total)
-    return 0;
   if (f.type == FRAME_WRITE) {
-    /* Copy the frame so that its payload lands BDEV_ALIGN-aligned, ready
-     * for O_DIRECT: one copy, and the payload is never written to disk
-     * before the whole frame parsed. */
+    /* The frame goes into a buffer where its payload lands
+     * BDEV_ALIGN-aligned, ready for O_DIRECT; the rest of it is decrypted
+     * straight there.  The payload is never written to disk before the
+     * whole frame parsed. */
     pad = (BDEV_ALIGN - head % BDEV_ALIGN) % BDEV_ALIGN;
     mem = util_alloc_aligned(pad + total);
     buf = (uint8_t *)mem + pad;
+    if (avail < total) {
+      l->rx_mem = mem;
+      l->rx_buf = buf;
+      l->rx_total = total;
+      tls_stream_read_into(l->ts, buf, total);
+      return 0;
+    }
     if (evbuffer_remove(in, buf, total) != (int)total) {
       free(mem);
       link_close(l, true, "cannot read a WRITE frame from the input buffer");
       return -1;
     }
   } else {
+    if (avail < total)
+      return 0;
     buf = evbuffer_pullup(in, (ssize_t)total);
     if (buf == NULL) {
       link_close(l, true, "out of memory reading a %s frame",
@@ -696,6 +719,7 @@ link_read_frame(struct link *l)
       return -1;
     }
   }
+parse:
   n = frame_parse(buf, total, &f, err, sizeof err);
   if (mem == NULL)
     evbuffer_drain(in, total);
