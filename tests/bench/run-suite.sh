@@ -11,7 +11,8 @@
 #
 #   1. write cost: fio's nbd engine, 4 KiB randwrite qd1 (p50/p99), 4 KiB
 #      randwrite qd32 (IOPS), 1 MiB seq write qd8 (MiB/s), against nbdkit's
-#      file plugin, duplex-primary without a secondary, async and sync pairs;
+#      file plugin, duplex-primary without a secondary, async and sync pairs,
+#      and (qd1 only) a sync pair whose replica is in RAM (/dev/shm);
 #   2. initial sync of a random volume to an empty secondary, beside nbdcopy
 #      into `nbdkit --tls=require file`, openssl speed and iperf3;
 #   3. resync after an outage (1 % and 10 % of the 4 KiB blocks of 2 GiB
@@ -330,6 +331,8 @@ record_peak_rss() {
 scenario_write_cost() {
     local rep mode closed
     log "scenario 1: write cost, fio nbd on ${FIO_MIB} MiB volumes, $REPEATS x"
+    SHM_DIR=$(mktemp -d /dev/shm/duplex-bench.XXXXXX)
+    cleanup_fn rm -rf "$SHM_DIR"
     random_image base.img "$FIO_MIB"
     cp --sparse=never base.img kit.img
     cp --sparse=never base.img primary.img
@@ -364,6 +367,20 @@ scenario_write_cost() {
             record_peak_rss "s1.$mode"
             stop_agents "$PRI" "$SEC"
         done
+
+        # Sync once more with the replica in RAM: the latency without the
+        # secondary's write queueing on the primary's disk.
+        fresh_pair_files
+        truncate -s "${FIO_MIB}M" "$SHM_DIR/replica.img"
+        ln -s "$SHM_DIR/replica.img" replica.img
+        start_pair sync "${PRI_ARGS[@]}"
+        wait_pair_in_sync "$(deadline_for "$FIO_MIB")" "syncram initial sync"
+        fresh_sync
+        fio_job syncram 4k1 "$NBD_URI"
+        wait_pair_in_sync 120 "syncram after fio"
+        compare_volumes primary.img replica.img
+        stop_agents "$PRI" "$SEC"
+        rm -f replica.img "$SHM_DIR/replica.img"
     done
     rm -f base.img kit.img primary.img primary.meta replica.img replica.meta
 }

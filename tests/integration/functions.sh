@@ -571,14 +571,15 @@ start_pair() {
 
 # ---- data ----
 
-# compare_volumes A B: byte-identical, else fail naming the first difference.
+# compare_volumes A B: byte-identical (symlinks followed), else fail naming
+# the first difference.
 compare_volumes() {
     local a=$1 b=$2 out
-    [ "$(stat -c %s "$a")" = "$(stat -c %s "$b")" ] ||
-        fail "$a is $(stat -c %s "$a") bytes, $b is $(stat -c %s "$b") bytes"
+    [ "$(stat -L -c %s "$a")" = "$(stat -L -c %s "$b")" ] ||
+        fail "$a is $(stat -L -c %s "$a") bytes, $b is $(stat -L -c %s "$b") bytes"
     out=$(cmp "$a" "$b" 2>&1) ||
         fail "$(basename "$a") and $(basename "$b") differ: $out"
-    log "$(basename "$a") and $(basename "$b") are identical ($(stat -c %s "$a") bytes)"
+    log "$(basename "$a") and $(basename "$b") are identical ($(stat -L -c %s "$a") bytes)"
 }
 
 # make_pattern_image FILE SIZE_MIB: random data and zero regions, sparse
