@@ -133,11 +133,14 @@ struct req {
   void *lock;                   /* struct range_lock * */
   void *rop;                    /* struct repl_op * */
   struct event *defer;
+  unsigned out_refs;            /* the link still references buf/bounce */
+  bool freed;                   /* vol_req_free waits for out_refs */
   TAILQ_ENTRY(req) wq;
 };
 
 struct req *vol_req_new(struct primary *p);
-void vol_req_free(struct req *r);  /* frees r->buf too */
+/* Frees r->buf too; later if the link still holds a reference to it. */
+void vol_req_free(struct req *r);
 /* The caller validated offset/length against the volume size. */
 void vol_submit(struct req *r);
 /* Buffer space or a lock became free: retry waiting requests. */
@@ -227,11 +230,9 @@ void repl_shutdown(struct repl *r);
 enum repl_state repl_state(const struct repl *r);
 bool repl_connected(const struct repl *r);
 /* Ops are sent in call order.  Each returns 0, or -1 if not connected (then
- * acked is never called). */
-int repl_send_write(struct repl *r, struct repl_op *op, uint64_t off,
-                    uint32_t len, const void *data, uint32_t flags);
-/* Same, without copying data: ref_done(data, len, ref_arg) runs once the
- * bytes are written out or dropped; data must stay valid until then. */
+ * acked and ref_done are never called).  A write's data is not copied:
+ * ref_done(data, len, ref_arg) runs once the bytes are encrypted or
+ * dropped; data must stay valid until then. */
 typedef void (*repl_ref_done_fn)(const void *data, size_t len, void *arg);
 int repl_send_write_ref(struct repl *r, struct repl_op *op, uint64_t off,
                         uint32_t len, const void *data, uint32_t flags,

@@ -193,9 +193,9 @@ repl_close_epoch(struct repl *r, uint64_t epoch)
 
 /* ---- sending ---- */
 
-/* payload is copied into the output buffer unless ref_done is given: then
- * it is referenced and ref_done(payload, len, ref_arg) runs once it has
- * been written out (or dropped with the connection). */
+/* The payload, if any, is referenced, not copied: ref_done(payload, len,
+ * ref_arg) runs once it has been encrypted (or dropped with the
+ * connection). */
 static void
 repl_send_frame_ref(struct repl *r, enum frame_type type,
                     const ProtobufCMessage *msg, const void *payload,
@@ -210,41 +210,20 @@ repl_send_frame_ref(struct repl *r, enum frame_type type,
   if (!buf)
     abort();
   n = frame_pack(type, msg, payload_len, buf);
-  if (payload_len && ref_done) {
-    evbuffer_add(out, buf, n);
+  evbuffer_add(out, buf, n);
+  if (payload_len)
     evbuffer_add_reference(out, payload, payload_len, ref_done, ref_arg);
-  } else if (payload_len) {
-    /* One contiguous copy: the caller's buffer is not kept. */
-    struct evbuffer_iovec v;
-    if (evbuffer_reserve_space(out, (ev_ssize_t)(n + payload_len), &v, 1)
-        != 1)
-      abort();
-    memcpy(v.iov_base, buf, n);
-    memcpy((char *)v.iov_base + n, payload, payload_len);
-    v.iov_len = n + payload_len;
-    if (evbuffer_commit_space(out, &v, 1) == -1)
-      abort();
-  } else {
-    evbuffer_add(out, buf, n);
-  }
   if (buf != stackbuf)
     free(buf);
   r->ctr.bytes_sent += n + payload_len;
 }
 
+/* A frame without payload. */
 static void
 repl_send_frame(struct repl *r, enum frame_type type,
-                const ProtobufCMessage *msg, const void *payload,
-                uint32_t payload_len)
+                const ProtobufCMessage *msg)
 {
-  repl_send_frame_ref(r, type, msg, payload, payload_len, NULL, NULL);
-}
-
-int
-repl_send_write(struct repl *r, struct repl_op *op, uint64_t off,
-                uint32_t len, const void *data, uint32_t flags)
-{
-  return repl_send_write_ref(r, op, off, len, data, flags, NULL, NULL);
+  repl_send_frame_ref(r, type, msg, NULL, 0, NULL, NULL);
 }
 
 int
@@ -283,7 +262,7 @@ repl_send_zero(struct repl *r, struct repl_op *op, uint64_t off, uint64_t len,
   m.offset = off;
   m.length = len;
   m.flags = flags;
-  repl_send_frame(r, FRAME_ZERO, &m.base, NULL, 0);
+  repl_send_frame(r, FRAME_ZERO, &m.base);
   r->ctr.ops_sent++;
   return 0;
 }
@@ -299,7 +278,7 @@ repl_send_flush(struct repl *r, struct repl_op *op)
   ring_push(r, op);
   m.seq = op->seq;
   m.epoch = op->epoch;
-  repl_send_frame(r, FRAME_FLUSH, &m.base, NULL, 0);
+  repl_send_frame(r, FRAME_FLUSH, &m.base);
   r->ctr.ops_sent++;
   /* The secondary drains everything before a flush: a new epoch starts. */
   epoch_advance(&r->epochs);
@@ -321,7 +300,7 @@ repl_send_verify(struct repl *r, struct repl_op *op, uint64_t off,
   m.offset = off;
   m.length = len;
   m.block_size = BDEV_ALIGN;
-  repl_send_frame(r, FRAME_VERIFY, &m.base, NULL, 0);
+  repl_send_frame(r, FRAME_VERIFY, &m.base);
   r->ctr.ops_sent++;
   /* Nothing after it may be applied before it has read its blocks. */
   epoch_advance(&r->epochs);
@@ -340,7 +319,7 @@ repl_send_sync_state(struct repl *r, bool in_sync, uint64_t total,
   m.total_bytes = total;
   m.done_bytes = done;
   m.out_of_sync_bytes = oos;
-  repl_send_frame(r, FRAME_SYNC_STATE, &m.base, NULL, 0);
+  repl_send_frame(r, FRAME_SYNC_STATE, &m.base);
 }
 
 static void
@@ -383,7 +362,7 @@ repl_send_sync_done(struct repl *r, struct repl_op *op)
   repl_gen_to_msg(&r->p->gen, &g, hist);
   m.gen = &g;
   m.decision = (char *)gen_decision_name(r->decision);
-  repl_send_frame(r, FRAME_SYNC_STATE, &m.base, NULL, 0);
+  repl_send_frame(r, FRAME_SYNC_STATE, &m.base);
   epoch_advance(&r->epochs);
   return 0;
 }
@@ -411,7 +390,7 @@ repl_send_hello(struct repl *r)
   repl_gen_to_msg(&r->p->gen, &g, hist);
   m.gen = &g;
   m.bitmap_grain = bitmap_grain(r->p->oos);
-  repl_send_frame(r, FRAME_HELLO, &m.base, NULL, 0);
+  repl_send_frame(r, FRAME_HELLO, &m.base);
 }
 
 /* ---- connection lifecycle ---- */
@@ -652,7 +631,7 @@ repl_handle_frame(struct repl *r, struct frame *f)
         Duplex__Heartbeat m = DUPLEX__HEARTBEAT__INIT;
         m.nonce = f->m.heartbeat->nonce;
         m.reply = true;
-        repl_send_frame(r, FRAME_HEARTBEAT, &m.base, NULL, 0);
+        repl_send_frame(r, FRAME_HEARTBEAT, &m.base);
       }
       return 0;
     case FRAME_ERROR:
@@ -815,7 +794,7 @@ repl_timer_cb(evutil_socket_t fd, short what, void *opaque)
       Duplex__Heartbeat m = DUPLEX__HEARTBEAT__INIT;
       m.nonce = now;
       r->last_hb_ms = now;
-      repl_send_frame(r, FRAME_HEARTBEAT, &m.base, NULL, 0);
+      repl_send_frame(r, FRAME_HEARTBEAT, &m.base);
     }
     break;
   }

@@ -67,6 +67,11 @@ vol_req_free(struct req *r)
 {
   if (!r)
     return;
+  if (r->out_refs > 0) {
+    /* Its data is still in the link's output: req_ref_done frees it. */
+    r->freed = true;
+    return;
+  }
   if (r->defer)
     event_free(r->defer);
   free(r->buf);
@@ -172,6 +177,18 @@ rop_acked(struct repl_op *op, bool ok)
   vol_kick(p);
 }
 
+/* The link encrypted (or dropped) the data it referenced. */
+static void
+req_ref_done(const void *data, size_t len, void *arg)
+{
+  struct req *r = arg;
+
+  (void)data;
+  (void)len;
+  if (--r->out_refs == 0 && r->freed)
+    vol_req_free(r);
+}
+
 /* Hand a request to the link.  In sync mode the request waits for the
  * secondary's ack; in async mode the op is detached from it.  When the link
  * is down the range is recorded as out of sync instead. */
@@ -205,7 +222,12 @@ req_replicate(struct req *r, uint64_t off, uint64_t len, const void *data)
   vr->op.bytes = r->type == REQ_WRITE ? len : 0;
   switch (r->type) {
   case REQ_WRITE:
-    rc = repl_send_write(p->repl, &vr->op, off, (uint32_t)len, data, flags);
+    /* The link references the request's buffer rather than copying it:
+     * the request outlives its reply until the bytes are encrypted. */
+    rc = repl_send_write_ref(p->repl, &vr->op, off, (uint32_t)len, data,
+                             flags, req_ref_done, r);
+    if (rc == 0)
+      r->out_refs++;
     break;
   case REQ_TRIM:
   case REQ_ZERO:
