@@ -5,11 +5,20 @@
  * takes the range lock first, so no client write to it is in flight while it
  * is read, and is put on the stream before the lock is released: any later
  * client write to the range therefore follows it on the stream and wins on
- * the replica, as it did locally.  Inside the lock the chunk is split into
- * holes (SEEK_DATA/SEEK_HOLE, sent as zero ranges without reading) and data;
- * data that reads as all zeroes is also sent as zero ranges, in 4 KiB
- * granules.  A chunk's bits are cleared when it is sent and set again if the
- * link drops before the secondary acknowledges it. */
+ * the replica, as it did locally.  Inside the lock a large chunk is split
+ * into holes (SEEK_DATA/SEEK_HOLE, sent as zero ranges without reading) and
+ * data; a small one is read whole, since reading a hole returns zeroes and
+ * two lseek calls cost more than reading 64 KiB.  Data that reads as all
+ * zeroes is sent as zero ranges, in 4 KiB granules.  A chunk's bits are
+ * cleared when it is sent and set again if the link drops before the
+ * secondary acknowledges it.
+ *
+ * Scattered 4 KiB changes make thousands of tiny chunks, so their per-chunk
+ * cost is what a resync after an outage is made of: at most
+ * RESYNC_MAX_LOCKED chunks hold (or wait for) their range lock, which keeps
+ * the lock list short and lets the first reads go out while later chunks
+ * are still being started (the TLS stream then packs their small frames
+ * into full records). */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -24,7 +33,11 @@
  * (128 measured slower: the window is limited by acknowledgement latency). */
 #define RESYNC_MAX_CHUNKS 4096
 #define RESYNC_PROGRESS_MS 500
-
+/* Chunks started and not yet read (they hold their range lock): the lock
+ * set is a list, so this bounds the cost of every lock_acquire. */
+#define RESYNC_MAX_LOCKED 128
+/* Chunks up to this size are read whole, without SEEK_DATA/SEEK_HOLE. */
+#define RESYNC_NO_PROBE (64u * 1024)
 struct resync {
   struct primary *p;
   bool active;
@@ -32,6 +45,8 @@ struct resync {
   uint64_t cursor;
   uint64_t window_bytes;
   unsigned chunks;              /* chunks started and not yet freed */
+  unsigned locked;              /* chunks holding or waiting for the lock */
+  bool kicking;                 /* inside resync_kick */
   struct resync_counters ctr;
   struct event *progress;
   uint64_t last_progress_ms;
@@ -232,16 +247,21 @@ chunk_send_data(struct chunk *c, uint64_t off, uint64_t len, const char *buf)
 }
 
 /* Drop one hold on the chunk's range lock: the lock stays until the chunk's
- * read and every checksum comparison have put their frames on the stream. */
+ * read and every checksum comparison have put their frames on the stream.
+ * Its release makes room for another chunk to start. */
 static void
 chunk_unlock(struct chunk *c)
 {
+  struct resync *rs = c->rs;
+
   if (--c->lock_holds > 0)
     return;
   if (c->lock) {
     struct range_lock *l = c->lock;
     c->lock = NULL;
-    lock_release(c->rs->p->locks, l);
+    rs->locked--;
+    lock_release(rs->p->locks, l);
+    resync_kick(rs);
   }
 }
 
@@ -417,6 +437,23 @@ chunk_read_done(struct aio_op *op, long res)
   chunk_put(c);
 }
 
+/* Under the range lock: read [pos, end) and send it when the read
+ * completes.  The chunk's opening reference now belongs to the read. */
+static void
+chunk_read(struct chunk *c, uint64_t pos, uint64_t end)
+{
+  struct primary *p = c->rs->p;
+
+  c->buf = util_alloc_aligned(end - pos);
+  c->rd_off = pos;
+  c->rd_len = end - pos;
+  c->lock_holds++;
+  aio_pread(p->aio, &c->aio, p->vol.fd, c->buf, end - pos, pos,
+            chunk_read_done, c);
+  chunk_unlock(c); /* chunk_locked's own hold; chunk_read_done drops the
+                      read's */
+}
+
 /* Under the range lock: holes go out as zero ranges at once, the data
  * extent (at most one per chunk; the rest of the chunk is put back into the
  * bitmap) is read and sent when the read completes. */
@@ -429,6 +466,10 @@ chunk_locked(struct range_lock *l, void *opaque)
   uint64_t pos = c->off, end = c->off + c->len;
 
   (void)l;
+  if (c->len <= RESYNC_NO_PROBE) {
+    chunk_read(c, pos, end);
+    return;
+  }
   while (pos < end) {
     uint64_t data = bdev_next_data(&p->vol, pos);
     uint64_t dend;
@@ -451,15 +492,8 @@ chunk_locked(struct range_lock *l, void *opaque)
       if (rs->cursor > dend)
         rs->cursor = dend;
     }
-    c->buf = util_alloc_aligned(dend - pos);
-    c->rd_off = pos;
-    c->rd_len = dend - pos;
-    /* The chunk's opening reference now belongs to the read. */
-    c->lock_holds++;
-    aio_pread(p->aio, &c->aio, p->vol.fd, c->buf, dend - pos, pos,
-              chunk_read_done, c);
-    chunk_unlock(c); /* chunk_locked's own hold */
-    return;          /* chunk_read_done drops the read's */
+    chunk_read(c, pos, dend);
+    return;
   }
   chunk_unlock(c);
   chunk_put(c);
@@ -481,6 +515,7 @@ resync_start_chunk(struct resync *rs, uint64_t off, uint64_t len)
   c->pending = 1;
   c->lock_holds = 1;
   rs->chunks++;
+  rs->locked++;
   bitmap_clear_range(p->oos, off, len);
   rs->window_bytes += len;
   c->lock = lock_acquire(p->locks, off, off + len, chunk_locked, c, &granted);
@@ -493,9 +528,14 @@ resync_kick(struct resync *rs)
 {
   struct primary *p = rs->p;
 
+  /* A chunk may finish inside resync_start_chunk (a hole, a failed send)
+   * and kick again: the loop below already goes on, do not nest. */
+  if (rs->kicking)
+    return;
+  rs->kicking = true;
   while (rs->active && repl_connected(p->repl) &&
          rs->window_bytes + RESYNC_CHUNK <= RESYNC_WINDOW &&
-         rs->chunks < RESYNC_MAX_CHUNKS) {
+         rs->chunks < RESYNC_MAX_CHUNKS && rs->locked < RESYNC_MAX_LOCKED) {
     uint64_t off, len;
     if (!bitmap_next_run(p->oos, rs->cursor, RESYNC_CHUNK, &off, &len)) {
       if (rs->cursor == 0 || !bitmap_next_run(p->oos, 0, RESYNC_CHUNK, &off,
@@ -505,6 +545,7 @@ resync_kick(struct resync *rs)
     rs->cursor = off + len;
     resync_start_chunk(rs, off, len);
   }
+  rs->kicking = false;
   resync_check_done(rs);
 }
 
