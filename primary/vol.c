@@ -366,15 +366,22 @@ write_local_done(struct aio_op *op, long res)
   req_put(r);
 }
 
-/* The whole aligned extent is in `data`: send it and write it. */
+/* The whole aligned extent is in `data`: send it and write it.  Both start
+ * once the current callback returns, in the order asked here: in sync mode
+ * the longer path (the secondary's) first, in async mode the local write
+ * the client waits for. */
 static void
 write_submit(struct req *r, const char *data, uint64_t off, uint64_t len)
 {
   struct primary *p = r->p;
+  bool local_first = p->cfg.mode == REPL_ASYNC;
 
-  req_replicate(r, off, len, data);
+  if (!local_first)
+    req_replicate(r, off, len, data);
   r->pending++;
   aio_pwrite(p->aio, &r->aio, p->vol.fd, data, len, off, write_local_done, r);
+  if (local_first)
+    req_replicate(r, off, len, data);
 }
 
 static void
