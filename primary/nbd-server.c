@@ -27,6 +27,7 @@
 #include <event2/bufferevent.h>
 #include <event2/listener.h>
 
+#include "evbuf.h"
 #include "internal.h"
 #include "log.h"
 #include "nbd-proto.h"
@@ -198,7 +199,8 @@ nbd_conn_reply(struct evbuffer *out, uint32_t error, uint64_t cookie)
   uint8_t hdr[NBD_SIMPLE_REPLY_LEN];
 
   nbd_proto_build_simple_reply(hdr, error, cookie);
-  evbuffer_add(out, hdr, sizeof hdr);
+  /* Behind the previous read reply's referenced data. */
+  evbuf_add_small(out, hdr, sizeof hdr);
 }
 
 static const char *

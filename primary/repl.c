@@ -19,6 +19,7 @@
 
 #include <event2/buffer.h>
 
+#include "evbuf.h"
 #include "frame.h"
 #include "internal.h"
 #include "log.h"
@@ -210,7 +211,8 @@ repl_send_frame_ref(struct repl *r, enum frame_type type,
   if (!buf)
     abort();
   n = frame_pack(type, msg, payload_len, buf);
-  evbuffer_add(out, buf, n);
+  if (evbuf_add_small(out, buf, n) == -1)
+    abort();
   if (payload_len)
     evbuffer_add_reference(out, payload, payload_len, ref_done, ref_arg);
   if (buf != stackbuf)

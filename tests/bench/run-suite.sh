@@ -466,6 +466,21 @@ duplex_initial_sync() {
     compare_volumes sync.img replica.img
 }
 
+# disk_copy: the disk's own limit for an initial sync on this machine, where
+# both volumes share one disk: copy the image with O_DIRECT reads and
+# writes (dd, 4 MiB blocks) into a new sparse file, as the agents do.
+disk_copy() {
+    local t0 t1
+    rm -f ddcopy.img
+    fresh_sync
+    t0=$(now_ms)
+    run dd dd if="$TESTDIR/sync.img" of="$TESTDIR/ddcopy.img" bs=4M \
+        iflag=direct oflag=direct
+    t1=$(now_ms)
+    add limit.disk "$(mibs "$SYNC_MIB" $((t1 - t0)))"
+    rm -f ddcopy.img
+}
+
 scenario_initial_sync() {
     local rep
     log "scenario 2: initial sync of $SYNC_MIB MiB, $REPEATS x"
@@ -473,6 +488,7 @@ scenario_initial_sync() {
     nbdkit_tls_certs "$TESTDIR/kitcerts"
     for ((rep = 1; rep <= REPEATS; rep++)); do
         machine_limits
+        disk_copy
         nbdcopy_tls_copy "$rep"
         duplex_initial_sync
     done
