@@ -70,6 +70,7 @@ verdict() {
 machine_facts_begin() {
     INFO[date]=$(date -u '+%Y-%m-%d %H:%M UTC')
     INFO[start]=$SECONDS
+    INFO[smoke]=${BENCH_SMOKE:-0}
     INFO[load0]=$(cut -d' ' -f1-3 /proc/loadavg)
     INFO[cores]=$(nproc)
     INFO[kernel]=$(uname -r)
@@ -377,7 +378,7 @@ measured in the same run, on the same machine, with the same files.
 - Load average (1, 5, 15 min) at the start ${INFO[load0]}, at the end ${INFO[load1]}.
 - duplex ${INFO[commit]}$( [ -z "${INFO[dirty]}" ] || echo " (uncommitted changes in ${INFO[dirty]})"), CMAKE_BUILD_TYPE=${INFO[build]:-?}; replication over TLS 1.3 on loopback TCP, --async-buffer ${ASYNC_BUF_MIB}M.
 - ${INFO[versions]}.
-- $REPEATS_TEXT of each measurement; the suite took ${INFO[minutes]} minutes$( [ "${BENCH_SMOKE:-0}" = 1 ] && echo " (BENCH_SMOKE=1: tiny sizes, not figures to quote)").
+- $REPEATS_TEXT of each measurement; the suite took ${INFO[minutes]} minutes$( [ "${INFO[smoke]:-0}" = 1 ] && echo " (BENCH_SMOKE=1: tiny sizes, not figures to quote)").
 
 ![headline ratios]($img)
 EOF

@@ -32,6 +32,10 @@
 #   BENCH_RESYNC_MIB     base volume size for scenario 3 (default 2048; the
 #                        doubled run uses twice this)
 #   BENCH_ASYNC_BUFFER_MIB  --async-buffer of every primary (default 64)
+#   BENCH_REPORT_FROM=F  run nothing: write the report again from the
+#                        figures a run saved in F (OUT.md with .data for
+#                        .md, e.g. docs/BENCHMARKS.data), e.g. after editing
+#                        docs/benchmarks-notes.md
 #   TMPDIR               where the images go (needs about 6x RESYNC_MIB free)
 #   DUPLEX_KEEP_TMP=1    keep the scratch directory (agent logs, fio JSON)
 # shellcheck source-path=SCRIPTDIR
@@ -42,7 +46,7 @@ OUT_MD=$(realpath -m "${1:-$BENCH_SRC/docs/BENCHMARKS.md}")
 OUT_PNG=$(realpath -m "${2:-$(dirname "$OUT_MD")/benchmarks.png}")
 
 # ---- build (before the harness: it checks for the binaries) ----
-if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
+if [ -z "${BENCH_SKIP_BUILD:-}" ] && [ -z "${BENCH_REPORT_FROM:-}" ]; then
     BENCH_BUILD_DIR=$(realpath -m "${BENCH_BUILD_DIR:-$BENCH_SRC/build-release}")
     echo "run-suite: building duplex (Release) in $BENCH_BUILD_DIR" >&2
     cmake -S "$BENCH_SRC" -B "$BENCH_BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null ||
@@ -51,6 +55,8 @@ if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
         --target duplex-primary duplex-secondary duplexctl >/dev/null ||
         { echo "run-suite: FAIL: cmake --build $BENCH_BUILD_DIR (run it to see the errors)" >&2; exit 1; }
     export DUPLEX_BUILD=$BENCH_BUILD_DIR
+elif [ -n "${BENCH_REPORT_FROM:-}" ]; then
+    export DUPLEX_BUILD=${DUPLEX_BUILD:-$BENCH_SRC/build-release}
 fi
 
 # ---- sizes ----
@@ -583,6 +589,20 @@ check_disk() {
         fail "$TESTDIR: $avail MiB free, the suite needs about $need MiB (set TMPDIR elsewhere or lower BENCH_RESYNC_MIB)"
 }
 
+# The figures and the settings the report reads, so that it can be written
+# again without a run (BENCH_REPORT_FROM).
+SAVED_VARS=(R INFO REPEATS RUNTIME RAMP FIO_MIB SYNC_MIB RESYNC_MIB
+    ASYNC_BUF_MIB SPEED_SECS)
+
+if [ -n "${BENCH_REPORT_FROM:-}" ]; then
+    # shellcheck source=/dev/null
+    source "$BENCH_REPORT_FROM" ||
+        fail "BENCH_REPORT_FROM=$BENCH_REPORT_FROM: cannot read the saved figures"
+    write_report "$OUT_MD" "$OUT_PNG"
+    log "wrote $OUT_MD and $OUT_PNG from $BENCH_REPORT_FROM"
+    exit 0
+fi
+
 check_disk
 make_certs "$CERTS" primary secondary
 machine_facts_begin
@@ -590,5 +610,7 @@ scenario_write_cost
 scenario_initial_sync
 scenario_resync
 machine_facts_end
+declare -p "${SAVED_VARS[@]}" | sed 's/^declare -\([aA]*\)[^ ]* /declare -g\1 /' \
+    >"${OUT_MD%.md}.data"
 write_report "$OUT_MD" "$OUT_PNG"
-log "wrote $OUT_MD and $OUT_PNG"
+log "wrote $OUT_MD, $OUT_PNG and ${OUT_MD%.md}.data"
