@@ -230,9 +230,11 @@ void repl_shutdown(struct repl *r);
 enum repl_state repl_state(const struct repl *r);
 bool repl_connected(const struct repl *r);
 /* Ops are sent in call order.  Each returns 0, or -1 if not connected (then
- * acked and ref_done are never called).  A write's data is not copied:
- * ref_done(data, len, ref_arg) runs once the bytes are encrypted or
- * dropped; data must stay valid until then. */
+ * acked and ref_done are never called).  A large write's data is not
+ * copied: ref_done(data, len, ref_arg) runs once the bytes are encrypted or
+ * dropped, and data must stay valid until then; a small one is copied and
+ * ref_done runs before repl_send_write_ref returns (take the reference
+ * before calling). */
 typedef void (*repl_ref_done_fn)(const void *data, size_t len, void *arg);
 int repl_send_write_ref(struct repl *r, struct repl_op *op, uint64_t off,
                         uint32_t len, const void *data, uint32_t flags,

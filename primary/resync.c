@@ -205,13 +205,16 @@ piece_send(struct chunk *c, uint64_t off, uint64_t len, const char *buf)
   pc->len = len;
   pc->op.acked = piece_acked;
   if (buf) {
+    /* The reference is taken first: a small piece is copied and released
+     * inside the call (the chunk's pending count keeps it alive). */
+    c->out_refs++;
     rc = repl_send_write_ref(p->repl, &pc->op, off, (uint32_t)len, buf,
                              DUPLEX__OP_FLAG__OP_FLAG_RESYNC, chunk_ref_done,
                              c);
-    if (rc == 0) {
-      c->out_refs++;
+    if (rc == 0)
       rs->ctr.data_bytes_sent += len;
-    }
+    else
+      c->out_refs--;
   } else {
     rc = repl_send_zero(p->repl, &pc->op, off, len,
                         DUPLEX__OP_FLAG__OP_FLAG_RESYNC |

@@ -222,12 +222,13 @@ req_replicate(struct req *r, uint64_t off, uint64_t len, const void *data)
   vr->op.bytes = r->type == REQ_WRITE ? len : 0;
   switch (r->type) {
   case REQ_WRITE:
-    /* The link references the request's buffer rather than copying it:
-     * the request outlives its reply until the bytes are encrypted. */
+    /* The link references a large request's buffer rather than copying
+     * it: the request outlives its reply until the bytes are encrypted. */
+    r->out_refs++;
     rc = repl_send_write_ref(p->repl, &vr->op, off, (uint32_t)len, data,
                              flags, req_ref_done, r);
-    if (rc == 0)
-      r->out_refs++;
+    if (rc != 0)
+      r->out_refs--;
     break;
   case REQ_TRIM:
   case REQ_ZERO:

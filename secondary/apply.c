@@ -148,6 +148,7 @@ apply_release(struct apply *a, struct apply_op *op, bool retired)
     a->window--;
   if (op->type == APPLY_WRITE)
     a->st.queued_bytes -= op->length;
+  a->st.held_bytes -= op->held;
   if (retired) {
     if (op->type == APPLY_WRITE)
       a->st.applied_bytes += op->length;
@@ -247,6 +248,7 @@ apply_queue(struct apply *a, struct apply_op *op)
   a->queued++;
   if (op->type == APPLY_WRITE)
     a->st.queued_bytes += op->length;
+  a->st.held_bytes += op->held;
   if (a->next == NULL)
     a->next = op;
   apply_pump(a);

@@ -23,7 +23,9 @@
 
 #define SEC_MAX_INFLIGHT 64u             /* replica I/Os submitted at once */
 #define SEC_AIO_DEPTH 128u
-#define SEC_MAX_QUEUED (64ull << 20)     /* received-not-applied payload */
+/* Memory held by received, not yet applied ops (payload plus buffer
+ * overhead, which is as large as the payload for 4 KiB writes). */
+#define SEC_MAX_QUEUED (64ull << 20)
 #define SEC_RESUME_QUEUED (48ull << 20)  /* read again once below this */
 #define SEC_PEER_TIMEOUT_MS 10000u       /* primary heartbeats every 2 s */
 #define SEC_CLOSE_TIMEOUT_MS 2000u       /* flushing a last ERROR frame */
@@ -131,6 +133,7 @@ struct apply_op {
   uint64_t length;              /* WRITE: payload bytes; ZERO: range */
   uint32_t flags;               /* OP_FLAG_* from the wire */
   char *mem;                    /* owned, freed with the op (may be NULL) */
+  uint64_t held;                /* memory mem takes, for backpressure */
   const char *data;             /* WRITE payload, BDEV_ALIGN aligned */
   uint64_t tag;                 /* MARK: the caller's */
   /* owned by apply.c */
@@ -165,6 +168,7 @@ struct apply_events {
 
 struct apply_stats {
   uint64_t queued_bytes;        /* WRITE payload received, not yet done */
+  uint64_t held_bytes;          /* memory those ops hold (op->held) */
   uint64_t applied_bytes;       /* WRITE payload done */
   uint64_t zeroed_bytes;
   uint64_t ops_done;

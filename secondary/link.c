@@ -201,9 +201,9 @@ link_update(struct link *l)
   case LINK_REPLICATING:
     /* Backpressure, with hysteresis so that reading does not flap. */
     apply_get_stats(s->apply, &st);
-    if (!l->throttled && st.queued_bytes > SEC_MAX_QUEUED)
+    if (!l->throttled && st.held_bytes > SEC_MAX_QUEUED)
       l->throttled = true;
-    else if (l->throttled && st.queued_bytes <= SEC_RESUME_QUEUED)
+    else if (l->throttled && st.held_bytes <= SEC_RESUME_QUEUED)
       l->throttled = false;
     want = !l->throttled;
     break;
@@ -419,6 +419,9 @@ link_on_write(struct link *l, const struct frame *f, char **memp)
   op->flags = w->flags;
   op->mem = *memp;
   *memp = NULL;
+  /* The frame's buffer: a page for the header (so the payload is
+   * aligned), the payload, and what an aligned allocation may waste. */
+  op->held = w->length + 2 * BDEV_ALIGN;
   op->data = (const char *)f->payload;
   return link_queue(l, op);
 }
@@ -480,6 +483,7 @@ link_on_verify(struct link *l, const Duplex__Verify *v)
   op->offset = v->offset;
   op->length = v->length;
   op->mem = util_alloc_aligned(v->length);
+  op->held = v->length + BDEV_ALIGN;
   return link_queue(l, op);
 }
 

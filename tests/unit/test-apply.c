@@ -110,6 +110,7 @@ q_op(struct fake *f, enum apply_type type, uint64_t seq, uint64_t epoch,
   op->offset = off;
   op->length = len;
   op->flags = flags;
+  op->held = len + 100;         /* what the link would say its buffer takes */
   assert_int_equal(apply_queue(f->a, op), 0);
   return op;
 }
@@ -137,6 +138,15 @@ queued_bytes(struct fake *f)
   return st.queued_bytes;
 }
 
+static uint64_t
+held_bytes(struct fake *f)
+{
+  struct apply_stats st;
+
+  apply_get_stats(f->a, &st);
+  return st.held_bytes;
+}
+
 /* Ops of one epoch start together; done events leave in stream order even
  * when the I/O completes out of order. */
 static void
@@ -150,6 +160,7 @@ test_same_epoch_parallel(void **state)
   q_write(f, 3, 1, 16384);
   assert_int_equal(f->n_started, 3);
   assert_int_equal(queued_bytes(f), 3 * 4096);
+  assert_int_equal(held_bytes(f), 3 * (4096 + 100));  /* for backpressure */
   complete(f, 2, 0);
   complete(f, 1, 0);
   assert_int_equal(f->n_done, 0);       /* seq 1 still in flight */
@@ -159,6 +170,7 @@ test_same_epoch_parallel(void **state)
   assert_int_equal(f->done_seq[1], 2);
   assert_int_equal(f->done_seq[2], 3);
   assert_int_equal(queued_bytes(f), 0);
+  assert_int_equal(held_bytes(f), 0);
   assert_false(apply_busy(f->a));
   fake_free(f);
 }
