@@ -396,7 +396,9 @@ stream_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info,
   struct tls_stream *ts = arg;
 
   (void)buf;
-  if (info->n_added && !ts->kick_pending && ts->state == TS_OPEN) {
+  /* While the socket is full, the EV_WRITE wake-up writes it all. */
+  if (info->n_added && !ts->kick_pending && ts->state == TS_OPEN &&
+      !event_pending(ts->wev, EV_WRITE, NULL)) {
     ts->kick_pending = true;
     event_active(ts->kick, 0, 0);
   }
