@@ -374,6 +374,8 @@ scenario_write_cost() {
             stop_agents "$PRI" "$SEC"
         done
 
+        loopback_rtt
+
         # Sync once more with the replica in RAM: the latency without the
         # secondary's write queueing on the primary's disk.
         fresh_pair_files
@@ -470,6 +472,27 @@ duplex_initial_sync() {
     record_peak_rss s2
     stop_agents "$PRI" "$SEC"
     compare_volumes sync.img replica.img
+}
+
+# loopback_rtt: one round trip between two processes over loopback TCP on
+# this machine (fio's net engine, ping-pong of 4 KiB, no TLS): the floor of
+# what a sync write adds to a local one.
+loopback_rtt() {
+    local port pid
+    port=$(free_port)
+    fio --name=pong --ioengine=net --protocol=tcp --port="$port" --listen \
+        --pingpong=1 --rw=read --bs=4k --size=64m --output-format=json \
+        >"$TESTDIR/fio-pong.out" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >>"$TESTDIR/.agents"
+    cleanup_fn kill_quiet "$pid"
+    wait_until -m "fio net listens on $port" "port_listening $port"
+    run fio-ping fio --name=ping --ioengine=net --protocol=tcp \
+        --hostname=127.0.0.1 --port="$port" --pingpong=1 --rw=write --bs=4k \
+        --size=64m --output-format=json
+    wait "$pid" || { cat "$TESTDIR/fio-pong.out" >&2; fail "fio net --listen on $port failed"; }
+    add limit.rtt "$(sed -n '/^{/,$p' "$TESTDIR/fio-ping.out" |
+        jq '.jobs[0].write.clat_ns.percentile["50.000000"] / 1000')"
 }
 
 # disk_copy: the disk's own limit for an initial sync on this machine, where
