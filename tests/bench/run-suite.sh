@@ -44,6 +44,8 @@ set -euo pipefail
 BENCH_SRC=$(cd "$(dirname "$0")/../.." && pwd)
 OUT_MD=$(realpath -m "${1:-$BENCH_SRC/docs/BENCHMARKS.md}")
 OUT_PNG=$(realpath -m "${2:-$(dirname "$OUT_MD")/benchmarks.png}")
+# (the harness changes directory)
+[ -z "${BENCH_REPORT_FROM:-}" ] || BENCH_REPORT_FROM=$(realpath -m "$BENCH_REPORT_FROM")
 
 # ---- build (before the harness: it checks for the binaries) ----
 if [ -z "${BENCH_SKIP_BUILD:-}" ] && [ -z "${BENCH_REPORT_FROM:-}" ]; then
