@@ -635,6 +635,7 @@ scenario_write_cost
 scenario_initial_sync
 scenario_resync
 machine_facts_end
+mkdir -p "$(dirname "$OUT_MD")"
 declare -p "${SAVED_VARS[@]}" | sed 's/^declare -\([aA]*\)[^ ]* /declare -g\1 /' \
     >"${OUT_MD%.md}.data"
 write_report "$OUT_MD" "$OUT_PNG"
