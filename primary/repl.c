@@ -217,21 +217,14 @@ repl_send_frame_ref(struct repl *r, enum frame_type type,
   if (!buf)
     abort();
   n = frame_pack(type, msg, payload_len, buf);
+  if (evbuf_add_small(out, buf, n) == -1)
+    abort();
   if (payload_len > 0 && payload_len <= REPL_COPY_MAX) {
-    struct evbuffer_iovec v;
-    if (evbuffer_reserve_space(out, (ev_ssize_t)(n + payload_len), &v, 1) < 1)
-      abort();
-    memcpy(v.iov_base, buf, n);
-    memcpy((char *)v.iov_base + n, payload, payload_len);
-    v.iov_len = n + payload_len;
-    if (evbuffer_commit_space(out, &v, 1) == -1)
+    if (evbuf_add_small(out, payload, payload_len) == -1)
       abort();
     ref_done(payload, payload_len, ref_arg);
-  } else {
-    if (evbuf_add_small(out, buf, n) == -1)
-      abort();
-    if (payload_len)
-      evbuffer_add_reference(out, payload, payload_len, ref_done, ref_arg);
+  } else if (payload_len > 0) {
+    evbuffer_add_reference(out, payload, payload_len, ref_done, ref_arg);
   }
   if (buf != stackbuf)
     free(buf);
