@@ -47,6 +47,7 @@ struct tls_stream {
   bool rev_armed;
   bool kick_pending;
   bool write_wants_read; /* SSL_write said WANT_READ */
+  bool read_wants_write; /* SSL_read said WANT_WRITE */
   size_t read_limit;
   char *sink;            /* tls_stream_read_into's destination */
   size_t sink_left;
@@ -242,6 +243,18 @@ stream_flush(struct tls_stream *ts)
 
 /* ---- reading ---- */
 
+/* stream_ssl_error for SSL_read, remembering a read that has to wait for
+ * the socket to take a write (post-handshake messages), so that only then
+ * the EV_WRITE wake-up retries reading. */
+static int
+stream_read_failed(struct tls_stream *ts, int rc, int *sys_err)
+{
+  int what = stream_ssl_error(ts, rc, sys_err);
+
+  ts->read_wants_write = what == 0 && SSL_want_write(ts->ssl);
+  return what;
+}
+
 /* Decrypt into the input buffer until the socket is empty, the owner has
  * enough, or one pass worth arrived (then the owner parses it and the next
  * pass follows in the same loop iteration, so input does not pile up
@@ -267,7 +280,7 @@ stream_read(struct tls_stream *ts)
       rc = SSL_read(ts->ssl, ts->sink, (int)MIN(ts->sink_left,
                                                  (size_t)INT_MAX));
       if (rc <= 0) {
-        what = stream_ssl_error(ts, rc, &sys_err);
+        what = stream_read_failed(ts, rc, &sys_err);
         break;
       }
       ts->sink += rc;
@@ -289,7 +302,7 @@ stream_read(struct tls_stream *ts)
     ERR_clear_error();
     rc = SSL_read(ts->ssl, v.iov_base, (int)MIN(v.iov_len, (size_t)INT_MAX));
     if (rc <= 0) {
-      what = stream_ssl_error(ts, rc, &sys_err);
+      what = stream_read_failed(ts, rc, &sys_err);
       break;
     }
     v.iov_len = (size_t)rc;
@@ -370,8 +383,11 @@ stream_wev_cb(evutil_socket_t fd, short what, void *arg)
   else
     stream_flush(ts);
   /* A read that wanted to write (post-handshake messages) resumes too. */
-  if (!ts->freed && ts->state == TS_OPEN && ts->rev_armed)
+  if (!ts->freed && ts->state == TS_OPEN && ts->rev_armed &&
+      ts->read_wants_write) {
+    ts->read_wants_write = false;
     event_active(ts->rev, EV_READ, 0);
+  }
   stream_leave(ts);
 }
 
