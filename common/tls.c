@@ -1,7 +1,8 @@
 /* TLS 1.3 with mutual certificate authentication: contexts, the SSL object
- * of a connection, and error descriptions.  The peer name is checked by OpenSSL during chain
- * verification (X509_VERIFY_PARAM host/ip), on the server as well as on the
- * client, so a handshake only completes with a correctly named peer. */
+ * of a connection, and error descriptions.  The peer name is checked by
+ * OpenSSL during chain verification (X509_VERIFY_PARAM host/ip), on the
+ * server as well as on the client, so a handshake only completes with a
+ * correctly named peer. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>

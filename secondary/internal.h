@@ -294,7 +294,7 @@ enum link_state {
   LINK_CLOSING,         /* flushing a last frame, then freed */
 };
 
-/* Takes ownership of bev (TLS, not yet handshaken). */
+/* Takes ownership of ts (TLS, not yet handshaken). */
 struct link *link_new(struct secondary *s, struct tls_stream *ts,
                       const char *peer_addr);
 /* Log reason (warn if error, else info), send nothing more, free soon. */

@@ -43,8 +43,8 @@ struct link {
   char cn[256];                 /* verified peer name */
   uint64_t last_rx_ms;
   uint64_t closing_ms;
-  bool reading;                 /* EV_READ enabled, as last computed */
-  bool throttled;               /* too much payload waiting to be applied */
+  bool reading;                 /* reading from the stream, as last computed */
+  bool throttled;               /* queued ops hold too much memory */
   bool shut_wr;
   /* A WRITE frame whose payload is arriving straight into its aligned
    * buffer (tls_stream_read_into). */

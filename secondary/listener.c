@@ -1,5 +1,5 @@
 /* The TCP listener the primary connects to.  Each accepted connection gets a
- * TLS bufferevent and a link in LINK_TLS_HANDSHAKE; link.c takes it from
+ * TLS stream and a link in LINK_TLS_HANDSHAKE; link.c takes it from
  * there.  Unverified connections are bounded so a port scanner or a
  * misconfigured peer cannot pile them up. */
 #include <arpa/inet.h>
