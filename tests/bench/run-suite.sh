@@ -397,10 +397,36 @@ scenario_write_cost() {
 
 # ---- scenario 2: initial sync ----
 
+# client_server LABEL PORT SERVER... -- CLIENT...: SERVER serves one client
+# and exits (its output in LABEL-server.out; stopped by the cleanup if it
+# does not); once PORT listens, CLIENT runs through run (its output in
+# LABEL.out); then SERVER must have exited cleanly.
+client_server() {
+    local label=$1 port=$2 pid
+    local -a server=()
+    shift 2
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do
+        server+=("$1")
+        shift
+    done
+    [ $# -gt 1 ] || fail "client_server $label: no -- CLIENT command"
+    shift
+    "${server[@]}" >"$TESTDIR/$label-server.out" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >>"$TESTDIR/.agents"
+    cleanup_fn kill_quiet "$pid"
+    wait_until -m "$label server listens on port $port" "port_listening $port"
+    run "$label" "$@"
+    wait "$pid" || {
+        cat "$TESTDIR/$label-server.out" >&2
+        fail "$label server exited with an error: $(printf '%q ' "${server[@]}")"
+    }
+}
+
 # machine_limits: AES-128-GCM on one core (openssl speed, 16 KiB blocks)
 # and loopback TCP (iperf3, if installed), appended to R.
 machine_limits() {
-    local port pid v
+    local port v
     run openssl-speed openssl speed -evp aes-128-gcm -seconds "$SPEED_SECS" \
         -bytes 16384 -mr
     # "+F:25:AES-128-GCM:BYTES_PER_SECOND" (machine-readable, bytes/s)
@@ -409,13 +435,8 @@ machine_limits() {
     add limit.aes "$v"
     if command -v iperf3 >/dev/null; then
         port=$(free_port)
-        iperf3 -s -1 -B 127.0.0.1 -p "$port" >"$TESTDIR/iperf3-server.log" 2>&1 </dev/null &
-        pid=$!
-        echo "$pid" >>"$TESTDIR/.agents"
-        cleanup_fn kill_quiet "$pid"
-        wait_until -m "iperf3 -s listens on $port" "port_listening $port"
-        run iperf3 iperf3 -c 127.0.0.1 -p "$port" -t "$SPEED_SECS" -J
-        wait "$pid" || { cat "$TESTDIR/iperf3-server.log" >&2; fail "iperf3 -s -1 -p $port exited with an error"; }
+        client_server iperf3 "$port" iperf3 -s -1 -B 127.0.0.1 -p "$port" -- \
+            iperf3 -c 127.0.0.1 -p "$port" -t "$SPEED_SECS" -J
         v=$(jq '.end.sum_received.bits_per_second / 8 / 1048576 * 10 | round / 10' "$TESTDIR/iperf3.out")
         add limit.tcp "$v"
     fi
@@ -480,19 +501,14 @@ duplex_initial_sync() {
 # this machine (fio's net engine, ping-pong of 4 KiB, no TLS): the floor of
 # what a sync write adds to a local one.
 loopback_rtt() {
-    local port pid
+    local port
     port=$(free_port)
-    fio --name=pong --ioengine=net --protocol=tcp --port="$port" --listen \
-        --pingpong=1 --rw=read --bs=4k --size=64m --output-format=json \
-        >"$TESTDIR/fio-pong.out" 2>&1 </dev/null &
-    pid=$!
-    echo "$pid" >>"$TESTDIR/.agents"
-    cleanup_fn kill_quiet "$pid"
-    wait_until -m "fio net listens on $port" "port_listening $port"
-    run fio-ping fio --name=ping --ioengine=net --protocol=tcp \
-        --hostname=127.0.0.1 --port="$port" --pingpong=1 --rw=write --bs=4k \
-        --size=64m --output-format=json
-    wait "$pid" || { cat "$TESTDIR/fio-pong.out" >&2; fail "fio net --listen on $port failed"; }
+    client_server fio-ping "$port" fio --name=pong --ioengine=net \
+        --protocol=tcp --port="$port" --listen --pingpong=1 --rw=read \
+        --bs=4k --size=64m --output-format=json -- \
+        fio --name=ping --ioengine=net --protocol=tcp --hostname=127.0.0.1 \
+        --port="$port" --pingpong=1 --rw=write --bs=4k --size=64m \
+        --output-format=json
     add limit.rtt "$(sed -n '/^{/,$p' "$TESTDIR/fio-ping.out" |
         jq '.jobs[0].write.clat_ns.percentile["50.000000"] / 1000')"
 }
