@@ -7,6 +7,14 @@
  * loop pass, after the owner's callback returns, without asking epoll
  * first.
  *
+ * Reads: one rule, in stream_update_read, after every state change
+ * (handshake done, reading resumed, read limit raised or input consumed,
+ * a sink set): while the owner wants input and the last read pass did not
+ * end with OpenSSL waiting for the socket, another pass is scheduled.
+ * OpenSSL reads ahead, so records (even the peer's first frame, arriving
+ * with its Finished inside a handshake call) can sit decrypted or
+ * buffered in it while the socket is empty and epoll has nothing to say.
+ *
  * Writes: a first output segment shorter than a record is coalesced with
  * what follows into a staging buffer of one full record (16 KiB), so small
  * frames share records; longer segments (block payloads referenced by the
@@ -48,6 +56,9 @@ struct tls_stream {
   bool kick_pending;
   bool write_wants_read; /* SSL_write said WANT_READ */
   bool read_wants_write; /* SSL_read said WANT_WRITE */
+  bool read_blocked;     /* the last read pass (or handshake step) ended
+                            with OpenSSL waiting for the socket: only
+                            epoll (or EV_WRITE) can make progress */
   size_t read_limit;
   char *sink;            /* tls_stream_read_into's destination */
   size_t sink_left;
@@ -85,6 +96,10 @@ stream_leave(struct tls_stream *ts)
   return true;
 }
 
+/* The one place that decides about reading, after any state change: arm
+ * the socket's EV_READ while input is wanted, and when the last pass did
+ * not end waiting for the socket, run a pass now: what OpenSSL holds is
+ * invisible to epoll. */
 static void
 stream_update_read(struct tls_stream *ts)
 {
@@ -92,17 +107,15 @@ stream_update_read(struct tls_stream *ts)
               (ts->state == TS_OPEN && ts->reading &&
                evbuffer_get_length(ts->in) < ts->read_limit);
 
-  if (want == ts->rev_armed)
-    return;
-  ts->rev_armed = want;
-  if (want) {
-    event_add(ts->rev, NULL);
-    /* OpenSSL may hold records it read ahead that epoll knows nothing
-     * about: look at once. */
-    event_active(ts->rev, EV_READ, 0);
-  } else {
-    event_del(ts->rev);
+  if (want != ts->rev_armed) {
+    ts->rev_armed = want;
+    if (want)
+      event_add(ts->rev, NULL);
+    else
+      event_del(ts->rev);
   }
+  if (want && !ts->read_blocked)
+    event_active(ts->rev, EV_READ, 0);
 }
 
 /* Record why the stream stopped, stop it, tell the owner. */
@@ -252,6 +265,7 @@ stream_read_failed(struct tls_stream *ts, int rc, int *sys_err)
   int what = stream_ssl_error(ts, rc, sys_err);
 
   ts->read_wants_write = what == 0 && SSL_want_write(ts->ssl);
+  ts->read_blocked = what == 0;
   return what;
 }
 
@@ -262,16 +276,17 @@ stream_read_failed(struct tls_stream *ts, int rc, int *sys_err)
 static void
 stream_read(struct tls_stream *ts)
 {
-  bool got = false, more = false;
+  bool got = false;
   size_t pass = 0;
   int what = 0, sys_err = 0;
 
+  /* Each way out of the loop says whether OpenSSL waits for the socket
+   * (read_blocked) or a pass should follow when input is wanted again. */
+  ts->read_blocked = false;
   while (ts->state == TS_OPEN && ts->reading &&
          evbuffer_get_length(ts->in) < ts->read_limit) {
-    if (pass >= TLS_READ_PASS) {
-      more = true;
+    if (pass >= TLS_READ_PASS)
       break;
-    }
     struct evbuffer_iovec v;
     int rc;
 
@@ -290,11 +305,12 @@ stream_read(struct tls_stream *ts)
       if (ts->sink_left == 0) {
         /* The owner takes it from here; then reading goes on. */
         ts->sink = NULL;
-        more = true;
         break;
       }
-      if (!SSL_has_pending(ts->ssl))
+      if (!SSL_has_pending(ts->ssl)) {
+        ts->read_blocked = true;
         break;
+      }
       continue;
     }
     if (evbuffer_reserve_space(ts->in, TLS_READ_CHUNK, &v, 1) < 1)
@@ -311,14 +327,13 @@ stream_read(struct tls_stream *ts)
     got = true;
     /* Nothing buffered in OpenSSL: epoll says when the socket has more,
      * which saves a read() that would say EAGAIN after every record. */
-    if (!SSL_has_pending(ts->ssl))
+    if (!SSL_has_pending(ts->ssl)) {
+      ts->read_blocked = true;
       break;
+    }
   }
-  if (what == 0) {
+  if (what == 0)
     stream_update_read(ts);
-    if (more && ts->rev_armed)
-      event_active(ts->rev, EV_READ, 0);
-  }
   if (got && ts->read_cb) {
     ts->read_cb(ts, ts->arg);
     if (ts->freed)
@@ -338,10 +353,14 @@ stream_handshake(struct tls_stream *ts)
   ERR_clear_error();
   rc = SSL_do_handshake(ts->ssl);
   if (rc != 1) {
+    ts->read_blocked = true;
     (void)stream_wait_or_fail(ts, rc);
     return;
   }
+  /* The handshake may have read application data behind the peer's
+   * Finished (read-ahead): it is OpenSSL's now, not the socket's. */
   ts->state = TS_OPEN;
+  ts->read_blocked = false;
   stream_update_read(ts);
   if (evbuffer_get_length(ts->out) && !ts->kick_pending) {
     ts->kick_pending = true;
@@ -383,10 +402,10 @@ stream_wev_cb(evutil_socket_t fd, short what, void *arg)
   else
     stream_flush(ts);
   /* A read that wanted to write (post-handshake messages) resumes too. */
-  if (!ts->freed && ts->state == TS_OPEN && ts->rev_armed &&
-      ts->read_wants_write) {
+  if (!ts->freed && ts->state == TS_OPEN && ts->read_wants_write) {
     ts->read_wants_write = false;
-    event_active(ts->rev, EV_READ, 0);
+    ts->read_blocked = false;
+    stream_update_read(ts);
   }
   stream_leave(ts);
 }
@@ -428,7 +447,7 @@ stream_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info,
   struct tls_stream *ts = arg;
 
   (void)buf;
-  if (info->n_deleted && !ts->rev_armed)
+  if (info->n_deleted)
     stream_update_read(ts);
 }
 
@@ -473,6 +492,7 @@ tls_stream_new(struct event_base *base, SSL_CTX *ctx, int fd, bool server,
   evbuffer_add_cb(ts->in, stream_in_cb, ts);
   ts->state = TS_HANDSHAKE;
   ts->rev_armed = true;
+  ts->read_blocked = true;      /* the EV_WRITE below starts the handshake */
   event_add(ts->rev, NULL);
   /* The client speaks first; either way, start from the loop. */
   event_active(ts->wev, EV_WRITE, 0);
@@ -527,9 +547,7 @@ tls_stream_read_into(struct tls_stream *ts, void *dst, size_t len)
   }
   ts->sink = len ? dst : NULL;
   ts->sink_left = len;
-  /* OpenSSL may already hold the bytes (read ahead): look at once. */
-  if (len && ts->rev_armed)
-    event_active(ts->rev, EV_READ, 0);
+  stream_update_read(ts);
 }
 
 size_t

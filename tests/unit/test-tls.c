@@ -634,6 +634,152 @@ test_stream_free_inside_callback(void **state)
   event_base_free(base);
 }
 
+/* ---- input left in OpenSSL after a state change ---- */
+
+/* The race seen on loopback, made deterministic: the server's handshake
+ * starts in the stream's write callback (the first callback of a new
+ * stream), and while that one SSL_do_handshake() call runs, the client's
+ * whole answer arrives: Finished and the first frame right behind it, in
+ * one read (read-ahead).  The socket is then empty, so epoll never wakes
+ * the stream again; the frame must be delivered anyway.  The linker wraps
+ * SSL_do_handshake (-Wl,--wrap) so the test's client can act inside it. */
+int __real_SSL_do_handshake(SSL *ssl);
+int __wrap_SSL_do_handshake(SSL *ssl);
+
+static const char stall_frame[] = "HELLO: the first frame after Finished";
+
+static struct {
+  SSL *client;                  /* driven by hand on a non-blocking fd */
+  SSL *server;                  /* the stream's; set when its wrap fires */
+  bool armed, done;
+  int handshakes_in_wrap;       /* server calls that completed in the wrap */
+} stall;
+
+static void
+stall_client_step(bool finish)
+{
+  int rc = SSL_connect(stall.client);
+
+  if (!finish) {
+    assert_int_equal(SSL_get_error(stall.client, rc), SSL_ERROR_WANT_READ);
+    return;
+  }
+  assert_int_equal(rc, 1);
+  assert_int_equal(SSL_write(stall.client, stall_frame,
+                             (int)sizeof stall_frame),
+                   (int)sizeof stall_frame);
+}
+
+int
+__wrap_SSL_do_handshake(SSL *ssl)
+{
+  int rc;
+
+  if (!stall.armed || ssl == stall.client)
+    return __real_SSL_do_handshake(ssl);
+  stall.armed = false;
+  stall.server = ssl;
+  stall_client_step(false);                 /* ClientHello */
+  rc = __real_SSL_do_handshake(ssl);        /* its answer; wants Finished */
+  assert_int_equal(rc, -1);
+  assert_int_equal(SSL_get_error(ssl, rc), SSL_ERROR_WANT_READ);
+  stall_client_step(true);                  /* Finished + the frame */
+  rc = __real_SSL_do_handshake(ssl);
+  if (rc == 1)
+    stall.handshakes_in_wrap++;
+  stall.done = true;
+  return rc;
+}
+
+struct stall_side {
+  size_t got;
+  char buf[256];
+  bool connected, failed;
+};
+
+static void
+stall_read_cb(struct tls_stream *ts, void *arg)
+{
+  struct stall_side *s = arg;
+  int n = evbuffer_remove(tls_stream_input(ts), s->buf + s->got,
+                          sizeof s->buf - s->got);
+
+  if (n > 0)
+    s->got += (size_t)n;
+}
+
+static void
+stall_event_cb(struct tls_stream *ts, int what, void *arg)
+{
+  struct stall_side *s = arg;
+
+  (void)ts;
+  if (what & TLS_STREAM_CONNECTED)
+    s->connected = true;
+  if (what & (TLS_STREAM_EOF | TLS_STREAM_ERROR))
+    s->failed = true;
+}
+
+static void
+test_stream_handshake_in_write_callback(void **state)
+{
+  struct event_base *base = event_base_new();
+  SSL_CTX *cctx = ctx_for("primary", "ca", "secondary.test", false);
+  SSL_CTX *sctx = ctx_for("secondary", "ca", "primary.test", true);
+  struct stall_side s = { 0 };
+  struct tls_stream *ts;
+  int sv[2], passes;
+
+  (void)state;
+  assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+  memset(&stall, 0, sizeof stall);
+  stall.client = tls_ssl_new(cctx, false, "secondary.test");
+  assert_non_null(stall.client);
+  assert_int_equal(SSL_set_fd(stall.client, sv[0]), 1);
+  SSL_set_connect_state(stall.client);
+  ts = tls_stream_new(base, sctx, sv[1], true, "primary.test");
+  assert_non_null(ts);
+  tls_stream_setcb(ts, stall_read_cb, NULL, stall_event_cb, &s);
+  stall.armed = true;
+  /* Loop passes that never block: nothing else will arrive. */
+  for (passes = 0; passes < 50 && s.got < sizeof stall_frame; passes++)
+    event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+  assert_true(stall.done);
+  assert_int_equal(stall.handshakes_in_wrap, 1);
+  assert_true(s.connected);
+  assert_false(s.failed);
+  /* The frame was read from the socket inside the handshake: nothing is
+   * left for epoll to report, yet it must reach the owner. */
+  assert_int_equal(s.got, sizeof stall_frame);
+  assert_memory_equal(s.buf, stall_frame, sizeof stall_frame);
+  assert_true(passes <= 3);
+
+  /* The same holds after reading is paused and resumed, and after a read
+   * limit is raised, with the next frame already buffered in OpenSSL. */
+  s.got = 0;
+  tls_stream_set_reading(ts, false);
+  assert_int_equal(SSL_write(stall.client, stall_frame,
+                             (int)sizeof stall_frame),
+                   (int)sizeof stall_frame);
+  assert_int_equal(SSL_write(stall.client, stall_frame,
+                             (int)sizeof stall_frame),
+                   (int)sizeof stall_frame);
+  for (passes = 0; passes < 5; passes++)
+    event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+  assert_int_equal(s.got, 0);
+  tls_stream_set_reading(ts, true);
+  for (passes = 0; passes < 50 && s.got < 2 * sizeof stall_frame; passes++)
+    event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+  assert_int_equal(s.got, 2 * sizeof stall_frame);
+
+  tls_stream_free(ts);
+  SSL_free(stall.client);
+  close(sv[0]);
+  SSL_CTX_free(cctx);
+  SSL_CTX_free(sctx);
+  event_base_free(base);
+}
+
 int
 main(void)
 {
@@ -649,6 +795,7 @@ main(void)
     cmocka_unit_test(test_ctx_errors_name_the_file),
     cmocka_unit_test(test_stream_transfer),
     cmocka_unit_test(test_stream_free_inside_callback),
+    cmocka_unit_test(test_stream_handshake_in_write_callback),
   };
   return cmocka_run_group_tests(tests, setup_certs, teardown_certs);
 }
