@@ -30,6 +30,15 @@ struct vol_rop {
 /* Requests spanning more extents than this bypass the activity log. */
 #define VOL_AL_MAX_EXTENTS 64
 
+/* The largest replication WRITE frame this side sends.  Secondaries of
+ * this protocol version refuse payloads over FRAME_MAX_PAYLOAD (33 MiB),
+ * while clients may write up to NBD_BLOCK_MAX (64 MiB): a larger write
+ * goes out as several frames, one op each, in the same epoch as long as
+ * it is not full (the pieces do not overlap). */
+#define VOL_REPL_MAX_WRITE (32u * 1024 * 1024)
+_Static_assert(VOL_REPL_MAX_WRITE <= FRAME_MAX_PAYLOAD,
+               "replication write pieces must fit in a frame");
+
 static void req_finish(struct req *r);
 static void req_put(struct req *r);
 static void write_locked(struct range_lock *l, void *opaque);
@@ -198,8 +207,18 @@ req_replicate(struct req *r, uint64_t off, uint64_t len, const void *data)
   struct primary *p = r->p;
   struct vol_rop *vr;
   uint32_t flags = r->fua ? DUPLEX__OP_FLAG__OP_FLAG_FUA : 0;
+  uint64_t n;
   int rc;
 
+  if (r->type == REQ_WRITE && len > VOL_REPL_MAX_WRITE) {
+    /* One piece per frame; the request waits for all of them and closes
+     * the epoch of the last. */
+    for (uint64_t done = 0; done < len; done += n) {
+      n = len - done < VOL_REPL_MAX_WRITE ? len - done : VOL_REPL_MAX_WRITE;
+      req_replicate(r, off + done, n, (const char *)data + done);
+    }
+    return;
+  }
   if (!repl_connected(p->repl) || p->ahead) {
     if (len) {
       /* The first change a lost peer does not get starts a new generation,
