@@ -89,12 +89,18 @@ struct primary {
   struct stats stats;
   TAILQ_HEAD(, req) waiting;    /* writes waiting for async buffer space */
   bool stopping;
+  char meta_error[512];         /* why the last superblock write failed;
+                                   "" once one succeeds again */
+  uint64_t meta_write_errors;   /* failed superblock writes since start */
 };
 
 /* Start a new data generation (first change the peer does not get) and
- * persist it before that change is made. */
-void primary_new_generation(struct primary *p);
-/* Persist p->gen (a resync finished). */
+ * persist it (written and synced) before that change is made.  0, or -1
+ * (logged, in meta_error; need_new_gen and p->gen unchanged): the change
+ * must not be made. */
+int primary_new_generation(struct primary *p);
+/* Persist p->gen (a resync finished); a failure is logged and shown in
+ * status, p->gen is kept for the next superblock write. */
 void primary_save_generation(struct primary *p);
 
 /* ---- vol.c: the request engine (local I/O + replication) ---- */

@@ -14,9 +14,13 @@
 #include "log.h"
 
 #define STOP_DEADLINE_MS 4000
+#define META_LOG_INTERVAL_MS 10000
 
 static struct primary primary;
 static struct event *tick;
+/* Rate limit of main_meta_failed's log lines. */
+static uint64_t meta_logged_ms;
+static uint64_t meta_unlogged;
 
 static uint64_t
 main_random_id(void)
@@ -117,25 +121,77 @@ main_load_bitmap(struct primary *p)
              (unsigned long long)bitmap_dirty_bytes(p->oos));
 }
 
-void
+/* A superblock write failed: log it (the first time, then at most every
+ * META_LOG_INTERVAL_MS while the failures go on) and keep the reason for
+ * status until a superblock write succeeds again. */
+static void
+main_meta_failed(struct primary *p, const char *what, int err,
+                 const char *consequence)
+{
+  uint64_t now = util_now_ms();
+
+  p->meta_write_errors++;
+  snprintf(p->meta_error, sizeof p->meta_error, "metadata %s: %s: %s; %s",
+           p->cfg.meta, what, strerror(err), consequence);
+  if (meta_logged_ms && now - meta_logged_ms < META_LOG_INTERVAL_MS) {
+    meta_unlogged++;
+    return;
+  }
+  if (meta_unlogged)
+    log_error("primary: %s (%llu more failures since the last report)",
+              p->meta_error, (unsigned long long)meta_unlogged);
+  else
+    log_error("primary: %s", p->meta_error);
+  meta_logged_ms = now;
+  meta_unlogged = 0;
+}
+
+static void
+main_meta_ok(struct primary *p)
+{
+  if (p->meta_error[0])
+    log_info("primary: metadata %s: written again", p->cfg.meta);
+  p->meta_error[0] = '\0';
+  meta_logged_ms = 0;
+  meta_unlogged = 0;
+}
+
+/* Generations are what tells, after a crash, which side holds changes the
+ * other lacks: a change made before its generation is on disk could hide a
+ * split brain.  So the new generation is written and synced here, and only
+ * on success may the caller start the change; on failure p->gen and
+ * need_new_gen stay as they were, the caller fails the change and the next
+ * one tries again. */
+int
 primary_new_generation(struct primary *p)
 {
   struct meta_sb sb = *meta_get(p->meta);
+  struct gen_ids next = p->gen;
   char id[17];
   int rc;
 
-  gen_new_current(&p->gen, main_random_id());
-  sb.gen = p->gen;
-  if ((rc = meta_write(p->meta, &sb)) < 0)
-    log_error("primary: metadata %s: cannot record a new generation: %s",
-              p->cfg.meta, strerror(-rc));
+  gen_new_current(&next, main_random_id());
+  sb.gen = next;
+  if ((rc = meta_write(p->meta, &sb)) < 0) {
+    main_meta_failed(p, "cannot record a new data generation", -rc,
+                     "writes while the secondary is away fail (EIO) until "
+                     "it is recorded, each one tries again; check the disk "
+                     "or file system holding the metadata");
+    return -1;
+  }
+  p->gen = next;
   p->need_new_gen = false;
+  main_meta_ok(p);
   gen_format(p->gen.current, id);
   log_info("primary: new data generation %s (writes continue without the "
            "secondary)", id);
+  return 0;
 }
 
-/* Persist the generation identifiers (after a resync finished). */
+/* Persist the generation identifiers (after a resync finished).  On failure
+ * p->gen keeps the new identifiers; the next superblock write (a new
+ * generation, the shutdown) carries them.  Until then the file holds the
+ * old ones, which are safe: at worst a later connect resyncs more. */
 void
 primary_save_generation(struct primary *p)
 {
@@ -143,9 +199,16 @@ primary_save_generation(struct primary *p)
   int rc;
 
   sb.gen = p->gen;
-  if ((rc = meta_write(p->meta, &sb)) < 0)
-    log_error("primary: metadata %s: cannot record the generation: %s",
-              p->cfg.meta, strerror(-rc));
+  if ((rc = meta_write(p->meta, &sb)) < 0) {
+    main_meta_failed(p, "cannot record the generation the secondary "
+                     "adopted", -rc, "it is written with the next "
+                     "superblock update; after a crash before that, the "
+                     "next connect may resync more than needed (up to the "
+                     "whole volume); check the disk or file system holding "
+                     "the metadata");
+    return;
+  }
+  main_meta_ok(p);
 }
 
 /* Once a second: retire idle activity-log extents, flush bitmap pages. */
@@ -202,7 +265,7 @@ main(int argc, char **argv)
   char err[512];
   struct event *sigterm, *sigint;
   struct meta_sb sb;
-  bool clean;
+  bool clean, stale_gen;
   int rc, i;
 
   rc = config_parse(argc, argv, &p->cfg, err, sizeof err);
@@ -288,9 +351,19 @@ main(int argc, char **argv)
   else
     al_flush_bitmap(p->al);
   sb = *meta_get(p->meta);
+  stale_gen = memcmp(&sb.gen, &p->gen, sizeof sb.gen) != 0;
   sb.gen = p->gen;
   sb.clean_shutdown = clean;
-  meta_write(p->meta, &sb);
+  /* A failure leaves the superblock written last, not marked clean: what a
+   * crash would have left (the activity log, not this flag, decides what
+   * the next start resyncs). */
+  if ((rc = meta_write(p->meta, &sb)) < 0)
+    log_error("primary: metadata %s: cannot record the shutdown: %s; the "
+              "file keeps the superblock written last%s; check the disk or "
+              "file system holding the metadata before the next start",
+              p->cfg.meta, strerror(-rc),
+              stale_gen ? ", whose generation identifiers are out of date "
+              "(the next connect may resync more than needed)" : "");
   meta_close(p->meta);
   if (p->cfg.pidfile)
     unlink(p->cfg.pidfile);

@@ -151,6 +151,13 @@ status_json(struct primary *p, struct evbuffer *out)
     json_str(&j, "last_error", err);
   else
     json_null(&j, "last_error");
+  /* A failed superblock write (e.g. a new generation that could not be
+   * recorded, so writes without the secondary fail with EIO). */
+  if (p->meta_error[0])
+    json_str(&j, "metadata_error", p->meta_error);
+  else
+    json_null(&j, "metadata_error");
+  json_u64(&j, "metadata_write_errors", p->meta_write_errors);
   json_end(&j);
 }
 
@@ -192,6 +199,8 @@ status_human(struct primary *p, struct evbuffer *out)
                         "--discard-local` on one side\n");
   if (err)
     evbuffer_add_printf(out, "last error:   %s\n", err);
+  if (p->meta_error[0])
+    evbuffer_add_printf(out, "metadata:     %s\n", p->meta_error);
 }
 
 int

@@ -8,7 +8,12 @@
  * secondary only ever receives aligned writes.  The write is submitted
  * locally and sent to the secondary at the same time; it is answered when the
  * local write is done and, in sync mode, the secondary has it too.  The lock
- * is held until the answer, and answering closes the replication epoch. */
+ * is held until the answer, and answering closes the replication epoch.
+ *
+ * Before the first change the secondary will not get (the link is down),
+ * vol_generation records a new data generation on disk; only then is the
+ * change started locally, and if it cannot be recorded the request fails
+ * with EIO without touching the volume. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -220,15 +225,11 @@ req_replicate(struct req *r, uint64_t off, uint64_t len, const void *data)
     return;
   }
   if (!repl_connected(p->repl) || p->ahead) {
-    if (len) {
-      /* The first change a lost peer does not get starts a new generation,
-       * on disk before the change itself.  Pulling ahead of a connected
-       * peer does not: it stays in this generation and gets the blocks by
-       * resync. */
-      if (!repl_connected(p->repl) && p->need_new_gen)
-        primary_new_generation(p);
+    /* A lost peer's new generation is on disk already (vol_generation);
+     * pulling ahead of a connected peer stays in this generation and
+     * sends the blocks by resync. */
+    if (len)
       bitmap_set_range(p->oos, off, len);
-    }
     return;
   }
   vr = calloc(1, sizeof *vr);
@@ -286,6 +287,25 @@ req_replicate(struct req *r, uint64_t off, uint64_t len, const void *data)
     r->rop = vr;
     r->pending++;
   }
+}
+
+/* The first change a lost peer does not get starts a new data generation,
+ * on disk before the change is started: called right before a write-like
+ * request's local change is submitted, in the same callback as its
+ * req_replicate, so the link cannot come or go in between.  If the
+ * generation cannot be recorded the request fails with EIO (nothing was
+ * changed) and need_new_gen stays set for the next one. */
+static int
+vol_generation(struct req *r)
+{
+  struct primary *p = r->p;
+
+  if (repl_connected(p->repl) || !p->need_new_gen)
+    return 0;
+  if (primary_new_generation(p) == 0)
+    return 0;
+  req_set_err(r, EIO);
+  return -1;
 }
 
 /* Record the write intent of a locked request in the activity log. */
@@ -389,13 +409,16 @@ write_local_done(struct aio_op *op, long res)
 /* The whole aligned extent is in `data`: send it and write it.  Both start
  * once the current callback returns, in the order asked here: in sync mode
  * the longer path (the secondary's) first, in async mode the local write
- * the client waits for. */
+ * the client waits for.  A new generation, if one is due, is on disk before
+ * either is asked for. */
 static void
 write_submit(struct req *r, const char *data, uint64_t off, uint64_t len)
 {
   struct primary *p = r->p;
   bool local_first = p->cfg.mode == REPL_ASYNC;
 
+  if (vol_generation(r) == -1)
+    return;
   if (!local_first)
     req_replicate(r, off, len, data);
   r->pending++;
@@ -468,7 +491,7 @@ zero_locked(struct range_lock *l, void *opaque)
 
   (void)l;
   r->pending = 1;
-  if (vol_intent(r) == -1) {
+  if (vol_intent(r) == -1 || vol_generation(r) == -1) {
     req_put(r);
     return;
   }
