@@ -19,6 +19,8 @@
 #include "util.h"
 
 #define BDEV_ZERO_CHUNK (1024u * 1024)
+/* A write-back at open taking longer than this is logged. */
+#define BDEV_WRITEBACK_LOG_MS 100
 
 static int
 bdev_create(const char *path, uint64_t size, char *err, size_t errlen)
@@ -48,6 +50,33 @@ bdev_create(const char *path, uint64_t size, char *err, size_t errlen)
   close(fd);
   util_format_bytes(size, sz, sizeof sz);
   log_info("volume %s: created a sparse file of %s", path, sz);
+  return 0;
+}
+
+/* Data written to the volume through the page cache just before the agent
+ * starts (an image copied in with cp, dd or head) may still be dirty in the
+ * kernel, and O_DIRECT bypasses the cache.  Write it all back, durably,
+ * once, here, before the first O_DIRECT access and before any of it is
+ * replicated, rather than rely on each direct read writing back the pages
+ * it covers (Linux's file systems and block devices do, range by range
+ * inside io_submit, but without a cache flush: a power cut could then take
+ * data the secondary already holds).  EINVAL: the file cannot be synced. */
+static int
+bdev_writeback(struct bdev *b, char *err, size_t errlen)
+{
+  uint64_t t0 = util_now_ms(), ms;
+
+  if (fdatasync(b->fd) == -1 && errno != EINVAL) {
+    snprintf(err, errlen, "volume %s: cannot write back the data the kernel "
+             "has cached for it (fdatasync): %m; recent writes to it through "
+             "the page cache may be lost, check the disk", b->path);
+    return -1;
+  }
+  ms = util_now_ms() - t0;
+  if (ms > BDEV_WRITEBACK_LOG_MS)
+    log_info("volume %s: wrote back the data the kernel had cached for it "
+             "in %.1f s, before the first O_DIRECT access", b->path,
+             ms / 1000.0);
   return 0;
 }
 
@@ -121,6 +150,8 @@ bdev_open(const char *path, uint64_t create_size, struct bdev *out,
              "%u bytes", path, out->size, BDEV_ALIGN);
     goto err;
   }
+  if (out->direct && bdev_writeback(out, err, errlen) == -1)
+    goto err;
   return 0;
 
 err:

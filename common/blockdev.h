@@ -22,7 +22,9 @@ struct bdev {
 
 /* Open path read-write.  If it does not exist and create_size > 0, create a
  * sparse regular file of that size.  Refuses sizes that are not a multiple
- * of BDEV_ALIGN.  0, or -1 with "volume PATH: ..." in err. */
+ * of BDEV_ALIGN.  With O_DIRECT, first writes back (fdatasync) whatever the
+ * page cache holds for it, logged when slow.  0, or -1 with
+ * "volume PATH: ..." in err. */
 int bdev_open(const char *path, uint64_t create_size, struct bdev *out,
               char *err, size_t errlen);
 void bdev_close(struct bdev *b);

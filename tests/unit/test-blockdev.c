@@ -1,5 +1,7 @@
-/* Volumes: creation, size checks, locking, zeroing (fallocate and the
- * write fallback, aligned and not), data/hole queries. */
+/* Volumes: creation, size checks, locking, write-back of the page cache at
+ * open, zeroing (fallocate and the write fallback, aligned and not),
+ * data/hole queries.  Linked with --wrap=fdatasync (tests/CMakeLists.txt)
+ * to see, and fail, the syncs bdev_open makes. */
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
@@ -19,6 +21,25 @@
 #include "util.h"
 
 #define VOL_SIZE (4u << 20)
+
+/* fdatasync as bdev_open (and this file) see it. */
+int __real_fdatasync(int fd);
+int __wrap_fdatasync(int fd);
+static int sync_calls;
+static int sync_last_fd = -1;
+static int sync_fail; /* errno to fail with; 0: the real call */
+
+int
+__wrap_fdatasync(int fd)
+{
+  sync_calls++;
+  sync_last_fd = fd;
+  if (sync_fail) {
+    errno = sync_fail;
+    return -1;
+  }
+  return __real_fdatasync(fd);
+}
 
 struct fixture {
   char dir[64];
@@ -205,6 +226,68 @@ test_data_and_holes(void **state)
   free(buf);
 }
 
+/* Data written through the page cache and not synced yet is written back
+ * when the volume is opened with O_DIRECT, before anything reads it
+ * directly; a failed write-back refuses the volume.  (Linux itself writes
+ * back dirty pages before an O_DIRECT read of them, so the bytes read
+ * below match either way; the sync is what is checked.) */
+static void
+test_open_writes_back(void **state)
+{
+  struct fixture *fx = *state;
+  uint8_t *want = malloc(VOL_SIZE), *got = util_alloc_aligned(VOL_SIZE);
+  struct bdev b;
+  char err[512];
+  FILE *f;
+
+  for (uint32_t i = 0; i < VOL_SIZE; i++)
+    want[i] = (uint8_t)(i * 2654435761u >> 24);
+  f = fopen(fx->path, "w");
+  assert_non_null(f);
+  assert_int_equal(fwrite(want, 1, VOL_SIZE, f), VOL_SIZE);
+  assert_int_equal(fclose(f), 0); /* dirty in the page cache, not synced */
+
+  sync_calls = 0;
+  assert_int_equal(bdev_open(fx->path, 0, &b, err, sizeof err), 0);
+  if (!b.direct) {
+    bdev_close(&b);
+    skip(); /* no O_DIRECT where the fixture lives */
+  }
+  assert_int_equal(sync_calls, 1);
+  assert_int_equal(sync_last_fd, b.fd);
+  assert_int_equal(pread(b.fd, got, VOL_SIZE, 0), VOL_SIZE);
+  assert_memory_equal(got, want, VOL_SIZE);
+  bdev_close(&b);
+
+  /* The write-back fails: the volume is refused, with the reason, and
+   * left unlocked. */
+  sync_fail = EIO;
+  assert_int_equal(bdev_open(fx->path, 0, &b, err, sizeof err), -1);
+  sync_fail = 0;
+  assert_non_null(strstr(err, fx->path));
+  assert_non_null(strstr(err, "cannot write back"));
+  assert_non_null(strstr(err, "Input/output error"));
+  assert_int_equal(bdev_open(fx->path, 0, &b, err, sizeof err), 0);
+  bdev_close(&b);
+
+  /* Buffered I/O (tmpfs has no O_DIRECT) reads the page cache itself:
+   * nothing to write back. */
+  teardown(state);
+  setup_tmpfs(state);
+  fx = *state;
+  f = fopen(fx->path, "w");
+  assert_non_null(f);
+  assert_int_equal(fwrite(want, 1, VOL_SIZE, f), VOL_SIZE);
+  assert_int_equal(fclose(f), 0);
+  sync_calls = 0;
+  assert_int_equal(bdev_open(fx->path, 0, &b, err, sizeof err), 0);
+  if (!b.direct)
+    assert_int_equal(sync_calls, 0);
+  bdev_close(&b);
+  free(got);
+  free(want);
+}
+
 int
 main(void)
 {
@@ -214,6 +297,7 @@ main(void)
     cmocka_unit_test_setup_teardown(test_zero_fallback, setup_tmpfs,
                                     teardown),
     cmocka_unit_test_setup_teardown(test_data_and_holes, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_open_writes_back, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
