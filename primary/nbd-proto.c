@@ -1,5 +1,6 @@
-/* NBD wire format: handshake, option haggling, request validation and
- * simple replies.  No I/O: see nbd-proto.h. */
+/* NBD wire format: handshake, option haggling (fixed and non-fixed
+ * newstyle), request validation and simple replies.  No I/O: see
+ * nbd-proto.h. */
 #include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -104,11 +105,6 @@ nbd_proto_parse_client_flags(const uint8_t in[NBD_CLIENT_FLAGS_LEN],
   if (f & ~(uint32_t)(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)) {
     nbd_proto_why(why, whylen, "client flags 0x%08" PRIx32
                   " have unknown bits set", f);
-    return -1;
-  }
-  if (!(f & NBD_FLAG_C_FIXED_NEWSTYLE)) {
-    nbd_proto_why(why, whylen, "client does not support fixed newstyle "
-                  "negotiation (flags 0x%08" PRIx32 ")", f);
     return -1;
   }
   *cflags = f;
@@ -303,7 +299,18 @@ nbd_proto_option(const struct nbd_export *exp, uint32_t cflags,
 
   nbd_proto_why(why, whylen, "%s", "");
   if (hdr->length > NBD_MAX_OPTION)
-    return nbd_proto_option_too_big(hdr, out, why, whylen);
+    return nbd_proto_option_too_big(hdr, cflags, out, why, whylen);
+
+  if (!(cflags & NBD_FLAG_C_FIXED_NEWSTYLE) &&
+      hdr->option != NBD_OPT_EXPORT_NAME) {
+    /* No reply format exists for this client: close without one. */
+    if (hdr->option != NBD_OPT_ABORT)
+      nbd_proto_why(why, whylen, "%s from a client without fixed newstyle "
+                    "negotiation, which may send only NBD_OPT_EXPORT_NAME "
+                    "and cannot read an error reply",
+                    nbd_proto_opt_name(hdr->option));
+    return NBD_OPT_CLOSE;
+  }
 
   switch (hdr->option) {
   case NBD_OPT_EXPORT_NAME:
@@ -342,14 +349,16 @@ nbd_proto_option(const struct nbd_export *exp, uint32_t cflags,
 }
 
 enum nbd_opt_result
-nbd_proto_option_too_big(const struct nbd_opt_hdr *hdr, struct evbuffer *out,
-                         char *why, size_t whylen)
+nbd_proto_option_too_big(const struct nbd_opt_hdr *hdr, uint32_t cflags,
+                         struct evbuffer *out, char *why, size_t whylen)
 {
   nbd_proto_why(why, whylen, "%s with %" PRIu32 " bytes of data (limit %u)",
                 nbd_proto_opt_name(hdr->option), hdr->length,
                 NBD_MAX_OPTION);
-  /* EXPORT_NAME has no error reply: proto.md says terminate. */
-  if (hdr->option == NBD_OPT_EXPORT_NAME)
+  /* EXPORT_NAME has no error reply: proto.md says terminate.  Nor has
+   * anything sent by a client without fixed newstyle. */
+  if (hdr->option == NBD_OPT_EXPORT_NAME ||
+      !(cflags & NBD_FLAG_C_FIXED_NEWSTYLE))
     return NBD_OPT_CLOSE;
   nbd_proto_opt_error(out, hdr->option, NBD_REP_ERR_TOO_BIG,
                       "option data too long");

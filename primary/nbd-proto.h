@@ -1,5 +1,6 @@
-/* NBD wire format (NetworkBlockDevice/nbd doc/proto.md), fixed newstyle
- * handshake and simple replies only.  Everything here is pure: bytes in,
+/* NBD wire format (NetworkBlockDevice/nbd doc/proto.md): newstyle handshake
+ * (fixed, and non-fixed clients through NBD_OPT_EXPORT_NAME) and simple
+ * replies only.  Everything here is pure: bytes in,
  * result or reply bytes (in an evbuffer, which is memory, not a socket)
  * out.  nbd-server.c does the I/O; the unit tests and fuzz-nbd drive these
  * functions directly. */
@@ -130,8 +131,10 @@ uint16_t nbd_proto_tflags(void);
 /* Server greeting: NBDMAGIC, IHAVEOPT, FIXED_NEWSTYLE|NO_ZEROES. */
 void nbd_proto_build_handshake(uint8_t out[NBD_HANDSHAKE_LEN]);
 
-/* The client's 32-bit flags.  0, or -1 with the reason in why (client
- * without FIXED_NEWSTYLE, or unknown flag bits: the server must close). */
+/* The client's 32-bit flags.  0, or -1 with the reason in why (unknown
+ * flag bits: the server must close).  A client without
+ * NBD_FLAG_C_FIXED_NEWSTYLE (old nbd-client, libnbd with handshake flags 0)
+ * is accepted: it may send only NBD_OPT_EXPORT_NAME, see nbd_proto_option. */
 int nbd_proto_parse_client_flags(const uint8_t in[NBD_CLIENT_FLAGS_LEN],
                                  uint32_t *cflags, char *why, size_t whylen);
 
@@ -188,7 +191,15 @@ enum nbd_opt_result {
 /* Handle one complete option (header already parsed, payload of hdr->length
  * bytes, at most NBD_MAX_OPTION) for the single export exp: append every
  * reply to out and say what happens next.  why gets a reason when the
- * client did something wrong (an error reply was built), else "". */
+ * client did something wrong (an error reply was built, or the connection
+ * must close without one), else "".
+ *
+ * A client without NBD_FLAG_C_FIXED_NEWSTYLE in cflags cannot parse option
+ * replies (they came with fixed newstyle): for it, NBD_OPT_EXPORT_NAME is
+ * answered as usual and any other option returns NBD_OPT_CLOSE with nothing
+ * in out (proto.md: non-fixed newstyle has only NBD_OPT_EXPORT_NAME; qemu's
+ * server closes too).  NBD_OPT_ABORT closes without a reply and without a
+ * reason (it is what the client asked for). */
 enum nbd_opt_result nbd_proto_option(const struct nbd_export *exp,
                                      uint32_t cflags,
                                      const struct nbd_opt_hdr *hdr,
@@ -198,9 +209,11 @@ enum nbd_opt_result nbd_proto_option(const struct nbd_export *exp,
 
 /* An option whose length exceeds NBD_MAX_OPTION: its payload is not
  * buffered.  Builds NBD_REP_ERR_TOO_BIG and returns NBD_OPT_NEXT (the
- * caller then discards hdr->length bytes), or NBD_OPT_CLOSE for
- * NBD_OPT_EXPORT_NAME, which has no error reply. */
+ * caller then discards hdr->length bytes), or NBD_OPT_CLOSE with nothing in
+ * out for NBD_OPT_EXPORT_NAME, which has no error reply, and for a client
+ * without fixed newstyle, which cannot read one. */
 enum nbd_opt_result nbd_proto_option_too_big(const struct nbd_opt_hdr *hdr,
+                                             uint32_t cflags,
                                              struct evbuffer *out, char *why,
                                              size_t whylen);
 

@@ -285,6 +285,10 @@ nbd_conn_client_flags(struct nbd_conn *c, struct evbuffer *in)
     nbd_conn_close(c, LOG_LVL_WARN, why);
     return NBD_STEP_WAIT;
   }
+  if (!(c->cflags & NBD_FLAG_C_FIXED_NEWSTYLE))
+    log_debug("%s: client without fixed newstyle negotiation (flags "
+              "0x%08" PRIx32 "): only NBD_OPT_EXPORT_NAME is possible",
+              c->name, c->cflags);
   c->state = NBD_CONN_OPT_HDR;
   return NBD_STEP_AGAIN;
 }
@@ -309,8 +313,8 @@ nbd_conn_opt_hdr(struct nbd_conn *c, struct evbuffer *in)
     return NBD_STEP_AGAIN;
   }
   /* Too long to buffer: skip the payload as it arrives, then answer. */
-  if (nbd_proto_option_too_big(&c->opt, c->held, why, sizeof why) ==
-      NBD_OPT_CLOSE) {
+  if (nbd_proto_option_too_big(&c->opt, c->cflags, c->held, why,
+                               sizeof why) == NBD_OPT_CLOSE) {
     nbd_conn_close(c, LOG_LVL_WARN, why);
     return NBD_STEP_WAIT;
   }
@@ -335,6 +339,11 @@ nbd_conn_opt_data(struct nbd_conn *c, struct evbuffer *in)
   res = nbd_proto_option(&c->srv->exp, c->cflags, &c->opt, payload,
                          c->wbuf, why, sizeof why);
   evbuffer_drain(in, c->opt.length);
+  if (res == NBD_OPT_CLOSE && why[0] != '\0') {
+    /* Closing without a reply (none can be sent to this client). */
+    nbd_conn_close(c, LOG_LVL_WARN, why);
+    return NBD_STEP_WAIT;
+  }
   if (why[0] != '\0')
     nbd_conn_warn(c, "option refused", why);
   else

@@ -53,10 +53,15 @@ fuzz_check_replies(struct evbuffer *out, uint32_t option,
     CHECK(len == ((cflags & NBD_FLAG_C_NO_ZEROES) ? 10u : 134u));
     return;
   }
-  if (res == NBD_OPT_CLOSE && option == NBD_OPT_EXPORT_NAME) {
+  if (res == NBD_OPT_CLOSE && (option == NBD_OPT_EXPORT_NAME ||
+                                !(cflags & NBD_FLAG_C_FIXED_NEWSTYLE))) {
+    /* No reply exists: EXPORT_NAME refused, or a non-fixed client. */
     CHECK(len == 0);
     return;
   }
+  /* A non-fixed client gets no option reply at all. */
+  CHECK(option == NBD_OPT_EXPORT_NAME ||
+        (cflags & NBD_FLAG_C_FIXED_NEWSTYLE));
   CHECK(len > 0);
   while (off < len) {
     uint32_t type, rlen;
@@ -148,7 +153,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   if (nbd_proto_parse_client_flags(data + pos, &cflags, why, sizeof why) != 0) {
     CHECK(why[0] != '\0');
     /* carry on with a sane value so options still get exercised */
-    cflags = NBD_FLAG_C_FIXED_NEWSTYLE | (data[pos + 3] & NBD_FLAG_C_NO_ZEROES);
+    cflags = data[pos + 3] &
+             (NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
   }
   pos += NBD_CLIENT_FLAGS_LEN;
 
@@ -163,12 +169,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     pos += NBD_OPT_HDR_LEN;
     evbuffer_drain(out, evbuffer_get_length(out));
     if (hdr.length > NBD_MAX_OPTION) {
-      res = nbd_proto_option_too_big(&hdr, out, why, sizeof why);
+      res = nbd_proto_option_too_big(&hdr, cflags, out, why, sizeof why);
       CHECK(why[0] != '\0');
       if (res == NBD_OPT_NEXT)
         fuzz_check_replies(out, hdr.option, res, cflags);
       else
-        CHECK(hdr.option == NBD_OPT_EXPORT_NAME);
+        CHECK(hdr.option == NBD_OPT_EXPORT_NAME ||
+              !(cflags & NBD_FLAG_C_FIXED_NEWSTYLE));
       /* the payload is skipped: clamp to what we have */
       pos += hdr.length < size - pos ? hdr.length : size - pos;
       continue;

@@ -141,10 +141,12 @@ test_client_flags(void **state)
   } cases[] = {
     { NBD_FLAG_C_FIXED_NEWSTYLE, 0 },
     { NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES, 0 },
-    { 0, -1 },                               /* old newstyle client */
-    { NBD_FLAG_C_NO_ZEROES, -1 },
+    { 0, 0 },                                /* non-fixed newstyle client */
+    { NBD_FLAG_C_NO_ZEROES, 0 },
     { NBD_FLAG_C_FIXED_NEWSTYLE | 4, -1 },   /* unknown bit */
     { NBD_FLAG_C_FIXED_NEWSTYLE | 0x80000000u, -1 },
+    { 4, -1 },
+    { NBD_FLAG_C_NO_ZEROES | 0x100, -1 },
   };
   uint8_t b[4];
   uint32_t got;
@@ -361,6 +363,83 @@ test_option_export_name(void **state)
                               NBD_OPT_EXPORT_NAME, NULL, 0, out, why,
                               sizeof why), NBD_OPT_TRANSMISSION);
   assert_int_equal(evbuffer_get_length(out), 10);
+  evbuffer_remove(out, b, 10);
+  assert_int_equal(be64(b), SIZE);
+  assert_int_equal(be16(b + 8), tflags_all);
+  evbuffer_free(out);
+}
+
+/* A client without fixed newstyle (old nbd-client, libnbd with handshake
+ * flags 0): NBD_OPT_EXPORT_NAME works, with or without the zeroes. */
+static void
+test_option_export_name_non_fixed(void **state)
+{
+  struct evbuffer *out = evbuffer_new();
+  uint8_t b[200];
+  char why[200];
+
+  (void)state;
+  assert_int_equal(run_option(0, NBD_OPT_EXPORT_NAME, (const uint8_t *)"vol",
+                              3, out, why, sizeof why),
+                   NBD_OPT_TRANSMISSION);
+  assert_string_equal(why, "");
+  assert_int_equal(evbuffer_get_length(out), 10 + 124);
+  evbuffer_remove(out, b, 134);
+  assert_int_equal(be64(b), SIZE);
+  assert_int_equal(be16(b + 8), tflags_all);
+  for (int i = 10; i < 134; i++)
+    assert_int_equal(b[i], 0);
+
+  assert_int_equal(run_option(NBD_FLAG_C_NO_ZEROES, NBD_OPT_EXPORT_NAME, NULL,
+                              0, out, why, sizeof why), NBD_OPT_TRANSMISSION);
+  assert_string_equal(why, "");
+  assert_int_equal(evbuffer_get_length(out), 10);
+  evbuffer_remove(out, b, 10);
+  assert_int_equal(be64(b), SIZE);
+  assert_int_equal(be16(b + 8), tflags_all);
+  evbuffer_free(out);
+}
+
+/* Any other option from such a client closes the connection without a
+ * reply: it has no way to parse one. */
+static void
+test_option_non_fixed_others(void **state)
+{
+  static const uint32_t opts[] = {
+    NBD_OPT_GO, NBD_OPT_INFO, NBD_OPT_LIST, NBD_OPT_STARTTLS,
+    NBD_OPT_STRUCTURED_REPLY, NBD_OPT_EXTENDED_HEADERS, 0, 4242,
+  };
+  static const uint32_t cflags[] = { 0, NBD_FLAG_C_NO_ZEROES };
+  struct evbuffer *out = evbuffer_new();
+  uint8_t b[64];
+  uint32_t len = go_payload(b, "", NULL, 0);
+  struct nbd_opt_hdr h;
+  char why[200];
+
+  (void)state;
+  for (size_t f = 0; f < 2; f++) {
+    for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {
+      assert_int_equal(run_option(cflags[f], opts[i], b,
+                                  opts[i] == NBD_OPT_LIST ? 0 : len, out, why,
+                                  sizeof why), NBD_OPT_CLOSE);
+      assert_int_equal(evbuffer_get_length(out), 0);
+      assert_non_null(strstr(why, nbd_proto_opt_name(opts[i])));
+      assert_non_null(strstr(why, "fixed newstyle"));
+    }
+    /* ABORT: closed as asked, no reply and no complaint */
+    assert_int_equal(run_option(cflags[f], NBD_OPT_ABORT, NULL, 0, out, why,
+                                sizeof why), NBD_OPT_CLOSE);
+    assert_int_equal(evbuffer_get_length(out), 0);
+    assert_string_equal(why, "");
+
+    /* an oversized option cannot get ERR_TOO_BIG either */
+    h.option = NBD_OPT_GO;
+    h.length = NBD_MAX_OPTION + 1;
+    assert_int_equal(nbd_proto_option_too_big(&h, cflags[f], out, why,
+                                              sizeof why), NBD_OPT_CLOSE);
+    assert_int_equal(evbuffer_get_length(out), 0);
+    assert_true(strlen(why) > 10);
+  }
   evbuffer_free(out);
 }
 
@@ -450,7 +529,8 @@ test_option_too_big(void **state)
   char why[200];
 
   (void)state;
-  assert_int_equal(nbd_proto_option_too_big(&h, out, why, sizeof why),
+  assert_int_equal(nbd_proto_option_too_big(&h, NBD_FLAG_C_FIXED_NEWSTYLE,
+                                            out, why, sizeof why),
                    NBD_OPT_NEXT);
   assert_non_null(strstr(why, "65537"));
   take_reply(out, &r);
@@ -461,7 +541,8 @@ test_option_too_big(void **state)
   /* EXPORT_NAME cannot be answered with an error: close */
   h.option = NBD_OPT_EXPORT_NAME;
   h.length = 0xffffffffu;
-  assert_int_equal(nbd_proto_option_too_big(&h, out, why, sizeof why),
+  assert_int_equal(nbd_proto_option_too_big(&h, NBD_FLAG_C_FIXED_NEWSTYLE,
+                                            out, why, sizeof why),
                    NBD_OPT_CLOSE);
   assert_int_equal(evbuffer_get_length(out), 0);
   evbuffer_free(out);
@@ -686,6 +767,8 @@ main(void)
     cmocka_unit_test(test_option_go_info),
     cmocka_unit_test(test_option_go_invalid),
     cmocka_unit_test(test_option_export_name),
+    cmocka_unit_test(test_option_export_name_non_fixed),
+    cmocka_unit_test(test_option_non_fixed_others),
     cmocka_unit_test(test_option_list),
     cmocka_unit_test(test_option_abort),
     cmocka_unit_test(test_option_unsupported),
