@@ -112,10 +112,16 @@
 #define NBD_MAX_OPTION (64u * 1024)      /* longer payloads: ERR_TOO_BIG */
 #define NBD_MAX_STRING 4096u             /* proto.md string limit */
 
-/* Block size constraints advertised in NBD_INFO_BLOCK_SIZE. */
+/* Block size constraints advertised in NBD_INFO_BLOCK_SIZE.  The maximum
+ * is also the largest READ or WRITE accepted (nbdkit's limit too; the NBD
+ * tester's integrityhuge trace sends up to 64 MiB). */
 #define NBD_BLOCK_MIN 1u
 #define NBD_BLOCK_PREFERRED 4096u
-#define NBD_BLOCK_MAX (32u * 1024 * 1024)
+#define NBD_BLOCK_MAX (64u * 1024 * 1024)
+/* A rejected WRITE's payload is read and discarded up to this length, so
+ * the connection stays usable; a longer one closes the connection (as
+ * nbdkit does) rather than reading gigabytes of junk. */
+#define NBD_MAX_SKIP (2u * NBD_BLOCK_MAX)
 
 /* What the server exports (one export, any name accepted). */
 struct nbd_export {
@@ -233,7 +239,8 @@ int nbd_proto_parse_request(const uint8_t in[NBD_REQUEST_LEN],
                             size_t whylen);
 
 /* Bytes of payload following this header on the wire (WRITE only), which
- * the server must consume whether or not the request is valid. */
+ * the server must consume whether or not the request is valid (up to
+ * NBD_MAX_SKIP for a rejected one). */
 uint32_t nbd_proto_request_payload(const struct nbd_request *req);
 
 /* Check a request (not NBD_CMD_DISC) against the export: 0 if it may be

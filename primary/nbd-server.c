@@ -6,13 +6,16 @@
  * to the engine (vol.c) and are answered from its done callback, possibly
  * out of order, matched by cookie.
  *
- * Memory per connection is bounded: at most NBD_CONN_MAX_INFLIGHT bytes of
- * request data in the engine and NBD_CONN_MAX_OUTPUT bytes of queued
- * replies before the connection stops reading new requests, an input
- * buffer of NBD_CONN_READ_CHUNK, and WRITE payloads copied into their
+ * Memory per connection is bounded: request data in the engine (READ and
+ * WRITE buffers) plus replies not yet written to the socket stay within
+ * NBD_CONN_MAX_HELD; a request whose data would not fit waits, unread,
+ * until older ones are answered and sent (one request of up to
+ * NBD_BLOCK_MAX always fits into an idle connection).  Besides that: an
+ * input buffer of NBD_CONN_READ_CHUNK, and WRITE payloads copied into their
  * request buffer as they arrive (rejected ones are skipped, never
- * buffered).  A connection whose client went away stays allocated until
- * the engine has finished every request it was given. */
+ * buffered).  So 16 clients with 64 MiB writes queued hold 1 GiB, not
+ * 16 x their queue depth.  A connection whose client went away stays
+ * allocated until the engine has finished every request it was given. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -32,8 +35,7 @@
 #include "log.h"
 #include "nbd-proto.h"
 
-#define NBD_CONN_MAX_INFLIGHT (64u * 1024 * 1024)
-#define NBD_CONN_MAX_OUTPUT (64u * 1024 * 1024)
+#define NBD_CONN_MAX_HELD (64u * 1024 * 1024)
 #define NBD_CONN_READ_CHUNK (256u * 1024)
 /* Invalid requests logged at warn level per connection, then at debug. */
 #define NBD_CONN_MAX_WARNINGS 10u
@@ -89,6 +91,7 @@ struct nbd_conn {
   uint32_t cur_done;
   unsigned inflight;            /* submitted, done() not called yet */
   uint64_t inflight_bytes;      /* data bytes of those (and of cur) */
+  bool blocked;                 /* the next message waits for capacity */
   uint64_t n_requests;
   unsigned n_warnings;
   const char *drain_reason;     /* why DRAINING: "NBD_CMD_DISC", ... */
@@ -129,13 +132,26 @@ nbd_conn_output_len(const struct nbd_conn *c)
          evbuffer_get_length(c->wbuf);
 }
 
-/* Too much in the engine or queued for the client: read no new option or
- * request until some of it is done. */
-static bool
-nbd_conn_full(const struct nbd_conn *c)
+/* Data this connection holds: READ and WRITE buffers in the engine, and
+ * replies (READ data included) not yet taken by the socket.  A READ's
+ * buffer moves from the first to the second when it completes. */
+static uint64_t
+nbd_conn_held(const struct nbd_conn *c)
 {
-  return c->inflight_bytes >= NBD_CONN_MAX_INFLIGHT ||
-         nbd_conn_output_len(c) >= NBD_CONN_MAX_OUTPUT;
+  return c->inflight_bytes + nbd_conn_output_len(c);
+}
+
+/* May a message bringing `bytes` of request data start now?  Within
+ * NBD_CONN_MAX_HELD, or alone: an idle connection takes any valid
+ * request.  Otherwise the connection reads nothing more until older
+ * requests are answered and their replies sent. */
+static bool
+nbd_conn_fits(const struct nbd_conn *c, uint64_t bytes)
+{
+  uint64_t held = nbd_conn_held(c);
+
+  return held == 0 ||
+         (held < NBD_CONN_MAX_HELD && bytes <= NBD_CONN_MAX_HELD - held);
 }
 
 /* Drop the socket.  The connection itself is freed by nbd_conn_settle once
@@ -228,7 +244,7 @@ nbd_conn_free_data(const void *data, size_t len, void *extra)
  * release its memory, and see whether the connection can go on.  A READ's
  * buffer is handed to the output buffer as is (it came from
  * util_alloc_aligned, so free() releases it once sent): no copy of up to
- * 32 MiB per reply. */
+ * NBD_BLOCK_MAX per reply. */
 static void
 nbd_conn_done(struct req *r, int err)
 {
@@ -299,7 +315,9 @@ nbd_conn_opt_hdr(struct nbd_conn *c, struct evbuffer *in)
   uint8_t buf[NBD_OPT_HDR_LEN];
   char why[200];
 
-  if (nbd_conn_full(c))
+  /* Replies the client does not read: stop reading its options. */
+  c->blocked = !nbd_conn_fits(c, 0);
+  if (c->blocked)
     return NBD_STEP_WAIT;
   if (evbuffer_get_length(in) < sizeof buf)
     return NBD_STEP_NEED_INPUT;
@@ -398,12 +416,23 @@ nbd_conn_req_type(uint16_t cmd)
 /* A request was rejected before reaching the engine: skip its payload, so
  * the stream stays in sync and the connection usable, and answer.  The
  * answer waits until the payload is consumed: a client (libnbd) may not
- * expect a reply to a request it has not finished sending. */
-static void
+ * expect a reply to a request it has not finished sending.  A payload
+ * beyond NBD_MAX_SKIP is not worth reading: close instead (nbdkit does the
+ * same). */
+static enum nbd_step
 nbd_conn_reject(struct nbd_conn *c, const struct nbd_request *req,
                 uint32_t error)
 {
+  char why[200];
+
   c->discard = nbd_proto_request_payload(req);
+  if (c->discard > NBD_MAX_SKIP) {
+    snprintf(why, sizeof why, "%s of %" PRIu64 " bytes refused and too "
+             "large to skip (limit %u)", nbd_proto_cmd_name(req->type),
+             c->discard, NBD_MAX_SKIP);
+    nbd_conn_close(c, LOG_LVL_WARN, why);
+    return NBD_STEP_WAIT;
+  }
   if (c->discard > 0) {
     nbd_conn_reply(c->held, error, req->cookie);
     c->state = NBD_CONN_REQ_DISCARD;
@@ -411,6 +440,7 @@ nbd_conn_reject(struct nbd_conn *c, const struct nbd_request *req,
     nbd_conn_reply(c->wbuf, error, req->cookie);
     c->state = NBD_CONN_REQ_HDR;
   }
+  return NBD_STEP_AGAIN;
 }
 
 static enum nbd_step
@@ -422,15 +452,26 @@ nbd_conn_req_hdr(struct nbd_conn *c, struct evbuffer *in)
   uint32_t error;
   char why[300];
 
-  if (nbd_conn_full(c))
+  c->blocked = !nbd_conn_fits(c, 0);
+  if (c->blocked)
     return NBD_STEP_WAIT;
   if (evbuffer_get_length(in) < sizeof buf)
     return NBD_STEP_NEED_INPUT;
-  evbuffer_remove(in, buf, sizeof buf);
+  /* Looked at, not taken yet: a request whose data does not fit stays in
+   * the input buffer until it does. */
+  evbuffer_copyout(in, buf, sizeof buf);
   if (nbd_proto_parse_request(buf, &req, why, sizeof why) != 0) {
     nbd_conn_close(c, LOG_LVL_WARN, why);
     return NBD_STEP_WAIT;
   }
+  error = nbd_proto_validate_request(&req, c->p->vol.size, c->srv->exp.tflags,
+                                     why, sizeof why);
+  if (error == 0 && (req.type == NBD_CMD_READ || req.type == NBD_CMD_WRITE) &&
+      !nbd_conn_fits(c, req.length)) {
+    c->blocked = true;
+    return NBD_STEP_WAIT;
+  }
+  evbuffer_drain(in, sizeof buf);
   if (req.type == NBD_CMD_DISC) {
     /* Answer what is in flight, then close; nothing may follow. */
     log_debug("%s: NBD_CMD_DISC with %u requests in flight", c->name,
@@ -441,17 +482,12 @@ nbd_conn_req_hdr(struct nbd_conn *c, struct evbuffer *in)
   }
   c->n_requests++;
 
-  error = nbd_proto_validate_request(&req, c->p->vol.size, c->srv->exp.tflags,
-                                     why, sizeof why);
   if (error != 0) {
     nbd_conn_warn(c, "invalid request", why);
-    nbd_conn_reject(c, &req, error);
-    return NBD_STEP_AGAIN;
+    return nbd_conn_reject(c, &req, error);
   }
-  if (c->p->stopping) {
-    nbd_conn_reject(c, &req, NBD_ESHUTDOWN);
-    return NBD_STEP_AGAIN;
-  }
+  if (c->p->stopping)
+    return nbd_conn_reject(c, &req, NBD_ESHUTDOWN);
 
   r = vol_req_new(c->p);
   r->type = nbd_conn_req_type(req.type);
@@ -610,7 +646,7 @@ nbd_conn_update(struct nbd_conn *c)
     /* Pause only between messages: stopping in the middle of a payload
      * could deadlock with a client that reads replies only after it has
      * sent its request. */
-    want_read = !c->eof && !nbd_conn_full(c);
+    want_read = !c->eof && !c->blocked;
     break;
   default:
     want_read = !c->eof;

@@ -268,7 +268,7 @@ check_go_replies(struct evbuffer *out, uint32_t option, bool name, bool desc)
       assert_int_equal(r.len, 14);
       assert_int_equal(be32(r.data + 2), 1);
       assert_int_equal(be32(r.data + 6), 4096);
-      assert_int_equal(be32(r.data + 10), 32u * 1024 * 1024);
+      assert_int_equal(be32(r.data + 10), 64u * 1024 * 1024);
       seen_bs = true;
       break;
     case NBD_INFO_NAME:
@@ -595,7 +595,7 @@ test_parse_request(void **state)
 static void
 test_validate_table(void **state)
 {
-  static const uint32_t MAXLEN = 32u * 1024 * 1024;
+  static const uint32_t MAXLEN = 64u * 1024 * 1024;
   static const struct {
     const char *what;
     uint16_t type, flags;
@@ -613,8 +613,10 @@ test_validate_table(void **state)
     { "read offset overflow", NBD_CMD_READ, 0, UINT64_MAX - 10, 512,
       NBD_EINVAL },
     { "read zero length", NBD_CMD_READ, 0, 0, 0, NBD_EINVAL },
-    { "read 32 MiB", NBD_CMD_READ, 0, 0, MAXLEN, 0 },
-    { "read 32 MiB + 1", NBD_CMD_READ, 0, 0, MAXLEN + 1, NBD_EINVAL },
+    { "read 32 MiB", NBD_CMD_READ, 0, 0, 32u << 20, 0 },
+    { "read 48 MiB unaligned", NBD_CMD_READ, 0, 1, (48u << 20) + 1, 0 },
+    { "read 64 MiB", NBD_CMD_READ, 0, 0, MAXLEN, 0 },
+    { "read 64 MiB + 1", NBD_CMD_READ, 0, 0, MAXLEN + 1, NBD_EINVAL },
     { "read 4 GiB - 1", NBD_CMD_READ, 0, 0, UINT32_MAX, NBD_EINVAL },
     { "read FUA", NBD_CMD_READ, NBD_CMD_FLAG_FUA, 0, 512, 0 },
     { "read NO_HOLE", NBD_CMD_READ, NBD_CMD_FLAG_NO_HOLE, 0, 512, NBD_EINVAL },
@@ -626,9 +628,13 @@ test_validate_table(void **state)
     { "write beyond", NBD_CMD_WRITE, 0, SIZE + 1, 1, NBD_ENOSPC },
     { "write offset overflow", NBD_CMD_WRITE, 0, UINT64_MAX, 1, NBD_ENOSPC },
     { "write zero length", NBD_CMD_WRITE, 0, 0, 0, NBD_EINVAL },
-    { "write 32 MiB", NBD_CMD_WRITE, 0, 0, MAXLEN, 0 },
-    { "write 33 MiB", NBD_CMD_WRITE, 0, 0, 33u * 1024 * 1024, NBD_EINVAL },
-    { "write 33 MiB past end", NBD_CMD_WRITE, 0, SIZE, 33u * 1024 * 1024,
+    { "write 32 MiB", NBD_CMD_WRITE, 0, 0, 32u << 20, 0 },
+    { "write 33 MiB", NBD_CMD_WRITE, 0, 0, 33u << 20, 0 },
+    { "write 64 MiB", NBD_CMD_WRITE, 0, 0, MAXLEN, 0 },
+    { "write 64 MiB to the end", NBD_CMD_WRITE, 0,
+      SIZE - MAXLEN, MAXLEN, 0 },
+    { "write 64 MiB + 1", NBD_CMD_WRITE, 0, 0, MAXLEN + 1, NBD_EINVAL },
+    { "write 65 MiB past end", NBD_CMD_WRITE, 0, SIZE, 65u << 20,
       NBD_EINVAL },
     { "write NO_HOLE", NBD_CMD_WRITE, NBD_CMD_FLAG_NO_HOLE, 0, 512,
       NBD_EINVAL },
