@@ -68,6 +68,64 @@ too_large:
   return -1;
 }
 
+/* "250ms", "2s", "1.5s", "10m", "1h", "7d", or a bare number of seconds;
+ * whole milliseconds. */
+int
+util_parse_duration_ms(const char *s, uint64_t *out, char *err,
+                       size_t errlen)
+{
+  static const struct {
+    const char *name;
+    uint64_t ms;
+  } units[] = {
+    { "ms", 1 }, { "s", 1000 }, { "m", 60000 }, { "min", 60000 },
+    { "h", 3600000 }, { "d", 86400000 }, { "w", 604800000 },
+  };
+  const char *p = s;
+  uint64_t whole = 0, frac = 0, frac_div = 1, unit = 1000, v;
+  size_t i;
+
+  if (!isdigit((unsigned char)*p))
+    goto bad;
+  for (; isdigit((unsigned char)*p); p++) {
+    if (whole > (UINT64_MAX / 10 - 9))
+      goto too_large;
+    whole = whole * 10 + (uint64_t)(*p - '0');
+  }
+  if (*p == '.') {
+    p++;
+    if (!isdigit((unsigned char)*p))
+      goto bad;
+    for (; isdigit((unsigned char)*p); p++)
+      if (frac_div < 1000000) {
+        frac = frac * 10 + (uint64_t)(*p - '0');
+        frac_div *= 10;
+      }
+  }
+  if (*p) {
+    for (i = 0; i < sizeof units / sizeof units[0]; i++)
+      if (strcmp(p, units[i].name) == 0)
+        break;
+    if (i == sizeof units / sizeof units[0])
+      goto bad;
+    unit = units[i].ms;
+  }
+  if (whole > UINT64_MAX / unit / 2)
+    goto too_large;
+  v = whole * unit + frac * unit / frac_div;
+  *out = v;
+  return 0;
+
+bad:
+  snprintf(err, errlen, "invalid duration \"%s\": expected a number with "
+           "an optional unit ms, s, m, h, d or w (seconds without one), "
+           "e.g. 500ms or 10m", s);
+  return -1;
+too_large:
+  snprintf(err, errlen, "invalid duration \"%s\": too large", s);
+  return -1;
+}
+
 static int
 util_parse_port(const char *s, const char *whole, struct endpoint *out,
                 char *err, size_t errlen)

@@ -14,6 +14,10 @@
 /* "4096", "64K", "64M", "1G", "2T" (binary multiples, optional trailing
  * "iB"/"B").  Returns 0, or -1 with a message in err. */
 int util_parse_size(const char *s, uint64_t *out, char *err, size_t errlen);
+/* "250ms", "2s", "1.5s", "10m", "1h", "7d", "2w"; a bare number is
+ * seconds.  *out in milliseconds. */
+int util_parse_duration_ms(const char *s, uint64_t *out, char *err,
+                           size_t errlen);
 
 /* An endpoint: "unix:/path/to/sock" or "HOST:PORT" ("[::1]:10809" too). */
 struct endpoint {

@@ -64,6 +64,41 @@ test_parse_size(void **state)
 }
 
 static void
+test_parse_duration(void **state)
+{
+  static const struct {
+    const char *s;
+    uint64_t ms;
+  } good[] = {
+    { "0", 0 },         { "10", 10000 },      { "500ms", 500 },
+    { "2s", 2000 },     { "1.5s", 1500 },     { "0.25", 250 },
+    { "10m", 600000 },  { "10min", 600000 },  { "1h", 3600000 },
+    { "7d", 604800000 }, { "2w", 1209600000 }, { "1.0001s", 1000 },
+  };
+  static const char *const bad[] = {
+    "", "-1", " 1", "1 ", "s", "1x", "1.s", ".5", "1S", "1sec", "1e3",
+    "99999999999999999999", "9999999999999999w",
+  };
+  char err[256];
+  uint64_t v;
+
+  (void)state;
+  for (size_t i = 0; i < ARRAY_SIZE(good); i++) {
+    if (util_parse_duration_ms(good[i].s, &v, err, sizeof err) != 0)
+      fail_msg("\"%s\" refused: %s", good[i].s, err);
+    if (v != good[i].ms)
+      fail_msg("\"%s\" = %llu ms, want %llu", good[i].s,
+               (unsigned long long)v, (unsigned long long)good[i].ms);
+  }
+  for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+    err[0] = '\0';
+    if (util_parse_duration_ms(bad[i], &v, err, sizeof err) != -1)
+      fail_msg("\"%s\" accepted", bad[i]);
+    assert_non_null(strstr(err, "invalid duration"));
+  }
+}
+
+static void
 test_parse_endpoint(void **state)
 {
   struct endpoint ep;
@@ -306,6 +341,7 @@ main(void)
 {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_parse_size),
+    cmocka_unit_test(test_parse_duration),
     cmocka_unit_test(test_parse_endpoint),
     cmocka_unit_test(test_is_zero),
     cmocka_unit_test(test_uuid),
