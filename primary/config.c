@@ -13,7 +13,7 @@ enum {
   OPT_VOLUME = 256, OPT_META, OPT_NBD, OPT_PEER, OPT_MODE, OPT_ASYNC_BUFFER,
   OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA, OPT_PEER_NAME, OPT_CONTROL,
   OPT_PIDFILE, OPT_FOREGROUND, OPT_PEER_TIMEOUT, OPT_BITMAP_GRAIN,
-  OPT_ON_CONGESTION, OPT_RESYNC_CHECKSUMS,
+  OPT_ON_CONGESTION, OPT_RESYNC_CHECKSUMS, OPT_CONNECT_INTERVAL,
 };
 
 static const struct option config_options[] = {
@@ -31,6 +31,7 @@ static const struct option config_options[] = {
   { "pidfile", required_argument, NULL, OPT_PIDFILE },
   { "foreground", no_argument, NULL, OPT_FOREGROUND },
   { "peer-timeout", required_argument, NULL, OPT_PEER_TIMEOUT },
+  { "connect-interval", required_argument, NULL, OPT_CONNECT_INTERVAL },
   { "bitmap-grain", required_argument, NULL, OPT_BITMAP_GRAIN },
   { "on-congestion", required_argument, NULL, OPT_ON_CONGESTION },
   { "resync-checksums", no_argument, NULL, OPT_RESYNC_CHECKSUMS },
@@ -48,7 +49,8 @@ config_usage(FILE *out)
 "                      --peer HOST:PORT --mode sync|async [--async-buffer SIZE]\n"
 "                      --tls-cert PEM --tls-key PEM --tls-ca PEM --peer-name NAME\n"
 "                      [--on-congestion block|pull-ahead]\n"
-"                      [--peer-timeout SECONDS] [--bitmap-grain SIZE]\n"
+"                      [--peer-timeout SECONDS] [--connect-interval DURATION]\n"
+"                      [--bitmap-grain SIZE]\n"
 "                      [--resync-checksums]\n"
 "                      [--control SOCKET] [--pidfile PATH] [--foreground] [-v]\n"
 "\n"
@@ -70,7 +72,13 @@ config_usage(FILE *out)
 "                       or pull ahead: stop sending, record the blocks in the\n"
 "                       bitmap and resync them once the link catches up\n"
 "  --peer-timeout SECS  a secondary silent this long is dropped; writes then\n"
-"                       continue locally and are resynced later (default 10)\n"
+"                       continue locally and are resynced later (default 10);\n"
+"                       the secondary adopts it from the primary's hello\n"
+"  --connect-interval DURATION\n"
+"                       longest wait between attempts to reach the secondary\n"
+"                       (e.g. 500ms, 5s; default 500ms): a lost link is\n"
+"                       retried after 100 ms, then at doubling intervals\n"
+"                       up to this one while attempts fail\n"
 "  --bitmap-grain SIZE  bytes of volume per bit of the write-intent bitmap\n"
 "                       (default 4K: 32 MiB of bitmap per TiB, on disk and\n"
 "                       in memory; 64K: 2 MiB per TiB)\n"
@@ -112,6 +120,7 @@ config_parse(int argc, char **argv, struct config *cfg, char *err,
   memset(cfg, 0, sizeof *cfg);
   cfg->async_buffer = DEFAULT_ASYNC_BUFFER;
   cfg->peer_timeout_ms = 10000;
+  cfg->connect_interval_ms = 500;
   cfg->bitmap_grain = 4096;
   optind = 1;
   opterr = 0;
@@ -176,6 +185,20 @@ config_parse(int argc, char **argv, struct config *cfg, char *err,
         return -1;
       }
       cfg->peer_timeout_ms = (unsigned)v * 1000;
+      break;
+    }
+    case OPT_CONNECT_INTERVAL: {
+      uint64_t ms;
+      if (util_parse_duration_ms(optarg, &ms, sub, sizeof sub) == -1) {
+        snprintf(err, errlen, "--connect-interval %s: %s", optarg, sub);
+        return -1;
+      }
+      if (ms < 100 || ms > 3600 * 1000) {
+        snprintf(err, errlen, "--connect-interval %s: must be 100ms..1h",
+                 optarg);
+        return -1;
+      }
+      cfg->connect_interval_ms = (unsigned)ms;
       break;
     }
     case OPT_BITMAP_GRAIN: {

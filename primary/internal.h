@@ -37,6 +37,7 @@ struct config {
   enum repl_mode mode;
   uint64_t async_buffer;
   unsigned peer_timeout_ms;
+  unsigned connect_interval_ms; /* longest wait between connect attempts */
   bool pull_ahead;              /* --on-congestion pull-ahead */
   bool resync_checksums;        /* --resync-checksums */
   uint32_t bitmap_grain;

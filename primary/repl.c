@@ -2,8 +2,13 @@
  * handshakes, sends operations in order and matches acknowledgements.
  *
  * States (enum repl_state): IDLE -> CONNECTING -> HANDSHAKE -> HELLO ->
- * CONNECTED, and back to IDLE on any error, with a backoff.  repl_step()
- * is the one place that moves between them.
+ * CONNECTED, and back to IDLE on any error.  A lost link is retried
+ * after REPL_RETRY_FIRST_MS, then at doubling intervals up to
+ * --connect-interval while attempts fail (a refused one waits longer).
+ *
+ * Liveness: from HELLO on, both sides send a heartbeat whenever they have
+ * been quiet for a quarter of --peer-timeout (the secondary learns it from
+ * the hello), and drop a link silent for the whole timeout.
  *
  * Epochs: every op carries the epoch it was sent in.  An epoch is closed
  * (the counter moves on) when a client is answered for an op of it, and
@@ -25,9 +30,9 @@
 #include "log.h"
 #include "tls-stream.h"
 
-#define REPL_HEARTBEAT_MS 2000
-#define REPL_BACKOFF_MIN_MS 200
-#define REPL_BACKOFF_MAX_MS 5000
+#define REPL_HEARTBEAT_MAX_MS 2000
+#define REPL_RETRY_FIRST_MS 100
+#define REPL_REFUSED_RETRY_MS 5000
 
 struct repl {
   struct primary *p;
@@ -38,7 +43,7 @@ struct repl {
   struct tls_stream *ts;         /* HANDSHAKE.. */
   struct event *timer;           /* reconnects, heartbeats, timeouts */
   uint64_t state_since_ms;
-  uint64_t last_rx_ms, last_hb_ms;
+  uint64_t last_rx_ms, last_tx_ms;
   uint64_t next_attempt_ms;
   unsigned backoff_ms;
   char peer_desc[300];
@@ -146,6 +151,9 @@ ring_push(struct repl *r, struct repl_op *op)
   op->seq = r->next_seq++;
   r->ring[op->seq & (r->cap - 1)] = op;
   r->inflight_bytes += op->bytes;
+  /* Every op that will be acknowledged is counted here, and only here, so
+   * ops_acked never passes ops_sent. */
+  r->ctr.ops_sent++;
 }
 
 /* Fail every pending op (the link is gone).  Callbacks may send nothing:
@@ -229,6 +237,7 @@ repl_send_frame_ref(struct repl *r, enum frame_type type,
   if (buf != stackbuf)
     free(buf);
   r->ctr.bytes_sent += n + payload_len;
+  r->last_tx_ms = util_now_ms();
 }
 
 /* A frame without payload. */
@@ -256,7 +265,6 @@ repl_send_write_ref(struct repl *r, struct repl_op *op, uint64_t off,
   m.length = len;
   m.flags = flags;
   repl_send_frame_ref(r, FRAME_WRITE, &m.base, data, len, ref_done, ref_arg);
-  r->ctr.ops_sent++;
   return 0;
 }
 
@@ -276,7 +284,6 @@ repl_send_zero(struct repl *r, struct repl_op *op, uint64_t off, uint64_t len,
   m.length = len;
   m.flags = flags;
   repl_send_frame(r, FRAME_ZERO, &m.base);
-  r->ctr.ops_sent++;
   return 0;
 }
 
@@ -292,7 +299,6 @@ repl_send_flush(struct repl *r, struct repl_op *op)
   m.seq = op->seq;
   m.epoch = op->epoch;
   repl_send_frame(r, FRAME_FLUSH, &m.base);
-  r->ctr.ops_sent++;
   /* The secondary drains everything before a flush: a new epoch starts. */
   epoch_advance(&r->epochs);
   return 0;
@@ -314,7 +320,6 @@ repl_send_verify(struct repl *r, struct repl_op *op, uint64_t off,
   m.length = len;
   m.block_size = BDEV_ALIGN;
   repl_send_frame(r, FRAME_VERIFY, &m.base);
-  r->ctr.ops_sent++;
   /* Nothing after it may be applied before it has read its blocks. */
   epoch_advance(&r->epochs);
   return 0;
@@ -403,6 +408,7 @@ repl_send_hello(struct repl *r)
   repl_gen_to_msg(&r->p->gen, &g, hist);
   m.gen = &g;
   m.bitmap_grain = bitmap_grain(r->p->oos);
+  m.peer_timeout_ms = r->p->cfg.peer_timeout_ms;
   repl_send_frame(r, FRAME_HELLO, &m.base);
 }
 
@@ -445,7 +451,7 @@ repl_drop(struct repl *r, const char *fmt, ...)
   repl_set_state(r, REPL_IDLE);
   r->p->need_new_gen = true;
   r->next_attempt_ms = util_now_ms() + r->backoff_ms;
-  r->backoff_ms = MIN(r->backoff_ms * 2, REPL_BACKOFF_MAX_MS);
+  r->backoff_ms = MIN(r->backoff_ms * 2, r->p->cfg.connect_interval_ms);
   epoch_advance(&r->epochs);
   if (was_connected) {
     resync_abort(r->p->resync);
@@ -460,7 +466,7 @@ static void
 repl_connected_begin(struct repl *r, bool full)
 {
   repl_set_state(r, REPL_CONNECTED);
-  r->backoff_ms = REPL_BACKOFF_MIN_MS;
+  r->backoff_ms = REPL_RETRY_FIRST_MS;
   r->ctr.connects++;
   r->last_error[0] = '\0';
   r->split_brain = false;
@@ -480,7 +486,8 @@ repl_refuse(struct repl *r, const char *why)
   if (strcmp(r->last_error, why) != 0)
     log_error("primary: %s", why);
   repl_drop(r, "%s", why);
-  r->backoff_ms = REPL_BACKOFF_MAX_MS;
+  r->next_attempt_ms = util_now_ms() +
+                       MAX(REPL_REFUSED_RETRY_MS, r->p->cfg.connect_interval_ms);
   return -1;
 }
 
@@ -570,6 +577,16 @@ repl_handle_frame(struct repl *r, struct frame *f)
 {
   size_t i;
 
+  /* Heartbeats come from the start of HELLO on, in every state. */
+  if (f->type == FRAME_HEARTBEAT) {
+    if (!f->m.heartbeat->reply) {
+      Duplex__Heartbeat m = DUPLEX__HEARTBEAT__INIT;
+      m.nonce = f->m.heartbeat->nonce;
+      m.reply = true;
+      repl_send_frame(r, FRAME_HEARTBEAT, &m.base);
+    }
+    return 0;
+  }
   switch (r->state) {
   case REPL_HELLO:
     if (f->type == FRAME_ERROR) {
@@ -639,14 +656,6 @@ repl_handle_frame(struct repl *r, struct frame *f)
       ring_ack(r, seq);
       return r->state == REPL_CONNECTED ? 0 : -1;
     }
-    case FRAME_HEARTBEAT:
-      if (!f->m.heartbeat->reply) {
-        Duplex__Heartbeat m = DUPLEX__HEARTBEAT__INIT;
-        m.nonce = f->m.heartbeat->nonce;
-        m.reply = true;
-        repl_send_frame(r, FRAME_HEARTBEAT, &m.base);
-      }
-      return 0;
     case FRAME_ERROR:
       repl_drop(r, "secondary reported: %s", f->m.error->message);
       return -1;
@@ -775,6 +784,13 @@ repl_connect(struct repl *r)
   repl_set_state(r, REPL_CONNECTING);
 }
 
+/* A heartbeat goes out after this long without sending anything. */
+static unsigned
+repl_heartbeat_ms(const struct repl *r)
+{
+  return MIN(REPL_HEARTBEAT_MAX_MS, r->p->cfg.peer_timeout_ms / 4);
+}
+
 /* Periodic: reconnect when due, heartbeats, and timeouts in every state. */
 static void
 repl_timer_cb(evutil_socket_t fd, short what, void *opaque)
@@ -803,10 +819,9 @@ repl_timer_cb(evutil_socket_t fd, short what, void *opaque)
       repl_drop(r, "no response for %d s", r->p->cfg.peer_timeout_ms / 1000);
       break;
     }
-    if (r->state == REPL_CONNECTED && now - r->last_hb_ms >= REPL_HEARTBEAT_MS) {
+    if (now - r->last_tx_ms >= repl_heartbeat_ms(r)) {
       Duplex__Heartbeat m = DUPLEX__HEARTBEAT__INIT;
       m.nonce = now;
-      r->last_hb_ms = now;
       repl_send_frame(r, FRAME_HEARTBEAT, &m.base);
     }
     break;
@@ -816,9 +831,11 @@ repl_timer_cb(evutil_socket_t fd, short what, void *opaque)
 void
 repl_start(struct repl *r)
 {
-  r->backoff_ms = REPL_BACKOFF_MIN_MS;
+  r->backoff_ms = REPL_RETRY_FIRST_MS;
   r->next_attempt_ms = 0;
   repl_set_state(r, REPL_IDLE);
+  /* The first attempt at once, not at the timer's next tick. */
+  repl_connect(r);
 }
 
 void

@@ -27,7 +27,10 @@
  * overhead, which is as large as the payload for 4 KiB writes). */
 #define SEC_MAX_QUEUED (64ull << 20)
 #define SEC_RESUME_QUEUED (48ull << 20)  /* read again once below this */
-#define SEC_PEER_TIMEOUT_MS 10000u       /* primary heartbeats every 2 s */
+#define SEC_PEER_TIMEOUT_MS 10000u       /* until the hello names the
+                                            primary's --peer-timeout */
+#define SEC_HEARTBEAT_MAX_MS 2000u       /* or a quarter of the timeout */
+#define SEC_TICK_MS 200u                 /* timeouts and heartbeats */
 #define SEC_CLOSE_TIMEOUT_MS 2000u       /* flushing a last ERROR frame */
 #define SEC_MAX_HANDSHAKES 8u            /* unverified connections at once */
 #define SEC_ACK_BATCH 1024u
@@ -95,7 +98,7 @@ struct secondary {
   struct control *control;
   struct link *link;            /* the verified primary, or NULL */
   TAILQ_HEAD(, link) links;     /* every connection, handshaking included */
-  struct event *tick;           /* 1 s: timeouts */
+  struct event *tick;           /* SEC_TICK_MS: timeouts, heartbeats */
   struct sec_status st;
   char node_name[256];
   int listen_port;

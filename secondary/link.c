@@ -9,6 +9,11 @@
  * else wait") and never acts on a frame that failed validation.  What to
  * read is recomputed in one place, link_update().
  *
+ * Liveness: from WAIT_HELLO on the link sends a heartbeat whenever it has
+ * sent nothing for a quarter of the peer timeout, and closes a link silent
+ * for the whole timeout: the primary's --peer-timeout from its hello, the
+ * default before that.  Both sides so agree on when a link is dead.
+ *
  * Only one link is the active primary (s->link).  A newly verified primary
  * replaces the old link, but its frames are not read until every I/O the
  * old link started has completed, so an old write can never land after a
@@ -41,7 +46,8 @@ struct link {
   struct tls_stream *ts;
   char addr[80];                /* peer address, for logs */
   char cn[256];                 /* verified peer name */
-  uint64_t last_rx_ms;
+  uint64_t last_rx_ms, last_tx_ms;
+  unsigned peer_timeout_ms;     /* the primary's, from its hello */
   uint64_t closing_ms;
   bool reading;                 /* reading from the stream, as last computed */
   bool throttled;               /* queued ops hold too much memory */
@@ -76,6 +82,13 @@ static void link_event_cb(struct tls_stream *ts, int what, void *arg);
 static void link_defer_cb(evutil_socket_t fd, short what, void *arg);
 static void link_free_cb(evutil_socket_t fd, short what, void *arg);
 static void link_process(struct link *l);
+
+/* A heartbeat goes out after this long without sending anything. */
+static unsigned
+link_heartbeat_ms(const struct link *l)
+{
+  return MIN(SEC_HEARTBEAT_MAX_MS, l->peer_timeout_ms / 4);
+}
 
 const char *
 link_state_name(enum link_state st)
@@ -129,7 +142,8 @@ link_new(struct secondary *s, struct tls_stream *ts, const char *peer_addr)
   l->s = s;
   l->ts = ts;
   l->state = LINK_TLS_HANDSHAKE;
-  l->last_rx_ms = util_now_ms();
+  l->last_rx_ms = l->last_tx_ms = util_now_ms();
+  l->peer_timeout_ms = SEC_PEER_TIMEOUT_MS;
   snprintf(l->addr, sizeof l->addr, "%s", peer_addr);
   snprintf(l->cn, sizeof l->cn, "(unverified)");
   l->defer_ev = event_new(s->base, -1, 0, link_defer_cb, l);
@@ -246,6 +260,7 @@ link_send_frame(struct link *l, enum frame_type type,
       (plen == 0 ||
        evbuffer_add(tls_stream_output(l->ts), payload, plen) == 0)) {
     l->s->st.bytes_sent += len + plen;
+    l->last_tx_ms = util_now_ms();
   } else {
     log_error("secondary: primary %s (%s): out of memory sending %s",
               l->cn, l->addr, frame_type_name(type));
@@ -609,17 +624,42 @@ link_on_sync_state(struct link *l, const Duplex__SyncState *ss)
   return link_on_in_sync(l, ss);
 }
 
+/* The primary's --peer-timeout, from its hello: both sides drop a silent
+ * link after the same time. */
+static void
+link_adopt_timeout(struct link *l, uint32_t ms)
+{
+  if (ms == 0) {
+    log_info("secondary: primary %s (%s) sent no peer timeout; using %u s",
+             l->cn, l->addr, SEC_PEER_TIMEOUT_MS / 1000);
+    return;
+  }
+  l->peer_timeout_ms = MIN(MAX(ms, 1000u), 3600u * 1000);
+  log_info("secondary: primary %s (%s): peer timeout %u ms (from its "
+           "hello); heartbeats every %u ms", l->cn, l->addr,
+           l->peer_timeout_ms, link_heartbeat_ms(l));
+}
+
 static int
 link_dispatch(struct link *l, const struct frame *f, char **memp)
 {
   Duplex__Heartbeat hb = DUPLEX__HEARTBEAT__INIT;
   const Duplex__Error *e;
 
+  if (f->type == FRAME_HEARTBEAT) {
+    if (!f->m.heartbeat->reply) {
+      hb.nonce = f->m.heartbeat->nonce;
+      hb.reply = true;
+      link_send(l, FRAME_HEARTBEAT, &hb.base);
+    }
+    return 0;
+  }
   if (l->state == LINK_WAIT_HELLO) {
     if (f->type != FRAME_HELLO) {
       link_close(l, true, "expected HELLO, got %s", frame_type_name(f->type));
       return -1;
     }
+    link_adopt_timeout(l, f->m.hello->peer_timeout_ms);
     return hello_handle(l->s, l, f->m.hello);
   }
   if (l->refused && (f->type == FRAME_WRITE || f->type == FRAME_ZERO ||
@@ -640,13 +680,6 @@ link_dispatch(struct link *l, const struct frame *f, char **memp)
     return link_on_verify(l, f->m.verify);
   case FRAME_SYNC_STATE:
     return link_on_sync_state(l, f->m.sync_state);
-  case FRAME_HEARTBEAT:
-    if (!f->m.heartbeat->reply) {
-      hb.nonce = f->m.heartbeat->nonce;
-      hb.reply = true;
-      link_send(l, FRAME_HEARTBEAT, &hb.base);
-    }
-    return 0;
   case FRAME_ERROR:
     e = f->m.error;
     link_close(l, true, "the primary reported an error: %s (%s)",
@@ -863,18 +896,25 @@ link_kick(struct link *l)
 static void
 link_tick(struct link *l, uint64_t now_ms)
 {
+  Duplex__Heartbeat hb = DUPLEX__HEARTBEAT__INIT;
+
   if (l->state == LINK_CLOSING) {
     if (now_ms - l->closing_ms > SEC_CLOSE_TIMEOUT_MS)
       event_active(l->free_ev, 0, 0);
     return;
   }
+  if (l->state != LINK_TLS_HANDSHAKE &&
+      now_ms - l->last_tx_ms >= link_heartbeat_ms(l)) {
+    hb.nonce = now_ms;
+    link_send(l, FRAME_HEARTBEAT, &hb.base);
+  }
   if (!l->reading) {
     l->last_rx_ms = now_ms;     /* we are not reading: not the peer's fault */
     return;
   }
-  if (now_ms - l->last_rx_ms > SEC_PEER_TIMEOUT_MS)
-    link_close(l, true, "nothing received for %u s; the primary is gone or "
-               "the network is down", SEC_PEER_TIMEOUT_MS / 1000);
+  if (now_ms - l->last_rx_ms > l->peer_timeout_ms)
+    link_close(l, true, "nothing received for %u ms; the primary is gone or "
+               "the network is down", l->peer_timeout_ms);
 }
 
 void

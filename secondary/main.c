@@ -440,7 +440,7 @@ main_run(struct secondary *s, int listen_fd)
   struct apply_backend be;
   struct apply_events ev = { main_apply_done, main_apply_failed,
                              main_apply_idle, s };
-  struct timeval second = { 1, 0 };
+  struct timeval tick = { 0, SEC_TICK_MS * 1000 };
   struct aio_ctx *aio = NULL;
   char err[512] = "", port[32];
   int code = 1;
@@ -494,7 +494,7 @@ main_run(struct secondary *s, int listen_fd)
     }
   }
   s->tick = event_new(s->base, -1, EV_PERSIST, main_tick_cb, s);
-  if (s->tick == NULL || event_add(s->tick, &second) == -1) {
+  if (s->tick == NULL || event_add(s->tick, &tick) == -1) {
     code = main_fail(1, "cannot create the timer");
     goto out;
   }
