@@ -1,0 +1,457 @@
+/* duplex-store: list, read, diff, restore, verify and delete the snapshots
+ * of a store, with no agent running (docs/STORE.md).  Exit 0 on success,
+ * 1 when the operation failed (or verify found problems), 2 on bad usage. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "store.h"
+#include "util.h"
+
+#ifndef DUPLEX_VERSION
+#define DUPLEX_VERSION "0.1.0"
+#endif
+
+enum { EXIT_FAIL = 1, EXIT_USAGE = 2 };
+
+static void
+usage(FILE *out)
+{
+  fprintf(out,
+"Usage: duplex-store --store DIR COMMAND [ARGS...]\n"
+"\n"
+"Reads and maintains a duplex snapshot store (duplex-secondary\n"
+"--snapshot-store DIR) with no agent running.  Read commands fail while a\n"
+"duplex-secondary has the store open: use duplexctl on that agent then.\n"
+"\n"
+"Commands:\n"
+"  list [--json]             the snapshots, oldest first\n"
+"  restore ID --to PATH      write snapshot ID to a file or block device;\n"
+"                            blocks that already match are not written\n"
+"  diff ID1 ID2 [--json]     byte ranges whose contents differ\n"
+"  verify [ID]               re-read and re-hash every stored block of one\n"
+"                            or all snapshots; report what is missing or\n"
+"                            damaged (exit 1 if anything is)\n"
+"  delete ID                 delete a snapshot; frees exactly the data no\n"
+"                            other snapshot needs\n"
+"  import PATH [--name NAME] take a snapshot of a file or device into the\n"
+"                            store (only blocks that differ from the newest\n"
+"                            snapshot are stored)\n"
+"  gc                        finish an interrupted delete: remove objects no\n"
+"                            snapshot needs\n"
+"\n"
+"Options:\n"
+"  --store DIR   the store directory\n"
+"  -h, --help    this help;  -V, --version\n");
+}
+
+static int
+fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int
+fail(const char *fmt, ...)
+{
+  va_list ap;
+
+  fputs("duplex-store: ", stderr);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+  return EXIT_FAIL;
+}
+
+static int
+parse_id(const char *s, uint64_t *id)
+{
+  char *end;
+
+  errno = 0;
+  *id = strtoull(s, &end, 10);
+  return errno || end == s || *end || *id == 0 ? -1 : 0;
+}
+
+static void
+rfc3339(uint64_t ns, char *out, size_t outlen)
+{
+  time_t t = (time_t)(ns / 1000000000ull);
+  struct tm tm;
+
+  gmtime_r(&t, &tm);
+  strftime(out, outlen, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static void
+json_string(FILE *f, const char *s)
+{
+  fputc('"', f);
+  for (; *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c == '"' || c == '\\')
+      fprintf(f, "\\%c", c);
+    else if (c < 0x20)
+      fprintf(f, "\\u%04x", c);
+    else
+      fputc(c, f);
+  }
+  fputc('"', f);
+}
+
+static int
+cmd_list(struct store *s, bool json)
+{
+  const struct catalog *c = store_catalog(s);
+  char err[1024], when[32];
+
+  if (json)
+    printf("[");
+  else
+    printf("%-6s %-20s %-14s %12s %12s %8s  %s\n", "ID", "CREATED",
+           "REASON", "SIZE", "STORED", "EPOCH", "NAME");
+  for (uint32_t i = 0; i < c->n_snaps; i++) {
+    const struct manifest *m;
+    if (store_manifest(s, c->snaps[i].id, &m, err, sizeof err) < 0)
+      return fail("%s", err);
+    rfc3339(m->created_ns, when, sizeof when);
+    if (json) {
+      printf("%s\n  {\"id\": %" PRIu64 ", \"name\": ", i ? "," : "", m->id);
+      json_string(stdout, m->name);
+      printf(", \"created\": \"%s\", \"state\": \"complete\", "
+             "\"size_bytes\": %" PRIu64 ", \"stored_bytes\": %" PRIu64
+             ", \"epoch\": %" PRIu64 ", \"reason\": \"%s\", \"parent\": %"
+             PRIu64 ", \"full\": %s}", when, m->size_bytes, m->stored_bytes,
+             m->epoch, format_reason_name(m->reason), m->parent,
+             m->parent ? "false" : "true");
+    } else {
+      char size[32], stored[32];
+      util_format_bytes(m->size_bytes, size, sizeof size);
+      util_format_bytes(m->stored_bytes, stored, sizeof stored);
+      printf("%-6" PRIu64 " %-20s %-14s %12s %12s %8" PRIu64 "  %s\n", m->id,
+             when, format_reason_name(m->reason), size, stored, m->epoch,
+             m->name);
+    }
+  }
+  if (json)
+    printf("%s]\n", c->n_snaps ? "\n" : "");
+  return 0;
+}
+
+static int
+cmd_restore(struct store *s, uint64_t id, const char *to)
+{
+  struct restore_stats st;
+  char err[1024];
+  uint64_t t0 = util_now_ms();
+
+  if (store_restore(s, id, to, &st, err, sizeof err) < 0)
+    return fail("restore %" PRIu64 " to %s: %s", id, to, err);
+  printf("restored snapshot %" PRIu64 " to %s in %.3f s: %" PRIu64
+         " blocks, %" PRIu64 " written, %" PRIu64 " zeroed, %" PRIu64
+         " already equal\n", id, to, (double)(util_now_ms() - t0) / 1000,
+         st.blocks, st.written_blocks, st.zeroed_blocks, st.same_blocks);
+  return 0;
+}
+
+struct diff_out {
+  bool json;
+  uint64_t n, bytes;
+};
+
+static int
+diff_range(uint64_t start, uint64_t count, void *arg)
+{
+  struct diff_out *d = arg;
+
+  if (d->json)
+    printf("%s\n    {\"offset\": %" PRIu64 ", \"length\": %" PRIu64 "}",
+           d->n ? "," : "", start * STORE_BLOCK, count * STORE_BLOCK);
+  else
+    printf("%" PRIu64 " %" PRIu64 "\n", start * STORE_BLOCK,
+           count * STORE_BLOCK);
+  d->n++;
+  d->bytes += count * STORE_BLOCK;
+  return 0;
+}
+
+static int
+cmd_diff(struct store *s, uint64_t a, uint64_t b, bool json)
+{
+  struct store_map ma, mb;
+  struct diff_out d = { .json = json };
+  char err[1024];
+
+  if (store_map_resolve(s, a, &ma, err, sizeof err) < 0)
+    return fail("%s", err);
+  if (store_map_resolve(s, b, &mb, err, sizeof err) < 0) {
+    store_map_free(&ma);
+    return fail("%s", err);
+  }
+  if (json)
+    printf("{\"from\": %" PRIu64 ", \"to\": %" PRIu64 ", \"block_size\": %u,"
+           " \"size_bytes\": %" PRIu64 ", \"ranges\": [", a, b, STORE_BLOCK,
+           mb.blocks * STORE_BLOCK);
+  map_diff(&ma, &mb, diff_range, &d);
+  if (json)
+    printf("%s], \"changed_bytes\": %" PRIu64 "}\n", d.n ? "\n  " : "",
+           d.bytes);
+  store_map_free(&ma);
+  store_map_free(&mb);
+  return 0;
+}
+
+static void
+verify_report(uint64_t snap, uint64_t offset, const char *what, void *arg)
+{
+  (void)arg;
+  if (snap && offset != UINT64_MAX)
+    printf("snapshot %" PRIu64 ": offset %" PRIu64 ": %s\n", snap, offset,
+           what);
+  else if (snap)
+    printf("snapshot %" PRIu64 ": %s\n", snap, what);
+  else
+    printf("store: %s\n", what);
+}
+
+static int
+cmd_verify(struct store *s, uint64_t id)
+{
+  char err[1024];
+  long n = store_check(s, id, verify_report, NULL, err, sizeof err);
+
+  if (n < 0)
+    return fail("verify: %s", err);
+  if (n > 0) {
+    printf("verify: %ld problem%s found\n", n, n == 1 ? "" : "s");
+    return EXIT_FAIL;
+  }
+  printf("verify: %s: every stored block of %s reads back and matches its "
+         "hash\n", store_desc(s), id ? "the snapshot" : "every snapshot");
+  return 0;
+}
+
+static int
+cmd_delete(struct store *s, uint64_t id)
+{
+  struct gc_stats st;
+  char err[1024];
+
+  if (store_delete(s, id, &st, err, sizeof err) < 0)
+    return fail("delete %" PRIu64 ": %s", id, err);
+  printf("deleted snapshot %" PRIu64 ": store %" PRIu64 " -> %" PRIu64
+         " bytes (%" PRIu64 " packs rewritten, %" PRIu64 " objects "
+         "deleted)\n", id, st.bytes_before, st.bytes_after,
+         st.packs_rewritten, st.objects_deleted);
+  return 0;
+}
+
+static int
+cmd_gc(struct store *s)
+{
+  struct gc_stats st;
+  char err[1024];
+
+  if (store_gc(s, true, &st, err, sizeof err) < 0)
+    return fail("gc: %s", err);
+  printf("gc: store %" PRIu64 " -> %" PRIu64 " bytes (%" PRIu64
+         " objects deleted)\n", st.bytes_before, st.bytes_after,
+         st.objects_deleted);
+  return 0;
+}
+
+static int
+cmd_import(struct store *s, const char *path, const char *name)
+{
+  struct snap_meta meta = { 0 };
+  struct store_writer *w = NULL;
+  struct store_writer_stats st;
+  struct store_map prev = { 0 };
+  const struct catalog *c = store_catalog(s);
+  struct timespec ts;
+  uint8_t block[STORE_BLOCK];
+  char err[1024];
+  FILE *f;
+  uint64_t size, id, b;
+  int rc = EXIT_FAIL;
+
+  f = fopen(path, "rb");
+  if (!f)
+    return fail("import: %s: %s", path, strerror(errno));
+  if (fseeko(f, 0, SEEK_END) == -1 || (size = (uint64_t)ftello(f)) == 0 ||
+      size % STORE_BLOCK || fseeko(f, 0, SEEK_SET) == -1) {
+    fclose(f);
+    return fail("import: %s: its size must be a positive multiple of %u",
+                path, STORE_BLOCK);
+  }
+  clock_gettime(CLOCK_REALTIME, &ts);
+  snprintf(meta.name, sizeof meta.name, "%s", name ? name : "");
+  meta.created_ns = (uint64_t)ts.tv_sec * 1000000000ull +
+                    (uint64_t)ts.tv_nsec;
+  meta.reason = SNAP_MANUAL;
+  meta.size_bytes = size;
+  if (c->n_snaps &&
+      store_map_resolve(s, c->snaps[c->n_snaps - 1].id, &prev, err,
+                        sizeof err) < 0) {
+    fclose(f);
+    return fail("import: %s", err);
+  }
+  if (store_writer_begin(s, &meta, false, &w, err, sizeof err) < 0) {
+    fail("import: %s", err);
+    goto out;
+  }
+  for (b = 0; b < size / STORE_BLOCK; b++) {
+    const struct store_hash *was = prev.blocks == size / STORE_BLOCK
+                                       ? store_map_lookup(&prev, b) : NULL;
+    struct store_hash h;
+    if (fread(block, 1, STORE_BLOCK, f) != STORE_BLOCK) {
+      fail("import: %s: read error at %" PRIu64, path, b * STORE_BLOCK);
+      goto out;
+    }
+    /* Only what differs from the newest snapshot goes into the delta. */
+    if (prev.blocks == size / STORE_BLOCK) {
+      if (util_is_zero(block, STORE_BLOCK)) {
+        if (!was)
+          continue;
+      } else {
+        format_hash(block, STORE_BLOCK, &h);
+        if (was && memcmp(was->b, h.b, STORE_HASH_LEN) == 0)
+          continue;
+      }
+    }
+    if (store_writer_block(w, b, block, err, sizeof err) < 0) {
+      fail("import: %s", err);
+      goto out;
+    }
+  }
+  if (store_writer_commit(w, &id, &st, err, sizeof err) < 0) {
+    fail("import: %s", err);
+    goto out;
+  }
+  w = NULL;
+  printf("snapshot %" PRIu64 ": %" PRIu64 " blocks changed, %" PRIu64
+         " new, %" PRIu64 " already stored, %" PRIu64 " bytes added\n", id,
+         st.blocks + st.zero_blocks, st.new_blobs, st.dedup_blobs,
+         st.stored_bytes);
+  rc = 0;
+
+out:
+  store_writer_abort(w);
+  store_map_free(&prev);
+  fclose(f);
+  return rc;
+}
+
+int
+main(int argc, char **argv)
+{
+  static const struct option opts[] = {
+    { "store", required_argument, NULL, 's' },
+    { "json", no_argument, NULL, 'j' },
+    { "to", required_argument, NULL, 't' },
+    { "name", required_argument, NULL, 'n' },
+    { "help", no_argument, NULL, 'h' },
+    { "version", no_argument, NULL, 'V' },
+    { NULL, 0, NULL, 0 },
+  };
+  const char *dir = NULL, *to = NULL, *name = NULL, *cmd;
+  bool json = false, write_ = false, create = false;
+  struct store *s = NULL;
+  uint64_t a = 0, b = 0;
+  char err[1024];
+  int c, rc;
+
+  /* GNU getopt moves the command and its arguments behind the options,
+   * wherever they were given. */
+  while ((c = getopt_long(argc, argv, "hV", opts, NULL)) != -1) {
+    switch (c) {
+    case 's': dir = optarg; break;
+    case 'j': json = true; break;
+    case 't': to = optarg; break;
+    case 'n': name = optarg; break;
+    case 'h': usage(stdout); return 0;
+    case 'V': printf("duplex-store %s\n", DUPLEX_VERSION); return 0;
+    default: usage(stderr); return EXIT_USAGE;
+    }
+  }
+  if (!dir || optind >= argc) {
+    fprintf(stderr, "duplex-store: %s\n", !dir ? "--store DIR is required"
+            : "a command is required (list, restore, diff, verify, delete, "
+              "import, gc)");
+    return EXIT_USAGE;
+  }
+  cmd = argv[optind];
+  {
+    const char *const *pos = (const char *const *)argv + optind + 1;
+    int np = argc - optind - 1;
+#define WANT(n, what)                                                       \
+  do {                                                                      \
+    if (np != (n)) {                                                        \
+      fprintf(stderr, "duplex-store: %s: expected %s\n", cmd, what);        \
+      return EXIT_USAGE;                                                    \
+    }                                                                       \
+  } while (0)
+    if (strcmp(cmd, "list") == 0) {
+      WANT(0, "no arguments");
+    } else if (strcmp(cmd, "restore") == 0) {
+      WANT(1, "a snapshot id and --to PATH");
+      if (!to || parse_id(pos[0], &a) == -1) {
+        fprintf(stderr, "duplex-store: restore: expected ID --to PATH\n");
+        return EXIT_USAGE;
+      }
+    } else if (strcmp(cmd, "diff") == 0) {
+      WANT(2, "two snapshot ids");
+      if (parse_id(pos[0], &a) == -1 || parse_id(pos[1], &b) == -1) {
+        fprintf(stderr, "duplex-store: diff: snapshot ids are positive "
+                "numbers (see list)\n");
+        return EXIT_USAGE;
+      }
+    } else if (strcmp(cmd, "verify") == 0) {
+      if (np > 1 || (np == 1 && parse_id(pos[0], &a) == -1)) {
+        fprintf(stderr, "duplex-store: verify: expected at most one "
+                "snapshot id\n");
+        return EXIT_USAGE;
+      }
+    } else if (strcmp(cmd, "delete") == 0) {
+      WANT(1, "a snapshot id");
+      if (parse_id(pos[0], &a) == -1) {
+        fprintf(stderr, "duplex-store: delete: a snapshot id is a positive "
+                "number (see list)\n");
+        return EXIT_USAGE;
+      }
+      write_ = true;
+    } else if (strcmp(cmd, "import") == 0) {
+      WANT(1, "a file or device to import");
+      to = pos[0];
+      write_ = create = true;
+    } else if (strcmp(cmd, "gc") == 0) {
+      WANT(0, "no arguments");
+      write_ = true;
+    } else {
+      fprintf(stderr, "duplex-store: unknown command \"%s\" (list, restore, "
+              "diff, verify, delete, import, gc)\n", cmd);
+      return EXIT_USAGE;
+    }
+  }
+  if (store_open(dir, (write_ ? STORE_WRITE : 0) | (create ? STORE_CREATE : 0),
+                 &s, err, sizeof err) < 0)
+    return fail("%s", err);
+  if (strcmp(cmd, "list") == 0)
+    rc = cmd_list(s, json);
+  else if (strcmp(cmd, "restore") == 0)
+    rc = cmd_restore(s, a, to);
+  else if (strcmp(cmd, "diff") == 0)
+    rc = cmd_diff(s, a, b, json);
+  else if (strcmp(cmd, "verify") == 0)
+    rc = cmd_verify(s, a);
+  else if (strcmp(cmd, "delete") == 0)
+    rc = cmd_delete(s, a);
+  else if (strcmp(cmd, "import") == 0)
+    rc = cmd_import(s, to, name);
+  else
+    rc = cmd_gc(s);
+  store_close(s);
+  return rc;
+}

@@ -1,0 +1,82 @@
+/* The snapshot store's private parts, one section per .c file. */
+#ifndef DUPLEX_STORE_INTERNAL_H
+#define DUPLEX_STORE_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <zstd.h>
+
+#include "backend.h"
+#include "format.h"
+#include "htab.h"
+#include "store.h"
+
+/* ---- store.c ---- */
+#define STORE_PACK_CACHE 4
+struct store_man {
+  uint64_t id;
+  struct manifest *m;
+};
+
+struct store {
+  struct backend *b;
+  struct store_config cfg;
+  struct catalog cat;
+  bool writer;
+  /* every blob the catalog's index objects name; entry.pack is an
+   * ordinal in packs[] */
+  struct index_entry *blobs;
+  size_t n_blobs, cap_blobs;
+  struct store_hash *packs;
+  size_t n_packs, cap_packs;
+  struct htab blob_ix;          /* blob hash -> blobs[] */
+  struct htab pack_ix;          /* pack name -> packs[] */
+  struct store_man *mans;       /* manifests loaded so far */
+  size_t n_mans;
+  ZSTD_DCtx *zctx;
+  /* whole packs read recently (checked against their names): reads in
+   * block order mostly hit the same pack */
+  struct {
+    struct store_hash name;
+    void *buf;
+    size_t len;
+    uint64_t used;
+  } pcache[STORE_PACK_CACHE];
+  uint64_t pcache_clock;
+};
+
+/* Get an object and check that it hashes to its name. */
+int store_get_object(struct store *s, enum store_kind k,
+                     const struct store_hash *name, void **buf, size_t *len,
+                     char *err, size_t errlen);
+/* Decompress if flagged, check the hash; out holds STORE_BLOCK bytes. */
+int store_decode_blob(struct store *s, const struct store_hash *h,
+                      const void *stored, size_t stored_len, uint32_t flags,
+                      void *out, char *err, size_t errlen);
+const struct catalog_snap *store_catalog_find(const struct store *s,
+                                              uint64_t id);
+
+/* ---- pack.c: building packs ---- */
+struct pack_builder;
+/* Blobs are added until the pack reaches STORE_PACK_TARGET bytes; then
+ * (or on finish) it is written to the backend. */
+struct pack_builder *pack_builder_new(void);
+void pack_builder_free(struct pack_builder *pb);
+/* 0 added; 1 full (finish it first, then add again). */
+int pack_builder_add(struct pack_builder *pb, const struct store_hash *h,
+                     const void *data, size_t len, uint32_t flags);
+uint32_t pack_builder_count(const struct pack_builder *pb);
+/* Write the pack (named by its hash) and append its entries to ix (with
+ * the pack's ordinal in ix->packs); the builder is empty again.  *bytes
+ * is the object's size. */
+int pack_builder_finish(struct pack_builder *pb, struct backend *b,
+                        struct index_obj *ix, uint64_t *bytes, char *err,
+                        size_t errlen);
+/* Compress one block if that saves at least an eighth: returns the bytes
+ * to store in out (room for STORE_BLOCK) and sets *flags. */
+size_t pack_compress(ZSTD_CCtx *z, const void *block, void *out,
+                     uint32_t *flags);
+
+#endif
