@@ -21,7 +21,6 @@
 #include "util.h"
 
 #define NBD_MAX_ENDPOINTS 4
-#define NBD_MAX_REQUEST (32u * 1024 * 1024)
 #define DEFAULT_ASYNC_BUFFER (64ull * 1024 * 1024)
 #define RESYNC_CHUNK (1024u * 1024)
 
