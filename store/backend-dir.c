@@ -271,7 +271,7 @@ dir_list(struct backend *b, enum store_kind k, backend_list_fn fn, void *arg,
     }
   }
   while (rc == 0 && (e = readdir(dt)) != NULL) {
-    char sub[128];
+    char sub[64 + sizeof e->d_name];
     DIR *ds;
     struct dirent *f;
     int fd;
