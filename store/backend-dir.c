@@ -278,7 +278,7 @@ dir_list(struct backend *b, enum store_kind k, backend_list_fn fn, void *arg,
 
     if (strlen(e->d_name) != 2)
       continue;
-    snprintf(sub, sizeof sub, "%s/%s", top, e->d_name);
+    snprintf(sub, sizeof sub, "%s/%.2s", top, e->d_name);
     fd = openat(d->dirfd, sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd == -1)
       continue;
