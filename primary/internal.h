@@ -307,8 +307,7 @@ enum verify_state verify_state(const struct verify *v);
 const char *verify_state_name(enum verify_state s);
 void verify_status_json(const struct verify *v, struct json *j);
 
-/* ---- nbd-proto.c: NBD wire format, no I/O ---- */
-/* (see nbd-proto.h) */
+/* (The NBD wire format, no I/O, is common/nbd-proto.h.) */
 
 /* ---- nbd-server.c: listeners and client connections ---- */
 int nbd_server_new(struct primary *p, const struct endpoint *ep,

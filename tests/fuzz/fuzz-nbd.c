@@ -1,4 +1,4 @@
-/* libFuzzer target for the NBD parsers in primary/nbd-proto.c.
+/* libFuzzer target for the NBD parsers in common/nbd-proto.c.
  *
  * The input is an export size (8 bytes) followed by what a client would
  * send: client flags, options, then transmission requests with their WRITE

@@ -1,4 +1,4 @@
-/* Unit tests for primary/nbd-proto.c: handshake bytes, client flags, option
+/* Unit tests for common/nbd-proto.c: handshake bytes, client flags, option
  * parsing and replies, request parsing and the validation table. */
 #include <errno.h>
 #include <setjmp.h>

@@ -1,9 +1,9 @@
 /* NBD wire format (NetworkBlockDevice/nbd doc/proto.md): newstyle handshake
  * (fixed, and non-fixed clients through NBD_OPT_EXPORT_NAME) and simple
- * replies only.  Everything here is pure: bytes in,
- * result or reply bytes (in an evbuffer, which is memory, not a socket)
- * out.  nbd-server.c does the I/O; the unit tests and fuzz-nbd drive these
- * functions directly. */
+ * replies only.  Everything here is pure: bytes in, result or reply bytes
+ * (in an evbuffer, which is memory, not a socket) out.
+ * primary/nbd-server.c does the I/O; the unit tests and fuzz-nbd drive
+ * these functions directly. */
 #ifndef DUPLEX_NBD_PROTO_H
 #define DUPLEX_NBD_PROTO_H
 
