@@ -32,10 +32,14 @@ store_delete(struct store *s, uint64_t id, struct gc_stats *st, char *err,
   struct snap_run *runs = NULL;
   uint32_t nruns;
   struct store_hash child_name;
+  struct gc_stats dummy;
   uint8_t *buf = NULL;
+  uint64_t before;
   size_t len, pos;
   int rc;
 
+  if (!st)
+    st = &dummy;
   memset(st, 0, sizeof *st);
   if (!cs) {
     snprintf(err, errlen, "%s: no snapshot %llu", store_desc(s),
@@ -44,6 +48,8 @@ store_delete(struct store *s, uint64_t id, struct gc_stats *st, char *err,
   }
   pos = (size_t)(cs - c->snaps);
   if ((rc = store_manifest(s, id, &m, err, errlen)) < 0)
+    return rc;
+  if ((rc = store_usage(s, &before, err, errlen)) < 0)
     return rc;
   if (pos + 1 < c->n_snaps) {
     if ((rc = store_manifest(s, c->snaps[pos + 1].id, &cm, err, errlen)) < 0)
@@ -103,6 +109,7 @@ store_delete(struct store *s, uint64_t id, struct gc_stats *st, char *err,
   if ((rc = store_reload(s, err, errlen)) < 0)
     goto out;
   rc = store_gc(s, true, st, err, errlen);
+  st->bytes_before = before;   /* not counting the child's new manifest */
 
 out:
   free(buf);
