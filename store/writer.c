@@ -235,22 +235,28 @@ w_build_runs(struct store_writer *w, struct snap_run **out, uint32_t *nout,
     }
     if (data)
       hs[i] = w->e[i].hash;
-    if (last && last->start + last->count == start &&
-        last->kind == (data ? RUN_DATA : RUN_ZERO) &&
-        last->count + (end - start) <= UINT32_MAX) {
-      last->count += (uint32_t)(end - start);
-    } else {
-      if (nr == capr) {
-        capr = capr ? capr * 2 : 64;
-        r = realloc(r, capr * sizeof *r);
-        if (!r)
-          abort();
+    /* A zero range may be longer than a run can say (2^32 blocks). */
+    while (start < end) {
+      uint64_t piece = MIN(end - start, UINT32_MAX);
+      last = nr ? &r[nr - 1] : NULL;
+      if (last && last->start + last->count == start &&
+          last->kind == (data ? RUN_DATA : RUN_ZERO) &&
+          last->count + piece <= UINT32_MAX) {
+        last->count += (uint32_t)piece;
+      } else {
+        if (nr == capr) {
+          capr = capr ? capr * 2 : 64;
+          r = realloc(r, capr * sizeof *r);
+          if (!r)
+            abort();
+        }
+        r[nr].start = start;
+        r[nr].count = (uint32_t)piece;
+        r[nr].kind = data ? RUN_DATA : RUN_ZERO;
+        r[nr].hashes = data ? &hs[i] : NULL;
+        nr++;
       }
-      r[nr].start = start;
-      r[nr].count = (uint32_t)(end - start);
-      r[nr].kind = data ? RUN_DATA : RUN_ZERO;
-      r[nr].hashes = data ? &hs[i] : NULL;
-      nr++;
+      start += piece;
     }
     if (data)
       i++;
