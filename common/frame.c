@@ -10,6 +10,7 @@
 #include "frame.h"
 
 #define FRAME_MAX_ACK_SEQS 65536u
+#define FRAME_MAX_SNAP_NAME 255u
 
 struct frame_kind {
   const char *name;
@@ -30,12 +31,15 @@ static const struct frame_kind frame_kinds[] = {
   [FRAME_VERIFY] = { "VERIFY", &duplex__verify__descriptor },
   [FRAME_VERIFY_RESULT] = { "VERIFY_RESULT",
                             &duplex__verify_result__descriptor },
+  [FRAME_SNAPSHOT] = { "SNAPSHOT", &duplex__snapshot__descriptor },
+  [FRAME_SNAPSHOT_DONE] = { "SNAPSHOT_DONE",
+                            &duplex__snapshot_done__descriptor },
 };
 
 static bool
 frame_type_valid(uint32_t type)
 {
-  return type >= FRAME_HELLO && type <= FRAME_VERIFY_RESULT;
+  return type >= FRAME_HELLO && type <= FRAME_SNAPSHOT_DONE;
 }
 
 const char *
@@ -236,10 +240,18 @@ frame_check(const struct frame *f, char *err, size_t errlen)
       return -1;
     }
     return 0;
+  case FRAME_SNAPSHOT:
+    if (strlen(f->m.snapshot->name) > FRAME_MAX_SNAP_NAME) {
+      snprintf(err, errlen, "SNAPSHOT frame: name of %zu bytes, at most %u",
+               strlen(f->m.snapshot->name), FRAME_MAX_SNAP_NAME);
+      return -1;
+    }
+    return 0;
   case FRAME_FLUSH:
   case FRAME_SYNC_STATE:
   case FRAME_HEARTBEAT:
   case FRAME_ERROR:
+  case FRAME_SNAPSHOT_DONE:
     return 0;
   }
   snprintf(err, errlen, "unknown frame type %d", (int)f->type);

@@ -33,6 +33,8 @@ enum frame_type {
   FRAME_BITMAP = 10,
   FRAME_VERIFY = 11,
   FRAME_VERIFY_RESULT = 12,
+  FRAME_SNAPSHOT = 13,
+  FRAME_SNAPSHOT_DONE = 14,
 };
 
 /* A parsed frame.  Exactly one message pointer is set, matching type.
@@ -55,6 +57,8 @@ struct frame {
     Duplex__Bitmap *bitmap;
     Duplex__Verify *verify;
     Duplex__VerifyResult *verify_result;
+    Duplex__Snapshot *snapshot;
+    Duplex__SnapshotDone *snapshot_done;
     ProtobufCMessage *any;
   } m;
 };

@@ -121,6 +121,8 @@ test_every_type_roundtrips(void **state)
   Duplex__SyncState ss = DUPLEX__SYNC_STATE__INIT;
   Duplex__Heartbeat hb = DUPLEX__HEARTBEAT__INIT;
   Duplex__Error e = DUPLEX__ERROR__INIT;
+  Duplex__Snapshot sn = DUPLEX__SNAPSHOT__INIT;
+  Duplex__SnapshotDone sd = DUPLEX__SNAPSHOT_DONE__INIT;
   uint64_t seqs[1000];
   struct {
     enum frame_type type;
@@ -129,7 +131,8 @@ test_every_type_roundtrips(void **state)
     { FRAME_HELLO_REPLY, &hr.base }, { FRAME_ZERO, &z.base },
     { FRAME_FLUSH, &fl.base },       { FRAME_ACK, &ack.base },
     { FRAME_SYNC_STATE, &ss.base },  { FRAME_HEARTBEAT, &hb.base },
-    { FRAME_ERROR, &e.base },
+    { FRAME_ERROR, &e.base },        { FRAME_SNAPSHOT, &sn.base },
+    { FRAME_SNAPSHOT_DONE, &sd.base },
   };
 
   (void)state;
@@ -148,6 +151,11 @@ test_every_type_roundtrips(void **state)
   hb.nonce = 0; /* an all-default message packs to zero bytes */
   e.code = 28;
   e.message = "No space left on device";
+  sn.seq = 7;
+  sn.epoch = 12;
+  sn.name = "before upgrade";
+  sd.seq = 7;
+  sd.id = 3;
 
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     struct frame f;
@@ -168,6 +176,13 @@ test_every_type_roundtrips(void **state)
       break;
     case FRAME_ERROR:
       assert_string_equal(f.m.error->message, "No space left on device");
+      break;
+    case FRAME_SNAPSHOT:
+      assert_int_equal(f.m.snapshot->epoch, 12);
+      assert_string_equal(f.m.snapshot->name, "before upgrade");
+      break;
+    case FRAME_SNAPSHOT_DONE:
+      assert_int_equal(f.m.snapshot_done->id, 3);
       break;
     default:
       break;
@@ -249,8 +264,8 @@ test_bad_headers(void **state)
   expect_error(buf, n, "unknown frame type 42");
   buf[5] = 0;
   expect_error(buf, n, "unknown frame type 0");
-  buf[5] = 13;
-  expect_error(buf, n, "unknown frame type 13");
+  buf[5] = 15;
+  expect_error(buf, n, "unknown frame type 15");
 
   frame_pack(FRAME_FLUSH, &fl.base, 0, buf);
   buf[7] = 1;
@@ -339,6 +354,17 @@ test_other_semantics(void **state)
   buf = pack(FRAME_HELLO_REPLY, &hr.base, 0, &len);
   expect_error(buf, len, "replica volume uuid is 3 bytes");
   free(buf);
+
+  {
+    Duplex__Snapshot sn = DUPLEX__SNAPSHOT__INIT;
+    char name[300];
+    memset(name, 'x', sizeof name - 1);
+    name[sizeof name - 1] = '\0';
+    sn.name = name;
+    buf = pack(FRAME_SNAPSHOT, &sn.base, 0, &len);
+    expect_error(buf, len, "SNAPSHOT frame: name of 299 bytes");
+    free(buf);
+  }
 }
 
 static void
