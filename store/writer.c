@@ -70,11 +70,9 @@ store_writer_begin(struct store *s, const struct snap_meta *meta, bool full,
       free(w);
       return rc;
     }
-    /* A volume that changed size starts over with a full map. */
-    if (w->parent->size_bytes != meta->size_bytes) {
-      w->full = true;
-      w->parent = NULL;
-    }
+    /* A volume that changed size starts over with a full map (at commit:
+     * the parent's map, cut or extended with zeros, under this one's
+     * blocks), as blocks not given keep the parent's contents. */
   }
   htab_init(&w->pending);
   w->pb = pack_builder_new();
@@ -322,11 +320,16 @@ store_writer_commit(struct store_writer *w, uint64_t *id,
   snprintf(m.name, sizeof m.name, "%s", w->meta.name);
   m.size_bytes = w->meta.size_bytes;
   memcpy(m.volume_uuid, w->meta.volume_uuid, 16);
-  if (!w->full && w->parent->chain + 1 > STORE_CHAIN_MAX) {
+  if (!w->full && (w->parent->chain + 1 > STORE_CHAIN_MAX ||
+                   w->parent->size_bytes != w->meta.size_bytes)) {
     /* Time for a full map again: the parent's map with this delta. */
     if ((rc = store_map_resolve(s, w->parent->id, &pmap, err, errlen)) < 0)
       goto out;
     map_overlay(pmap.runs, pmap.n_runs, runs, nruns, false, &full, &nfull);
+    while (nfull > 0 && full[nfull - 1].start >= w->blocks)
+      nfull--;                  /* a volume that shrank */
+    if (nfull > 0 && full[nfull - 1].start + full[nfull - 1].count > w->blocks)
+      full[nfull - 1].count = (uint32_t)(w->blocks - full[nfull - 1].start);
     m.runs = full;
     m.n_runs = nfull;
   } else if (w->full) {
