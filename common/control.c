@@ -1,7 +1,9 @@
 /* Control socket: a Unix stream listener, mode 0600, answering one command
  * per connection.  A client sends one line; the line is split into words
  * and handed to the agent's control_fn; the reply is "OK\n" or "ERR\n" and
- * a body, then the connection is closed once the reply is flushed. */
+ * a body, then the connection is closed once the reply is flushed.  A reply
+ * may be deferred (control_defer / control_finish): the client then waits,
+ * at most CONTROL_TIMEOUT_SEC, like for any reply. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +27,13 @@
 struct control_client {
   struct control *c;
   struct bufferevent *bev;
+  struct control_pending *pending; /* a deferred reply is owed */
+  struct event *late;           /* gives up on a deferred reply */
   LIST_ENTRY(control_client) link;
+};
+
+struct control_pending {
+  struct control_client *cl;    /* NULL once the client is gone */
 };
 
 struct control {
@@ -36,11 +44,16 @@ struct control {
   char *path;
   unsigned nclients;
   LIST_HEAD(, control_client) clients;
+  struct control_client *running; /* whose command control_fn runs */
 };
 
 static void
 control_client_free(struct control_client *cl)
 {
+  if (cl->pending)
+    cl->pending->cl = NULL;
+  if (cl->late)
+    event_free(cl->late);
   LIST_REMOVE(cl, link);
   cl->c->nclients--;
   bufferevent_free(cl->bev);
@@ -110,9 +123,73 @@ control_run(struct control_client *cl, char *line)
     control_client_free(cl);
     return;
   }
+  cl->c->running = cl;
   r = cl->c->fn(cl->c->opaque, argc, argv, body);
-  control_reply(cl, r == 0, body);
+  cl->c->running = NULL;
+  if (r == CONTROL_LATER && cl->pending) {
+    /* No more commands on this connection; the reply comes later. */
+    bufferevent_disable(cl->bev, EV_READ);
+  } else {
+    control_reply(cl, r == 0, body);
+  }
   evbuffer_free(body);
+}
+
+static void control_error(struct control_client *cl, const char *msg);
+
+/* A deferred reply did not come in time: say so (the owner's later
+ * control_finish then finds no client). */
+static void
+control_late_cb(evutil_socket_t fd, short what, void *arg)
+{
+  struct control_client *cl = arg;
+
+  (void)fd;
+  (void)what;
+  if (!cl->pending)
+    return;
+  cl->pending->cl = NULL;
+  cl->pending = NULL;
+  control_error(cl, "no answer in time; the agent is busy or its peer did "
+                "not respond");
+}
+
+struct control_pending *
+control_defer(struct control *c)
+{
+  struct control_pending *p = calloc(1, sizeof *p);
+  struct control_client *cl = c->running;
+  struct timeval tv = { CONTROL_TIMEOUT_SEC, 0 };
+
+  if (!p || !cl)
+    abort();                    /* only inside control_fn */
+  p->cl = cl;
+  cl->pending = p;
+  if (!cl->late)
+    cl->late = evtimer_new(c->base, control_late_cb, cl);
+  if (cl->late)
+    evtimer_add(cl->late, &tv);
+  return p;
+}
+
+void
+control_finish(struct control_pending *p, bool ok, struct evbuffer *body)
+{
+  struct control_client *cl = p->cl;
+  struct evbuffer *empty = NULL;
+
+  free(p);
+  if (!cl)
+    return;
+  cl->pending = NULL;
+  if (cl->late)
+    evtimer_del(cl->late);
+  if (!body)
+    body = empty = evbuffer_new();
+  if (body)
+    control_reply(cl, ok, body);
+  if (empty)
+    evbuffer_free(empty);
 }
 
 static void

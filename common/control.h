@@ -4,16 +4,29 @@
 #ifndef DUPLEX_CONTROL_H
 #define DUPLEX_CONTROL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
 
-/* Write the reply body to out; return 0 (OK) or -1 (ERR, body = message). */
+/* Write the reply body to out; return 0 (OK) or -1 (ERR, body = message),
+ * or CONTROL_LATER after control_defer: the reply follows later through
+ * control_finish (e.g. once the peer answered). */
 typedef int (*control_fn)(void *opaque, int argc, char **argv,
                           struct evbuffer *out);
+#define CONTROL_LATER 1
 
 struct control;
+struct control_pending;
+
+/* Inside control_fn only: the reply to the command being run will be given
+ * by control_finish.  Never NULL. */
+struct control_pending *control_defer(struct control *c);
+/* Send the deferred reply (ok: "OK", else "ERR") with body (may be NULL)
+ * and free p.  A client that went away meanwhile is not an error. */
+void control_finish(struct control_pending *p, bool ok,
+                    struct evbuffer *body);
 
 struct control *control_new(struct event_base *base, const char *path,
                             control_fn fn, void *opaque, char *err,

@@ -22,6 +22,8 @@ struct env {
   char dir[64];
   char path[128];
   int calls;
+  struct control_pending *pending; /* "later": answered by the test */
+  struct event *answer;            /* answers it after one loop pass */
 };
 
 /* "echo a b" answers "a|b"; "fail" answers an error; anything else the
@@ -36,6 +38,12 @@ handler(void *opaque, int argc, char **argv, struct evbuffer *out)
     evbuffer_add_printf(out, "unknown command: fail\n");
     return -1;
   }
+  if (strcmp(argv[0], "later") == 0) {
+    e->pending = control_defer(e->c);
+    if (argc > 1)
+      event_active(e->answer, 0, 0);
+    return CONTROL_LATER;
+  }
   if (strcmp(argv[0], "echo") == 0) {
     for (int i = 1; i < argc; i++)
       evbuffer_add_printf(out, "%s%s", i > 1 ? "|" : "", argv[i]);
@@ -44,6 +52,21 @@ handler(void *opaque, int argc, char **argv, struct evbuffer *out)
   }
   evbuffer_add_printf(out, "%d words\n", argc);
   return 0;
+}
+
+/* The deferred reply, from a later loop pass. */
+static void
+answer_cb(evutil_socket_t fd, short what, void *arg)
+{
+  struct env *e = arg;
+  struct evbuffer *body = evbuffer_new();
+
+  (void)fd;
+  (void)what;
+  evbuffer_add_printf(body, "id 7\n");
+  control_finish(e->pending, true, body);
+  e->pending = NULL;
+  evbuffer_free(body);
 }
 
 static int
@@ -58,6 +81,7 @@ setup(void **state)
   snprintf(e->path, sizeof e->path, "%s/ctl.sock", e->dir);
   e->base = event_base_new();
   e->c = control_new(e->base, e->path, handler, e, err, sizeof err);
+  e->answer = event_new(e->base, -1, 0, answer_cb, e);
   if (!e->c) {
     fprintf(stderr, "%s\n", err);
     return -1;
@@ -72,6 +96,7 @@ teardown(void **state)
   struct env *e = *state;
 
   control_free(e->c);
+  event_free(e->answer);
   event_base_free(e->base);
   rmdir(e->dir);
   free(e);
@@ -153,6 +178,34 @@ test_limits(void **state)
   assert_int_equal(e->calls, 0);
 }
 
+/* A reply given after control_fn returned; a client that left before its
+ * deferred reply does not break the owner's control_finish. */
+static void
+test_deferred(void **state)
+{
+  struct env *e = *state;
+  struct sockaddr_un sa = { .sun_family = AF_UNIX };
+  int fd;
+
+  check(e, "later now\n", "OK\nid 7\n");
+  assert_null(e->pending);
+
+  fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  strcpy(sa.sun_path, e->path);
+  assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+  assert_int_equal(send(fd, "later\n", 6, MSG_NOSIGNAL), 6);
+  for (int i = 0; i < 100 && !e->pending; i++) {
+    event_base_loop(e->base, EVLOOP_NONBLOCK);
+    usleep(1000);
+  }
+  assert_non_null(e->pending);
+  control_free(e->c);           /* the client goes away with the socket */
+  e->c = NULL;
+  control_finish(e->pending, false, NULL);
+  e->pending = NULL;
+  close(fd);
+}
+
 static void
 test_free_unlinks(void **state)
 {
@@ -170,6 +223,7 @@ main(void)
     cmocka_unit_test_setup_teardown(test_commands, setup, teardown),
     cmocka_unit_test_setup_teardown(test_limits, setup, teardown),
     cmocka_unit_test_setup_teardown(test_free_unlinks, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_deferred, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
