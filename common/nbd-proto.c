@@ -1,6 +1,6 @@
 /* NBD wire format: handshake, option haggling (fixed and non-fixed
- * newstyle), request validation and simple replies.  No I/O: see
- * nbd-proto.h. */
+ * newstyle, structured replies, metadata contexts), request validation,
+ * simple replies and structured reply chunks.  No I/O: see nbd-proto.h. */
 #include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "evbuf.h"
 #include "nbd-proto.h"
 
 static uint16_t
@@ -85,6 +86,17 @@ nbd_proto_tflags(void)
   return NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA |
          NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES |
          NBD_FLAG_CAN_MULTI_CONN;
+}
+
+uint16_t
+nbd_proto_session_tflags(const struct nbd_export *exp,
+                         const struct nbd_session *sess)
+{
+  uint16_t f = exp->tflags;
+
+  if (!sess->structured)
+    f &= (uint16_t)~NBD_FLAG_SEND_DF;
+  return f;
 }
 
 void
@@ -172,6 +184,78 @@ nbd_proto_parse_opt_go(const uint8_t *payload, uint32_t len,
   return 0;
 }
 
+/* Does one query of a LIST or SET_META_CONTEXT name base:allocation? */
+static bool
+nbd_proto_meta_match(uint32_t option, const uint8_t *q, uint32_t len)
+{
+  static const char base[] = "base:";
+  static const char alloc[] = NBD_META_BASE_ALLOCATION;
+
+  if (len == sizeof alloc - 1 && memcmp(q, alloc, len) == 0)
+    return true;
+  /* The namespace alone is a wildcard for LIST, and selects nothing. */
+  return option == NBD_OPT_LIST_META_CONTEXT && len == sizeof base - 1 &&
+         memcmp(q, base, len) == 0;
+}
+
+uint32_t
+nbd_proto_parse_opt_meta(uint32_t option, const uint8_t *payload, uint32_t len,
+                         struct nbd_opt_meta *out, char *why, size_t whylen)
+{
+  uint32_t pos, qlen;
+
+  memset(out, 0, sizeof *out);
+  if (len < 8) {
+    nbd_proto_why(why, whylen, "option data of %" PRIu32 " bytes is shorter "
+                  "than the 8 bytes required", len);
+    return NBD_REP_ERR_INVALID;
+  }
+  out->name_len = nbd_proto_get32(payload);
+  if (out->name_len > len - 8) {
+    nbd_proto_why(why, whylen, "export name length %" PRIu32 " exceeds the "
+                  "option data (%" PRIu32 " bytes)", out->name_len, len);
+    return NBD_REP_ERR_INVALID;
+  }
+  out->name = payload + 4;
+  pos = 4 + out->name_len;
+  out->n_queries = nbd_proto_get32(payload + pos);
+  pos += 4;
+  /* No query: LIST lists everything, SET selects nothing. */
+  if (out->n_queries == 0)
+    out->base_allocation = option == NBD_OPT_LIST_META_CONTEXT;
+  for (uint32_t i = 0; i < out->n_queries; i++) {
+    if (len - pos < 4) {
+      nbd_proto_why(why, whylen, "query %" PRIu32 " of %" PRIu32 ": the "
+                    "option data ends before its length", i + 1,
+                    out->n_queries);
+      return NBD_REP_ERR_INVALID;
+    }
+    qlen = nbd_proto_get32(payload + pos);
+    pos += 4;
+    if (qlen > len - pos) {
+      nbd_proto_why(why, whylen, "query %" PRIu32 " of %" PRIu32 ": length "
+                    "%" PRIu32 " exceeds the option data (%" PRIu32
+                    " bytes left)", i + 1, out->n_queries, qlen, len - pos);
+      return NBD_REP_ERR_INVALID;
+    }
+    if (qlen > NBD_MAX_STRING) {
+      nbd_proto_why(why, whylen, "query %" PRIu32 " of %" PRIu32 ": %"
+                    PRIu32 " bytes, longer than a string may be (%u)", i + 1,
+                    out->n_queries, qlen, NBD_MAX_STRING);
+      return NBD_REP_ERR_INVALID;
+    }
+    if (nbd_proto_meta_match(option, payload + pos, qlen))
+      out->base_allocation = true;
+    pos += qlen;
+  }
+  if (pos != len) {
+    nbd_proto_why(why, whylen, "%" PRIu32 " bytes of option data after the "
+                  "last of %" PRIu32 " queries", len - pos, out->n_queries);
+    return NBD_REP_ERR_INVALID;
+  }
+  return 0;
+}
+
 void
 nbd_proto_opt_reply(struct evbuffer *out, uint32_t option, uint32_t type,
                     const void *data, uint32_t len)
@@ -243,6 +327,18 @@ nbd_proto_rep_info_string(struct evbuffer *out, uint32_t option, uint16_t info,
 }
 
 void
+nbd_proto_rep_meta_context(struct evbuffer *out, uint32_t option, uint32_t id,
+                           const char *name)
+{
+  uint32_t len = nbd_proto_strlen(name);
+  uint8_t buf[4 + NBD_MAX_STRING];
+
+  nbd_proto_put32(buf, id);
+  memcpy(buf + 4, name, len);
+  nbd_proto_opt_reply(out, option, NBD_REP_META_CONTEXT, buf, 4 + len);
+}
+
+void
 nbd_proto_export_name_reply(struct evbuffer *out, uint64_t size,
                             uint16_t tflags, uint32_t cflags)
 {
@@ -262,9 +358,10 @@ nbd_proto_export_name_reply(struct evbuffer *out, uint64_t size,
  * enters transmission after the final ACK.  Any export name is accepted
  * (there is one export), like nbdkit's default. */
 static enum nbd_opt_result
-nbd_proto_info_go(const struct nbd_export *exp, const struct nbd_opt_hdr *hdr,
-                  const uint8_t *payload, struct evbuffer *out, char *why,
-                  size_t whylen)
+nbd_proto_info_go(const struct nbd_export *exp,
+                  const struct nbd_session *sess,
+                  const struct nbd_opt_hdr *hdr, const uint8_t *payload,
+                  struct evbuffer *out, char *why, size_t whylen)
 {
   struct nbd_opt_go go;
   char reason[160];
@@ -276,11 +373,12 @@ nbd_proto_info_go(const struct nbd_export *exp, const struct nbd_opt_hdr *hdr,
     nbd_proto_opt_error(out, hdr->option, NBD_REP_ERR_INVALID, reason);
     return NBD_OPT_NEXT;
   }
-  nbd_proto_rep_info_export(out, hdr->option, exp->size, exp->tflags);
+  nbd_proto_rep_info_export(out, hdr->option, exp->size,
+                            nbd_proto_session_tflags(exp, sess));
   /* Sent whether asked for or not: the defaults would allow requests
    * larger than we accept, and proto.md lets a server volunteer it. */
   nbd_proto_rep_info_block_size(out, hdr->option, NBD_BLOCK_MIN,
-                                NBD_BLOCK_PREFERRED, NBD_BLOCK_MAX);
+                                NBD_BLOCK_PREFERRED, exp->block_max);
   if (go.want_name && exp->name != NULL)
     nbd_proto_rep_info_string(out, hdr->option, NBD_INFO_NAME, exp->name);
   if (go.want_description && exp->description != NULL)
@@ -290,16 +388,93 @@ nbd_proto_info_go(const struct nbd_export *exp, const struct nbd_opt_hdr *hdr,
   return hdr->option == NBD_OPT_GO ? NBD_OPT_TRANSMISSION : NBD_OPT_NEXT;
 }
 
-enum nbd_opt_result
-nbd_proto_option(const struct nbd_export *exp, uint32_t cflags,
-                 const struct nbd_opt_hdr *hdr, const uint8_t *payload,
-                 struct evbuffer *out, char *why, size_t whylen)
+/* An option this export does not offer: clients probe for STARTTLS,
+ * STRUCTURED_REPLY, meta contexts, extended headers..., so this is not the
+ * client's fault. */
+static enum nbd_opt_result
+nbd_proto_unsupported(const struct nbd_opt_hdr *hdr, struct evbuffer *out)
 {
   char msg[96];
 
+  snprintf(msg, sizeof msg, "option %" PRIu32 " (%s) is not supported",
+           hdr->option, nbd_proto_opt_name(hdr->option));
+  nbd_proto_opt_error(out, hdr->option, NBD_REP_ERR_UNSUP, msg);
+  return NBD_OPT_NEXT;
+}
+
+static enum nbd_opt_result
+nbd_proto_structured(struct nbd_session *sess, const struct nbd_opt_hdr *hdr,
+                     struct evbuffer *out, char *why, size_t whylen)
+{
+  if (hdr->length != 0) {
+    nbd_proto_why(why, whylen, "NBD_OPT_STRUCTURED_REPLY with %" PRIu32
+                  " bytes of data (expected none)", hdr->length);
+    nbd_proto_opt_error(out, hdr->option, NBD_REP_ERR_INVALID,
+                        "NBD_OPT_STRUCTURED_REPLY takes no data");
+    return NBD_OPT_NEXT;
+  }
+  if (sess->structured) {
+    /* As qemu-nbd answers a second request. */
+    nbd_proto_why(why, whylen, "NBD_OPT_STRUCTURED_REPLY sent again");
+    nbd_proto_opt_error(out, hdr->option, NBD_REP_ERR_INVALID,
+                        "structured replies are already negotiated");
+    return NBD_OPT_NEXT;
+  }
+  sess->structured = true;
+  nbd_proto_opt_reply(out, hdr->option, NBD_REP_ACK, NULL, 0);
+  return NBD_OPT_NEXT;
+}
+
+/* LIST_META_CONTEXT and SET_META_CONTEXT: one export (any name), one
+ * context.  SET replaces the selection even when it fails (proto.md). */
+static enum nbd_opt_result
+nbd_proto_meta(struct nbd_session *sess, const struct nbd_opt_hdr *hdr,
+               const uint8_t *payload, struct evbuffer *out, char *why,
+               size_t whylen)
+{
+  struct nbd_opt_meta m;
+  char reason[200];
+  bool set = hdr->option == NBD_OPT_SET_META_CONTEXT;
+
+  if (set)
+    sess->base_allocation = false;
+  if (!sess->structured) {
+    nbd_proto_why(why, whylen, "%s before NBD_OPT_STRUCTURED_REPLY",
+                  nbd_proto_opt_name(hdr->option));
+    nbd_proto_opt_error(out, hdr->option, NBD_REP_ERR_INVALID,
+                        "metadata contexts need structured replies: send "
+                        "NBD_OPT_STRUCTURED_REPLY first");
+    return NBD_OPT_NEXT;
+  }
+  if (nbd_proto_parse_opt_meta(hdr->option, payload, hdr->length, &m, reason,
+                               sizeof reason) != 0) {
+    nbd_proto_why(why, whylen, "%s: %s", nbd_proto_opt_name(hdr->option),
+                  reason);
+    nbd_proto_opt_error(out, hdr->option, NBD_REP_ERR_INVALID, reason);
+    return NBD_OPT_NEXT;
+  }
+  if (m.base_allocation) {
+    /* LIST answers id 0 (reserved); SET the id BLOCK_STATUS will carry. */
+    nbd_proto_rep_meta_context(out, hdr->option,
+                               set ? NBD_META_ID_BASE_ALLOCATION : 0,
+                               NBD_META_BASE_ALLOCATION);
+    if (set)
+      sess->base_allocation = true;
+  }
+  nbd_proto_opt_reply(out, hdr->option, NBD_REP_ACK, NULL, 0);
+  return NBD_OPT_NEXT;
+}
+
+enum nbd_opt_result
+nbd_proto_option(const struct nbd_export *exp, struct nbd_session *sess,
+                 const struct nbd_opt_hdr *hdr, const uint8_t *payload,
+                 struct evbuffer *out, char *why, size_t whylen)
+{
+  uint32_t cflags = sess->cflags;
+
   nbd_proto_why(why, whylen, "%s", "");
   if (hdr->length > NBD_MAX_OPTION)
-    return nbd_proto_option_too_big(hdr, cflags, out, why, whylen);
+    return nbd_proto_option_too_big(hdr, sess, out, why, whylen);
 
   if (!(cflags & NBD_FLAG_C_FIXED_NEWSTYLE) &&
       hdr->option != NBD_OPT_EXPORT_NAME) {
@@ -314,7 +489,8 @@ nbd_proto_option(const struct nbd_export *exp, uint32_t cflags,
 
   switch (hdr->option) {
   case NBD_OPT_EXPORT_NAME:
-    nbd_proto_export_name_reply(out, exp->size, exp->tflags, cflags);
+    nbd_proto_export_name_reply(out, exp->size,
+                                nbd_proto_session_tflags(exp, sess), cflags);
     return NBD_OPT_TRANSMISSION;
 
   case NBD_OPT_ABORT:
@@ -336,29 +512,38 @@ nbd_proto_option(const struct nbd_export *exp, uint32_t cflags,
 
   case NBD_OPT_INFO:
   case NBD_OPT_GO:
-    return nbd_proto_info_go(exp, hdr, payload, out, why, whylen);
+    return nbd_proto_info_go(exp, sess, hdr, payload, out, why, whylen);
+
+  case NBD_OPT_STRUCTURED_REPLY:
+    if (!exp->structured)
+      return nbd_proto_unsupported(hdr, out);
+    return nbd_proto_structured(sess, hdr, out, why, whylen);
+
+  case NBD_OPT_LIST_META_CONTEXT:
+  case NBD_OPT_SET_META_CONTEXT:
+    if (!exp->structured)
+      return nbd_proto_unsupported(hdr, out);
+    return nbd_proto_meta(sess, hdr, payload, out, why, whylen);
 
   default:
-    /* STARTTLS, STRUCTURED_REPLY, meta contexts, extended headers...:
-     * clients probe for these, so this is not the client's fault. */
-    snprintf(msg, sizeof msg, "option %" PRIu32 " (%s) is not supported",
-             hdr->option, nbd_proto_opt_name(hdr->option));
-    nbd_proto_opt_error(out, hdr->option, NBD_REP_ERR_UNSUP, msg);
-    return NBD_OPT_NEXT;
+    return nbd_proto_unsupported(hdr, out);
   }
 }
 
 enum nbd_opt_result
-nbd_proto_option_too_big(const struct nbd_opt_hdr *hdr, uint32_t cflags,
-                         struct evbuffer *out, char *why, size_t whylen)
+nbd_proto_option_too_big(const struct nbd_opt_hdr *hdr,
+                         struct nbd_session *sess, struct evbuffer *out,
+                         char *why, size_t whylen)
 {
   nbd_proto_why(why, whylen, "%s with %" PRIu32 " bytes of data (limit %u)",
                 nbd_proto_opt_name(hdr->option), hdr->length,
                 NBD_MAX_OPTION);
+  if (hdr->option == NBD_OPT_SET_META_CONTEXT)
+    sess->base_allocation = false;
   /* EXPORT_NAME has no error reply: proto.md says terminate.  Nor has
    * anything sent by a client without fixed newstyle. */
   if (hdr->option == NBD_OPT_EXPORT_NAME ||
-      !(cflags & NBD_FLAG_C_FIXED_NEWSTYLE))
+      !(sess->cflags & NBD_FLAG_C_FIXED_NEWSTYLE))
     return NBD_OPT_CLOSE;
   nbd_proto_opt_error(out, hdr->option, NBD_REP_ERR_TOO_BIG,
                       "option data too long");
@@ -399,32 +584,55 @@ nbd_proto_cmd_flags(uint16_t type, uint16_t tflags)
 
   if (type == NBD_CMD_WRITE_ZEROES)
     f |= NBD_CMD_FLAG_NO_HOLE;
+  if (type == NBD_CMD_READ && (tflags & NBD_FLAG_SEND_DF))
+    f |= NBD_CMD_FLAG_DF;
+  if (type == NBD_CMD_BLOCK_STATUS)
+    f |= NBD_CMD_FLAG_REQ_ONE;
   return f;
 }
 
 uint32_t
-nbd_proto_validate_request(const struct nbd_request *req, uint64_t size,
-                           uint16_t tflags, char *why, size_t whylen)
+nbd_proto_validate_request(const struct nbd_request *req,
+                           const struct nbd_export *exp,
+                           const struct nbd_session *sess, char *why,
+                           size_t whylen)
 {
   const char *name = nbd_proto_cmd_name(req->type);
+  uint16_t tflags = nbd_proto_session_tflags(exp, sess);
+  uint64_t size = exp->size;
   uint16_t bad;
 
   nbd_proto_why(why, whylen, "%s", "");
   switch (req->type) {
   case NBD_CMD_READ:
+    break;
   case NBD_CMD_WRITE:
+  case NBD_CMD_TRIM:
+  case NBD_CMD_WRITE_ZEROES:
+    /* proto.md: the server MUST error writes to a read-only export, and
+     * SHOULD say EPERM (also for trims and zeroes). */
+    if (tflags & NBD_FLAG_READ_ONLY) {
+      nbd_proto_why(why, whylen, "%s: the export is read-only", name);
+      return NBD_EPERM;
+    }
+    if (req->type == NBD_CMD_TRIM && !(tflags & NBD_FLAG_SEND_TRIM))
+      goto unsupported;
+    if (req->type == NBD_CMD_WRITE_ZEROES &&
+        !(tflags & NBD_FLAG_SEND_WRITE_ZEROES))
+      goto unsupported;
     break;
   case NBD_CMD_FLUSH:
     if (!(tflags & NBD_FLAG_SEND_FLUSH))
       goto unsupported;
     break;
-  case NBD_CMD_TRIM:
-    if (!(tflags & NBD_FLAG_SEND_TRIM))
+  case NBD_CMD_BLOCK_STATUS:
+    if (!exp->structured)
       goto unsupported;
-    break;
-  case NBD_CMD_WRITE_ZEROES:
-    if (!(tflags & NBD_FLAG_SEND_WRITE_ZEROES))
-      goto unsupported;
+    if (!sess->base_allocation) {
+      nbd_proto_why(why, whylen, "%s without a metadata context selected "
+                    "(NBD_OPT_SET_META_CONTEXT base:allocation)", name);
+      return NBD_EINVAL;
+    }
     break;
   default:
     goto unsupported;
@@ -455,9 +663,9 @@ nbd_proto_validate_request(const struct nbd_request *req, uint64_t size,
    * WRITE_ZEROES carry no data and may cover up to 4 GiB (the kernel
    * client discards in such chunks). */
   if ((req->type == NBD_CMD_READ || req->type == NBD_CMD_WRITE) &&
-      req->length > NBD_BLOCK_MAX) {
+      req->length > exp->block_max) {
     nbd_proto_why(why, whylen, "%s: length %" PRIu32 " exceeds the maximum "
-                  "of %u", name, req->length, NBD_BLOCK_MAX);
+                  "of %" PRIu32, name, req->length, exp->block_max);
     return NBD_EINVAL;
   }
   if (req->offset > size || req->length > size - req->offset) {
@@ -513,6 +721,125 @@ nbd_proto_build_simple_reply(uint8_t out[NBD_SIMPLE_REPLY_LEN], uint32_t error,
   nbd_proto_put32(out, NBD_SIMPLE_REPLY_MAGIC);
   nbd_proto_put32(out + 4, error);
   nbd_proto_put64(out + 8, cookie);
+}
+
+void
+nbd_proto_build_chunk_hdr(uint8_t out[NBD_CHUNK_HDR_LEN], uint16_t flags,
+                          uint16_t type, uint64_t cookie, uint32_t length)
+{
+  nbd_proto_put32(out, NBD_STRUCTURED_REPLY_MAGIC);
+  nbd_proto_put16(out + 4, flags);
+  nbd_proto_put16(out + 6, type);
+  nbd_proto_put64(out + 8, cookie);
+  nbd_proto_put32(out + 16, length);
+}
+
+void
+nbd_proto_build_data_chunk_hdr(uint8_t out[NBD_DATA_CHUNK_HDR_LEN],
+                               uint16_t flags, uint64_t cookie,
+                               uint64_t offset, uint32_t len)
+{
+  nbd_proto_build_chunk_hdr(out, flags, NBD_REPLY_TYPE_OFFSET_DATA, cookie,
+                            8 + len);
+  nbd_proto_put64(out + NBD_CHUNK_HDR_LEN, offset);
+}
+
+/* Chunks go behind read data the caller may have added by reference, so
+ * they are appended with evbuf_add_small (see evbuf.h). */
+int
+nbd_proto_chunk_done(struct evbuffer *out, uint64_t cookie)
+{
+  uint8_t hdr[NBD_CHUNK_HDR_LEN];
+
+  nbd_proto_build_chunk_hdr(hdr, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE,
+                            cookie, 0);
+  return evbuf_add_small(out, hdr, sizeof hdr);
+}
+
+int
+nbd_proto_chunk_error(struct evbuffer *out, uint16_t flags, uint64_t cookie,
+                      uint32_t error, const char *msg)
+{
+  uint32_t len = nbd_proto_strlen(msg);
+  uint8_t buf[NBD_CHUNK_HDR_LEN + 6 + NBD_MAX_STRING];
+
+  nbd_proto_build_chunk_hdr(buf, flags, NBD_REPLY_TYPE_ERROR, cookie,
+                            6 + len);
+  nbd_proto_put32(buf + NBD_CHUNK_HDR_LEN, error);
+  nbd_proto_put16(buf + NBD_CHUNK_HDR_LEN + 4, (uint16_t)len);
+  if (len > 0)
+    memcpy(buf + NBD_CHUNK_HDR_LEN + 6, msg, len);
+  return evbuf_add_small(out, buf, NBD_CHUNK_HDR_LEN + 6 + len);
+}
+
+void
+nbd_proto_extents_init(struct nbd_extents *x, const struct nbd_request *req,
+                       struct nbd_extent *array, uint32_t max)
+{
+  x->next = req->offset;
+  /* A validated request does not wrap; saturate for one that was not. */
+  x->end = req->offset + req->length >= req->offset
+               ? req->offset + req->length : UINT64_MAX;
+  x->req_one = (req->flags & NBD_CMD_FLAG_REQ_ONE) != 0;
+  x->e = array;
+  x->n = 0;
+  x->max = max;
+}
+
+int
+nbd_proto_extents_add(struct nbd_extents *x, uint64_t off, uint64_t len,
+                      uint32_t flags, char *why, size_t whylen)
+{
+  struct nbd_extent *last = x->n > 0 ? &x->e[x->n - 1] : NULL;
+  uint64_t to;
+  uint32_t l;
+
+  if (x->next >= x->end)
+    return 1;
+  if (len == 0 || off > x->next || len > UINT64_MAX - off ||
+      off + len <= x->next) {
+    nbd_proto_why(why, whylen, "extent at %" PRIu64 " of %" PRIu64 " bytes "
+                  "does not continue at %" PRIu64, off, len, x->next);
+    return -1;
+  }
+  to = off + len < x->end ? off + len : x->end;
+  /* At most the request's length, which is 32 bits. */
+  l = (uint32_t)(to - x->next);
+  if (last != NULL && last->flags == flags &&
+      (uint64_t)last->length + l <= UINT32_MAX) {
+    last->length += l;
+  } else {
+    if (x->n == (x->req_one ? 1 : x->max))
+      return 1;
+    x->e[x->n].length = l;
+    x->e[x->n].flags = flags;
+    x->n++;
+  }
+  x->next = to;
+  return x->next >= x->end ? 1 : 0;
+}
+
+int
+nbd_proto_chunk_block_status(struct evbuffer *out, uint16_t flags,
+                             uint64_t cookie, uint32_t id,
+                             const struct nbd_extents *x)
+{
+  size_t len = NBD_CHUNK_HDR_LEN + 4 + 8 * (size_t)x->n;
+  struct evbuffer_iovec v;
+  uint8_t *p;
+
+  if (evbuffer_reserve_space(out, (ev_ssize_t)len, &v, 1) < 1)
+    return -1;
+  p = v.iov_base;
+  nbd_proto_build_chunk_hdr(p, flags, NBD_REPLY_TYPE_BLOCK_STATUS, cookie,
+                            (uint32_t)(len - NBD_CHUNK_HDR_LEN));
+  nbd_proto_put32(p + NBD_CHUNK_HDR_LEN, id);
+  for (uint32_t i = 0; i < x->n; i++) {
+    nbd_proto_put32(p + NBD_CHUNK_HDR_LEN + 4 + 8 * i, x->e[i].length);
+    nbd_proto_put32(p + NBD_CHUNK_HDR_LEN + 8 + 8 * i, x->e[i].flags);
+  }
+  v.iov_len = len;
+  return evbuffer_commit_space(out, &v, 1);
 }
 
 const char *

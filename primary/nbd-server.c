@@ -81,7 +81,7 @@ struct nbd_conn {
   struct bufferevent *bev;      /* NULL once closed */
   enum nbd_conn_state state;
   char name[200];               /* for logs: "nbd client 10.0.0.2:51234" */
-  uint32_t cflags;
+  struct nbd_session sess;      /* client flags; nothing else is offered */
   struct nbd_opt_hdr opt;       /* option being received */
   uint64_t discard;             /* payload bytes still to skip */
   struct evbuffer *held;        /* reply sent once the skip is done */
@@ -297,14 +297,15 @@ nbd_conn_client_flags(struct nbd_conn *c, struct evbuffer *in)
   if (evbuffer_get_length(in) < sizeof buf)
     return NBD_STEP_NEED_INPUT;
   evbuffer_remove(in, buf, sizeof buf);
-  if (nbd_proto_parse_client_flags(buf, &c->cflags, why, sizeof why) != 0) {
+  if (nbd_proto_parse_client_flags(buf, &c->sess.cflags, why,
+                                   sizeof why) != 0) {
     nbd_conn_close(c, LOG_LVL_WARN, why);
     return NBD_STEP_WAIT;
   }
-  if (!(c->cflags & NBD_FLAG_C_FIXED_NEWSTYLE))
+  if (!(c->sess.cflags & NBD_FLAG_C_FIXED_NEWSTYLE))
     log_debug("%s: client without fixed newstyle negotiation (flags "
               "0x%08" PRIx32 "): only NBD_OPT_EXPORT_NAME is possible",
-              c->name, c->cflags);
+              c->name, c->sess.cflags);
   c->state = NBD_CONN_OPT_HDR;
   return NBD_STEP_AGAIN;
 }
@@ -331,7 +332,7 @@ nbd_conn_opt_hdr(struct nbd_conn *c, struct evbuffer *in)
     return NBD_STEP_AGAIN;
   }
   /* Too long to buffer: skip the payload as it arrives, then answer. */
-  if (nbd_proto_option_too_big(&c->opt, c->cflags, c->held, why,
+  if (nbd_proto_option_too_big(&c->opt, &c->sess, c->held, why,
                                sizeof why) == NBD_OPT_CLOSE) {
     nbd_conn_close(c, LOG_LVL_WARN, why);
     return NBD_STEP_WAIT;
@@ -354,7 +355,7 @@ nbd_conn_opt_data(struct nbd_conn *c, struct evbuffer *in)
     return NBD_STEP_NEED_INPUT;
   if (c->opt.length > 0)
     payload = evbuffer_pullup(in, c->opt.length);
-  res = nbd_proto_option(&c->srv->exp, c->cflags, &c->opt, payload,
+  res = nbd_proto_option(&c->srv->exp, &c->sess, &c->opt, payload,
                          c->wbuf, why, sizeof why);
   evbuffer_drain(in, c->opt.length);
   if (res == NBD_OPT_CLOSE && why[0] != '\0') {
@@ -464,8 +465,8 @@ nbd_conn_req_hdr(struct nbd_conn *c, struct evbuffer *in)
     nbd_conn_close(c, LOG_LVL_WARN, why);
     return NBD_STEP_WAIT;
   }
-  error = nbd_proto_validate_request(&req, c->p->vol.size, c->srv->exp.tflags,
-                                     why, sizeof why);
+  error = nbd_proto_validate_request(&req, &c->srv->exp, &c->sess, why,
+                                     sizeof why);
   if (error == 0 && (req.type == NBD_CMD_READ || req.type == NBD_CMD_WRITE) &&
       !nbd_conn_fits(c, req.length)) {
     c->blocked = true;
@@ -871,6 +872,7 @@ nbd_server_new(struct primary *p, const struct endpoint *ep,
            p->vol.path);
   s->exp.size = p->vol.size;
   s->exp.tflags = nbd_proto_tflags();
+  s->exp.block_max = NBD_BLOCK_MAX;
   s->exp.name = s->exp_name;
   s->exp.description = s->exp_desc;
 

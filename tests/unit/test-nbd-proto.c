@@ -1,5 +1,8 @@
 /* Unit tests for common/nbd-proto.c: handshake bytes, client flags, option
- * parsing and replies, request parsing and the validation table. */
+ * parsing and replies, request parsing and the validation table; for a
+ * read-only export with structured replies (duplex-store serve): the
+ * structured reply and metadata context options, BLOCK_STATUS validation,
+ * the reply chunks and the extent collector. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -22,8 +25,24 @@ static const uint16_t tflags_all =
 static const struct nbd_export test_export = {
   .size = SIZE,
   .tflags = tflags_all,
+  .block_max = NBD_BLOCK_MAX,
   .name = "vol.img",
   .description = "duplex-primary volume /srv/vol.img",
+};
+
+/* A snapshot served read-only, as store/nbd-export.c exports it. */
+#define RO_MAX (32u * 1024 * 1024)
+static const uint16_t tflags_ro =
+    NBD_FLAG_HAS_FLAGS | NBD_FLAG_READ_ONLY | NBD_FLAG_SEND_FLUSH |
+    NBD_FLAG_SEND_DF | NBD_FLAG_CAN_MULTI_CONN;
+
+static const struct nbd_export ro_export = {
+  .size = SIZE,
+  .tflags = tflags_ro,
+  .block_max = RO_MAX,
+  .structured = true,
+  .name = "snapshot-7",
+  .description = "duplex snapshot 7",
 };
 
 /* ---- byte helpers ---- */
@@ -91,14 +110,31 @@ take_reply(struct evbuffer *buf, struct reply *r)
 }
 
 static enum nbd_opt_result
-run_option(uint32_t cflags, uint32_t option, const uint8_t *payload,
-           uint32_t len, struct evbuffer *out, char *why, size_t whylen)
+run_option_on(const struct nbd_export *exp, struct nbd_session *sess,
+              uint32_t option, const uint8_t *payload, uint32_t len,
+              struct evbuffer *out, char *why, size_t whylen)
 {
   struct nbd_opt_hdr hdr = { .option = option, .length = len };
   static const uint8_t none[1];
 
-  return nbd_proto_option(&test_export, cflags, &hdr,
-                          payload != NULL ? payload : none, out, why, whylen);
+  return nbd_proto_option(exp, sess, &hdr, payload != NULL ? payload : none,
+                          out, why, whylen);
+}
+
+/* An option from a fresh client of the primary's export. */
+static enum nbd_opt_result
+run_option(uint32_t cflags, uint32_t option, const uint8_t *payload,
+           uint32_t len, struct evbuffer *out, char *why, size_t whylen)
+{
+  struct nbd_session sess = { .cflags = cflags };
+  enum nbd_opt_result res;
+
+  res = run_option_on(&test_export, &sess, option, payload, len, out, why,
+                      whylen);
+  /* The primary offers nothing to negotiate. */
+  assert_false(sess.structured);
+  assert_false(sess.base_allocation);
+  return res;
 }
 
 /* GO/INFO payload: name, then the information requests. */
@@ -414,10 +450,12 @@ test_option_non_fixed_others(void **state)
   uint8_t b[64];
   uint32_t len = go_payload(b, "", NULL, 0);
   struct nbd_opt_hdr h;
+  struct nbd_session sess;
   char why[200];
 
   (void)state;
   for (size_t f = 0; f < 2; f++) {
+    sess = (struct nbd_session){ .cflags = cflags[f] };
     for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {
       assert_int_equal(run_option(cflags[f], opts[i], b,
                                   opts[i] == NBD_OPT_LIST ? 0 : len, out, why,
@@ -435,7 +473,7 @@ test_option_non_fixed_others(void **state)
     /* an oversized option cannot get ERR_TOO_BIG either */
     h.option = NBD_OPT_GO;
     h.length = NBD_MAX_OPTION + 1;
-    assert_int_equal(nbd_proto_option_too_big(&h, cflags[f], out, why,
+    assert_int_equal(nbd_proto_option_too_big(&h, &sess, out, why,
                                               sizeof why), NBD_OPT_CLOSE);
     assert_int_equal(evbuffer_get_length(out), 0);
     assert_true(strlen(why) > 10);
@@ -525,12 +563,12 @@ test_option_too_big(void **state)
   struct evbuffer *out = evbuffer_new();
   struct nbd_opt_hdr h = { .option = NBD_OPT_GO,
                            .length = NBD_MAX_OPTION + 1 };
+  struct nbd_session sess = { .cflags = NBD_FLAG_C_FIXED_NEWSTYLE };
   struct reply r;
   char why[200];
 
   (void)state;
-  assert_int_equal(nbd_proto_option_too_big(&h, NBD_FLAG_C_FIXED_NEWSTYLE,
-                                            out, why, sizeof why),
+  assert_int_equal(nbd_proto_option_too_big(&h, &sess, out, why, sizeof why),
                    NBD_OPT_NEXT);
   assert_non_null(strstr(why, "65537"));
   take_reply(out, &r);
@@ -541,8 +579,7 @@ test_option_too_big(void **state)
   /* EXPORT_NAME cannot be answered with an error: close */
   h.option = NBD_OPT_EXPORT_NAME;
   h.length = 0xffffffffu;
-  assert_int_equal(nbd_proto_option_too_big(&h, NBD_FLAG_C_FIXED_NEWSTYLE,
-                                            out, why, sizeof why),
+  assert_int_equal(nbd_proto_option_too_big(&h, &sess, out, why, sizeof why),
                    NBD_OPT_CLOSE);
   assert_int_equal(evbuffer_get_length(out), 0);
   evbuffer_free(out);
@@ -666,6 +703,7 @@ test_validate_table(void **state)
     { "unknown command", 8, 0, 0, 4096, NBD_EINVAL },
     { "unknown command 0xffff", 0xffff, 0, 0, 0, NBD_EINVAL },
   };
+  const struct nbd_session sess = { .cflags = NBD_FLAG_C_FIXED_NEWSTYLE };
   struct nbd_request req;
   char why[300];
   uint32_t got;
@@ -677,7 +715,8 @@ test_validate_table(void **state)
     req.offset = cases[i].off;
     req.length = cases[i].len;
     req.cookie = i;
-    got = nbd_proto_validate_request(&req, SIZE, tflags_all, why, sizeof why);
+    got = nbd_proto_validate_request(&req, &test_export, &sess, why,
+                                     sizeof why);
     if (got != cases[i].want)
       fail_msg("%s: got %u, want %u (%s)", cases[i].what, got, cases[i].want,
                why);
@@ -691,31 +730,698 @@ test_validate_table(void **state)
 static void
 test_validate_unadvertised(void **state)
 {
+  const struct nbd_export bare = { .size = SIZE,
+                                   .tflags = NBD_FLAG_HAS_FLAGS,
+                                   .block_max = NBD_BLOCK_MAX };
+  const struct nbd_export empty = { .size = 0, .tflags = tflags_all,
+                                    .block_max = NBD_BLOCK_MAX };
+  const struct nbd_session sess = { .cflags = NBD_FLAG_C_FIXED_NEWSTYLE };
   struct nbd_request req = { .type = NBD_CMD_FLUSH };
   char why[300];
 
   (void)state;
   /* commands and flags the export does not advertise */
-  assert_int_equal(nbd_proto_validate_request(&req, SIZE, NBD_FLAG_HAS_FLAGS,
-                                              why, sizeof why), NBD_EINVAL);
+  assert_int_equal(nbd_proto_validate_request(&req, &bare, &sess, why,
+                                              sizeof why), NBD_EINVAL);
   req.type = NBD_CMD_TRIM;
   req.length = 512;
-  assert_int_equal(nbd_proto_validate_request(&req, SIZE, NBD_FLAG_HAS_FLAGS,
-                                              why, sizeof why), NBD_EINVAL);
+  assert_int_equal(nbd_proto_validate_request(&req, &bare, &sess, why,
+                                              sizeof why), NBD_EINVAL);
   req.type = NBD_CMD_WRITE_ZEROES;
-  assert_int_equal(nbd_proto_validate_request(&req, SIZE, NBD_FLAG_HAS_FLAGS,
-                                              why, sizeof why), NBD_EINVAL);
+  assert_int_equal(nbd_proto_validate_request(&req, &bare, &sess, why,
+                                              sizeof why), NBD_EINVAL);
   req.type = NBD_CMD_WRITE;
   req.flags = NBD_CMD_FLAG_FUA;
-  assert_int_equal(nbd_proto_validate_request(&req, SIZE, NBD_FLAG_HAS_FLAGS,
-                                              why, sizeof why), NBD_EINVAL);
+  assert_int_equal(nbd_proto_validate_request(&req, &bare, &sess, why,
+                                              sizeof why), NBD_EINVAL);
   req.flags = 0;
-  assert_int_equal(nbd_proto_validate_request(&req, SIZE, NBD_FLAG_HAS_FLAGS,
-                                              why, sizeof why), 0);
+  assert_int_equal(nbd_proto_validate_request(&req, &bare, &sess, why,
+                                              sizeof why), 0);
   /* an empty export accepts nothing with a length */
   req.type = NBD_CMD_READ;
-  assert_int_equal(nbd_proto_validate_request(&req, 0, tflags_all, why,
+  assert_int_equal(nbd_proto_validate_request(&req, &empty, &sess, why,
                                               sizeof why), NBD_EINVAL);
+}
+
+/* ---- a read-only export with structured replies ---- */
+
+/* LIST/SET_META_CONTEXT payload: export name, then the queries. */
+static uint32_t
+meta_payload(uint8_t *buf, const char *name, const char *const *q,
+             uint32_t n)
+{
+  uint32_t len = (uint32_t)strlen(name), pos;
+
+  put32(buf, len);
+  memcpy(buf + 4, name, len);
+  pos = 4 + len;
+  put32(buf + pos, n);
+  pos += 4;
+  for (uint32_t i = 0; i < n; i++) {
+    uint32_t ql = (uint32_t)strlen(q[i]);
+    put32(buf + pos, ql);
+    memcpy(buf + pos + 4, q[i], ql);
+    pos += 4 + ql;
+  }
+  return pos;
+}
+
+/* Takes the replies to one META_CONTEXT option: the contexts announced
+ * (0 or 1, base:allocation, with its id) and the final ACK. */
+static int
+take_meta_replies(struct evbuffer *out, uint32_t option, uint32_t *id)
+{
+  struct reply r;
+  int n = 0;
+
+  for (;;) {
+    take_reply(out, &r);
+    assert_int_equal(r.option, option);
+    if (r.type == NBD_REP_ACK) {
+      assert_int_equal(r.len, 0);
+      break;
+    }
+    assert_int_equal(r.type, NBD_REP_META_CONTEXT);
+    assert_int_equal(r.len, 4 + strlen(NBD_META_BASE_ALLOCATION));
+    assert_memory_equal(r.data + 4, NBD_META_BASE_ALLOCATION,
+                        strlen(NBD_META_BASE_ALLOCATION));
+    *id = be32(r.data);
+    n++;
+  }
+  assert_int_equal(evbuffer_get_length(out), 0);
+  return n;
+}
+
+static void
+test_structured_reply(void **state)
+{
+  struct nbd_session sess = { .cflags = NBD_FLAG_C_FIXED_NEWSTYLE };
+  struct evbuffer *out = evbuffer_new();
+  struct reply r;
+  char why[200];
+
+  (void)state;
+  /* with data: refused, nothing negotiated */
+  assert_int_equal(run_option_on(&ro_export, &sess, NBD_OPT_STRUCTURED_REPLY,
+                                 (const uint8_t *)"x", 1, out, why,
+                                 sizeof why), NBD_OPT_NEXT);
+  assert_non_null(strstr(why, "NBD_OPT_STRUCTURED_REPLY"));
+  take_reply(out, &r);
+  assert_int_equal(r.type, NBD_REP_ERR_INVALID);
+  assert_false(sess.structured);
+
+  assert_int_equal(run_option_on(&ro_export, &sess, NBD_OPT_STRUCTURED_REPLY,
+                                 NULL, 0, out, why, sizeof why),
+                   NBD_OPT_NEXT);
+  assert_string_equal(why, "");
+  take_reply(out, &r);
+  assert_int_equal(r.option, NBD_OPT_STRUCTURED_REPLY);
+  assert_int_equal(r.type, NBD_REP_ACK);
+  assert_int_equal(r.len, 0);
+  assert_true(sess.structured);
+  assert_int_equal(evbuffer_get_length(out), 0);
+
+  /* twice: refused, still negotiated */
+  assert_int_equal(run_option_on(&ro_export, &sess, NBD_OPT_STRUCTURED_REPLY,
+                                 NULL, 0, out, why, sizeof why),
+                   NBD_OPT_NEXT);
+  assert_true(strlen(why) > 0);
+  take_reply(out, &r);
+  assert_int_equal(r.type, NBD_REP_ERR_INVALID);
+  assert_true(sess.structured);
+  assert_int_equal(evbuffer_get_length(out), 0);
+  evbuffer_free(out);
+}
+
+static void
+test_parse_opt_meta(void **state)
+{
+  static const char *const one[] = { "base:allocation" };
+  static const char *const wild[] = { "base:" };
+  static const char *const other[] = { "qemu:dirty-bitmap:b0", "x-a:b",
+                                       "base:other", "base:allocationx",
+                                       "BASE:allocation", "base" };
+  static const char *const mixed[] = { "x-foo:bar", "base:allocation", "" };
+  uint8_t b[512];
+  struct nbd_opt_meta m;
+  uint32_t len;
+  char why[200];
+
+  (void)state;
+  len = meta_payload(b, "snap", one, 1);
+  assert_int_equal(nbd_proto_parse_opt_meta(NBD_OPT_SET_META_CONTEXT, b, len,
+                                            &m, why, sizeof why), 0);
+  assert_int_equal(m.name_len, 4);
+  assert_memory_equal(m.name, "snap", 4);
+  assert_int_equal(m.n_queries, 1);
+  assert_true(m.base_allocation);
+
+  /* no query: LIST lists everything, SET selects nothing */
+  len = meta_payload(b, "", NULL, 0);
+  assert_int_equal(len, 8);
+  assert_int_equal(nbd_proto_parse_opt_meta(NBD_OPT_LIST_META_CONTEXT, b, len,
+                                            &m, why, sizeof why), 0);
+  assert_true(m.base_allocation);
+  assert_int_equal(nbd_proto_parse_opt_meta(NBD_OPT_SET_META_CONTEXT, b, len,
+                                            &m, why, sizeof why), 0);
+  assert_false(m.base_allocation);
+
+  /* "base:" is a wildcard for LIST only */
+  len = meta_payload(b, "", wild, 1);
+  assert_int_equal(nbd_proto_parse_opt_meta(NBD_OPT_LIST_META_CONTEXT, b, len,
+                                            &m, why, sizeof why), 0);
+  assert_true(m.base_allocation);
+  assert_int_equal(nbd_proto_parse_opt_meta(NBD_OPT_SET_META_CONTEXT, b, len,
+                                            &m, why, sizeof why), 0);
+  assert_false(m.base_allocation);
+
+  /* unknown namespaces and leaf names are ignored, not errors */
+  len = meta_payload(b, "x", other, 6);
+  for (uint32_t opt = NBD_OPT_LIST_META_CONTEXT;
+       opt <= NBD_OPT_SET_META_CONTEXT; opt++) {
+    assert_int_equal(nbd_proto_parse_opt_meta(opt, b, len, &m, why,
+                                              sizeof why), 0);
+    assert_int_equal(m.n_queries, 6);
+    assert_false(m.base_allocation);
+  }
+  len = meta_payload(b, "x", mixed, 3);
+  assert_int_equal(nbd_proto_parse_opt_meta(NBD_OPT_SET_META_CONTEXT, b, len,
+                                            &m, why, sizeof why), 0);
+  assert_true(m.base_allocation);
+
+  /* malformed */
+  for (uint32_t l = 0; l < 8; l++)
+    assert_int_equal(nbd_proto_parse_opt_meta(NBD_OPT_SET_META_CONTEXT, b, l,
+                                              &m, why, sizeof why),
+                     NBD_REP_ERR_INVALID);
+  len = meta_payload(b, "snap", one, 1);
+  put32(b, 5 + 4 + 4 + 15);           /* name swallows everything */
+  assert_int_equal(nbd_proto_parse_opt_meta(NBD_OPT_SET_META_CONTEXT, b, len,
+                                            &m, why, sizeof why),
+                   NBD_REP_ERR_INVALID);
+  assert_non_null(strstr(why, "name length"));
+  put32(b, 0xfffffffcu);              /* and an overflow attempt */
+  assert_int_equal(nbd_proto_parse_opt_meta(NBD_OPT_SET_META_CONTEXT, b, len,
+                                            &m, why, sizeof why),
+                   NBD_REP_ERR_INVALID);
+  len = meta_payload(b, "snap", one, 1);
+  put32(b + 8, 2);                    /* a second query that is missing */
+  assert_int_equal(nbd_proto_parse_opt_meta(NBD_OPT_SET_META_CONTEXT, b, len,
+                                            &m, why, sizeof why),
+                   NBD_REP_ERR_INVALID);
+  assert_non_null(strstr(why, "query 2 of 2"));
+  put32(b + 8, 0xffffffffu);
+  assert_int_equal(nbd_proto_parse_opt_meta(NBD_OPT_SET_META_CONTEXT, b, len,
+                                            &m, why, sizeof why),
+                   NBD_REP_ERR_INVALID);
+  len = meta_payload(b, "snap", one, 1);
+  put32(b + 12, 16);                  /* query longer than the data */
+  assert_int_equal(nbd_proto_parse_opt_meta(NBD_OPT_SET_META_CONTEXT, b, len,
+                                            &m, why, sizeof why),
+                   NBD_REP_ERR_INVALID);
+  put32(b + 12, 0xfffffff0u);
+  assert_int_equal(nbd_proto_parse_opt_meta(NBD_OPT_SET_META_CONTEXT, b, len,
+                                            &m, why, sizeof why),
+                   NBD_REP_ERR_INVALID);
+  len = meta_payload(b, "snap", one, 1);
+  put32(b + 8, 0);                    /* bytes after the last query */
+  assert_int_equal(nbd_proto_parse_opt_meta(NBD_OPT_SET_META_CONTEXT, b, len,
+                                            &m, why, sizeof why),
+                   NBD_REP_ERR_INVALID);
+  assert_non_null(strstr(why, "after the last"));
+}
+
+static void
+test_parse_opt_meta_long_query(void **state)
+{
+  static uint8_t b[8 + 4 + NBD_MAX_STRING + 1];
+  struct nbd_opt_meta m;
+  char why[200];
+
+  (void)state;
+  put32(b, 0);
+  put32(b + 4, 1);
+  put32(b + 8, NBD_MAX_STRING + 1);
+  memset(b + 12, 'a', NBD_MAX_STRING + 1);
+  assert_int_equal(nbd_proto_parse_opt_meta(NBD_OPT_LIST_META_CONTEXT, b,
+                                            sizeof b, &m, why, sizeof why),
+                   NBD_REP_ERR_INVALID);
+  assert_non_null(strstr(why, "4097"));
+}
+
+static void
+test_option_meta_context(void **state)
+{
+  static const char *const one[] = { "base:allocation" };
+  static const char *const wild[] = { "base:" };
+  static const char *const other[] = { "qemu:dirty-bitmap:b0" };
+  struct nbd_session sess = { .cflags = NBD_FLAG_C_FIXED_NEWSTYLE };
+  struct evbuffer *out = evbuffer_new();
+  struct nbd_opt_hdr h;
+  uint8_t b[256];
+  struct reply r;
+  uint32_t len, id;
+  char why[200];
+
+  (void)state;
+  /* before structured replies: refused, and SET clears the selection */
+  sess.base_allocation = true;
+  len = meta_payload(b, "", one, 1);
+  assert_int_equal(run_option_on(&ro_export, &sess, NBD_OPT_SET_META_CONTEXT,
+                                 b, len, out, why, sizeof why), NBD_OPT_NEXT);
+  assert_non_null(strstr(why, "NBD_OPT_STRUCTURED_REPLY"));
+  take_reply(out, &r);
+  assert_int_equal(r.type, NBD_REP_ERR_INVALID);
+  assert_true(r.len > 0);
+  assert_false(sess.base_allocation);
+  assert_int_equal(run_option_on(&ro_export, &sess, NBD_OPT_LIST_META_CONTEXT,
+                                 b, len, out, why, sizeof why), NBD_OPT_NEXT);
+  take_reply(out, &r);
+  assert_int_equal(r.type, NBD_REP_ERR_INVALID);
+  assert_int_equal(evbuffer_get_length(out), 0);
+
+  sess.structured = true;
+  /* LIST: everything, the wildcard, the name; id 0 (reserved) */
+  len = meta_payload(b, "", NULL, 0);
+  assert_int_equal(run_option_on(&ro_export, &sess, NBD_OPT_LIST_META_CONTEXT,
+                                 b, len, out, why, sizeof why), NBD_OPT_NEXT);
+  assert_string_equal(why, "");
+  id = 99;
+  assert_int_equal(take_meta_replies(out, NBD_OPT_LIST_META_CONTEXT, &id), 1);
+  assert_int_equal(id, 0);
+  len = meta_payload(b, "any", wild, 1);
+  run_option_on(&ro_export, &sess, NBD_OPT_LIST_META_CONTEXT, b, len, out,
+                why, sizeof why);
+  assert_int_equal(take_meta_replies(out, NBD_OPT_LIST_META_CONTEXT, &id), 1);
+  len = meta_payload(b, "any", other, 1);
+  run_option_on(&ro_export, &sess, NBD_OPT_LIST_META_CONTEXT, b, len, out,
+                why, sizeof why);
+  assert_int_equal(take_meta_replies(out, NBD_OPT_LIST_META_CONTEXT, &id), 0);
+  assert_false(sess.base_allocation); /* LIST selects nothing */
+
+  /* SET base:allocation: announced with its id, selected */
+  len = meta_payload(b, "snapshot-7", one, 1);
+  assert_int_equal(run_option_on(&ro_export, &sess, NBD_OPT_SET_META_CONTEXT,
+                                 b, len, out, why, sizeof why), NBD_OPT_NEXT);
+  assert_string_equal(why, "");
+  assert_int_equal(take_meta_replies(out, NBD_OPT_SET_META_CONTEXT, &id), 1);
+  assert_int_equal(id, NBD_META_ID_BASE_ALLOCATION);
+  assert_true(sess.base_allocation);
+
+  /* a later SET replaces the selection: nothing, then invalid */
+  len = meta_payload(b, "", wild, 1);
+  run_option_on(&ro_export, &sess, NBD_OPT_SET_META_CONTEXT, b, len, out, why,
+                sizeof why);
+  assert_int_equal(take_meta_replies(out, NBD_OPT_SET_META_CONTEXT, &id), 0);
+  assert_false(sess.base_allocation);
+  len = meta_payload(b, "", one, 1);
+  run_option_on(&ro_export, &sess, NBD_OPT_SET_META_CONTEXT, b, len, out, why,
+                sizeof why);
+  assert_int_equal(take_meta_replies(out, NBD_OPT_SET_META_CONTEXT, &id), 1);
+  assert_true(sess.base_allocation);
+  assert_int_equal(run_option_on(&ro_export, &sess, NBD_OPT_SET_META_CONTEXT,
+                                 b, len - 1, out, why, sizeof why),
+                   NBD_OPT_NEXT);
+  assert_true(strlen(why) > 0);
+  take_reply(out, &r);
+  assert_int_equal(r.type, NBD_REP_ERR_INVALID);
+  assert_false(sess.base_allocation);
+
+  /* too big to read: refused, and the selection is gone too */
+  sess.base_allocation = true;
+  h.option = NBD_OPT_SET_META_CONTEXT;
+  h.length = NBD_MAX_OPTION + 1;
+  assert_int_equal(nbd_proto_option_too_big(&h, &sess, out, why, sizeof why),
+                   NBD_OPT_NEXT);
+  take_reply(out, &r);
+  assert_int_equal(r.type, NBD_REP_ERR_TOO_BIG);
+  assert_false(sess.base_allocation);
+  assert_int_equal(evbuffer_get_length(out), 0);
+  evbuffer_free(out);
+}
+
+/* The transmission flags and block size a client of the read-only export
+ * gets: SEND_DF only with structured replies; the export's maximum. */
+static void
+test_option_go_structured(void **state)
+{
+  struct nbd_session sess = { .cflags = NBD_FLAG_C_FIXED_NEWSTYLE |
+                                        NBD_FLAG_C_NO_ZEROES };
+  struct evbuffer *out = evbuffer_new();
+  uint8_t b[64];
+  struct reply r;
+  uint32_t len = go_payload(b, "", NULL, 0);
+  uint16_t tflags;
+  char why[200];
+  int pass;
+
+  (void)state;
+  for (pass = 0; pass < 2; pass++) {
+    assert_int_equal(run_option_on(&ro_export, &sess, NBD_OPT_INFO, b, len,
+                                   out, why, sizeof why), NBD_OPT_NEXT);
+    tflags = 0;
+    for (;;) {
+      take_reply(out, &r);
+      if (r.type == NBD_REP_ACK)
+        break;
+      assert_int_equal(r.type, NBD_REP_INFO);
+      if (be16(r.data) == NBD_INFO_EXPORT) {
+        tflags = be16(r.data + 10);
+      } else if (be16(r.data) == NBD_INFO_BLOCK_SIZE) {
+        assert_int_equal(be32(r.data + 2), 1);
+        assert_int_equal(be32(r.data + 6), 4096);
+        assert_int_equal(be32(r.data + 10), RO_MAX);
+      }
+    }
+    assert_int_equal(tflags, pass == 0 ? tflags_ro & ~NBD_FLAG_SEND_DF
+                                       : tflags_ro);
+    assert_true(tflags & NBD_FLAG_READ_ONLY);
+    /* the same for EXPORT_NAME */
+    assert_int_equal(run_option_on(&ro_export, &sess, NBD_OPT_EXPORT_NAME,
+                                   NULL, 0, out, why, sizeof why),
+                     NBD_OPT_TRANSMISSION);
+    assert_int_equal(evbuffer_get_length(out), 10);
+    evbuffer_remove(out, b + 32, 10);
+    assert_int_equal(be16(b + 40), tflags);
+    run_option_on(&ro_export, &sess, NBD_OPT_STRUCTURED_REPLY, NULL, 0, out,
+                  why, sizeof why);
+    take_reply(out, &r);
+  }
+  assert_int_equal(nbd_proto_session_tflags(&test_export, &sess),
+                   tflags_all);
+  evbuffer_free(out);
+}
+
+static void
+test_validate_read_only(void **state)
+{
+  static const struct {
+    const char *what;
+    int sess;        /* 0 plain, 1 structured, 2 structured + context */
+    uint16_t type, flags;
+    uint64_t off;
+    uint32_t len;
+    uint32_t want;
+  } cases[] = {
+    { "read", 0, NBD_CMD_READ, 0, 0, 4096, 0 },
+    { "read 32 MiB", 0, NBD_CMD_READ, 0, 0, RO_MAX, 0 },
+    { "read 32 MiB + 1", 0, NBD_CMD_READ, 0, 0, RO_MAX + 1, NBD_EINVAL },
+    { "read 64 MiB", 2, NBD_CMD_READ, 0, 0, 64u << 20, NBD_EINVAL },
+    { "read past end", 2, NBD_CMD_READ, 0, SIZE - 1, 2, NBD_EINVAL },
+    { "read DF, plain", 0, NBD_CMD_READ, NBD_CMD_FLAG_DF, 0, 4096,
+      NBD_EINVAL },
+    { "read DF, structured", 1, NBD_CMD_READ, NBD_CMD_FLAG_DF, 0, 4096, 0 },
+    { "read FUA", 2, NBD_CMD_READ, NBD_CMD_FLAG_FUA, 0, 4096, NBD_EINVAL },
+    { "read REQ_ONE", 2, NBD_CMD_READ, NBD_CMD_FLAG_REQ_ONE, 0, 4096,
+      NBD_EINVAL },
+    { "write", 0, NBD_CMD_WRITE, 0, 0, 4096, NBD_EPERM },
+    { "write FUA", 2, NBD_CMD_WRITE, NBD_CMD_FLAG_FUA, 0, 4096, NBD_EPERM },
+    { "write past end", 0, NBD_CMD_WRITE, 0, SIZE, 4096, NBD_EPERM },
+    { "write 4 GiB - 1", 0, NBD_CMD_WRITE, 0, 0, UINT32_MAX, NBD_EPERM },
+    { "write zero length", 0, NBD_CMD_WRITE, 0, 0, 0, NBD_EPERM },
+    { "trim", 1, NBD_CMD_TRIM, 0, 0, 4096, NBD_EPERM },
+    { "zero", 2, NBD_CMD_WRITE_ZEROES, 0, 0, 4096, NBD_EPERM },
+    { "flush", 0, NBD_CMD_FLUSH, 0, 0, 0, 0 },
+    { "flush length", 0, NBD_CMD_FLUSH, 0, 0, 1, NBD_EINVAL },
+    { "cache", 2, NBD_CMD_CACHE, 0, 0, 4096, NBD_EINVAL },
+    { "status, plain", 0, NBD_CMD_BLOCK_STATUS, 0, 0, 4096, NBD_EINVAL },
+    { "status, no context", 1, NBD_CMD_BLOCK_STATUS, 0, 0, 4096,
+      NBD_EINVAL },
+    { "status", 2, NBD_CMD_BLOCK_STATUS, 0, 0, 4096, 0 },
+    { "status REQ_ONE", 2, NBD_CMD_BLOCK_STATUS, NBD_CMD_FLAG_REQ_ONE, 4096,
+      1, 0 },
+    { "status whole export", 2, NBD_CMD_BLOCK_STATUS, 0, 0, (uint32_t)SIZE,
+      0 },
+    { "status 4 GiB - 1", 2, NBD_CMD_BLOCK_STATUS, 0, 0, UINT32_MAX,
+      NBD_EINVAL },
+    { "status to the end", 2, NBD_CMD_BLOCK_STATUS, 0, SIZE - 512, 512, 0 },
+    { "status past end", 2, NBD_CMD_BLOCK_STATUS, 0, SIZE - 512, 1024,
+      NBD_EINVAL },
+    { "status beyond", 2, NBD_CMD_BLOCK_STATUS, 0, UINT64_MAX, 1,
+      NBD_EINVAL },
+    { "status zero length", 2, NBD_CMD_BLOCK_STATUS, 0, 0, 0, NBD_EINVAL },
+    { "status FUA", 2, NBD_CMD_BLOCK_STATUS, NBD_CMD_FLAG_FUA, 0, 4096,
+      NBD_EINVAL },
+    { "status DF", 2, NBD_CMD_BLOCK_STATUS, NBD_CMD_FLAG_DF, 0, 4096,
+      NBD_EINVAL },
+    { "unknown command", 2, 9, 0, 0, 4096, NBD_EINVAL },
+  };
+  const struct nbd_session sessions[] = {
+    { .cflags = NBD_FLAG_C_FIXED_NEWSTYLE },
+    { .cflags = NBD_FLAG_C_FIXED_NEWSTYLE, .structured = true },
+    { .cflags = NBD_FLAG_C_FIXED_NEWSTYLE, .structured = true,
+      .base_allocation = true },
+  };
+  struct nbd_request req;
+  char why[300];
+  uint32_t got;
+
+  (void)state;
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    req.type = cases[i].type;
+    req.flags = cases[i].flags;
+    req.offset = cases[i].off;
+    req.length = cases[i].len;
+    req.cookie = i;
+    got = nbd_proto_validate_request(&req, &ro_export,
+                                     &sessions[cases[i].sess], why,
+                                     sizeof why);
+    if (got != cases[i].want)
+      fail_msg("%s: got %u, want %u (%s)", cases[i].what, got, cases[i].want,
+               why);
+    if (got != 0)
+      assert_true(strlen(why) > 10);
+    else
+      assert_string_equal(why, "");
+  }
+  /* the primary's export knows no BLOCK_STATUS, whatever the session */
+  req = (struct nbd_request){ .type = NBD_CMD_BLOCK_STATUS, .length = 512 };
+  assert_int_equal(nbd_proto_validate_request(&req, &test_export,
+                                              &sessions[2], why, sizeof why),
+                   NBD_EINVAL);
+  assert_non_null(strstr(why, "unsupported"));
+}
+
+static void
+test_chunks(void **state)
+{
+  static const uint8_t want_hdr[NBD_CHUNK_HDR_LEN] = {
+    0x66, 0x8e, 0x33, 0xef, 0x00, 0x01, 0x80, 0x01,
+    1, 2, 3, 4, 5, 6, 7, 8, 0x00, 0x00, 0x01, 0x00,
+  };
+  struct evbuffer *out = evbuffer_new();
+  uint8_t b[NBD_CHUNK_HDR_LEN + 6 + NBD_MAX_STRING + 16];
+  char longmsg[NBD_MAX_STRING + 100];
+
+  (void)state;
+  nbd_proto_build_chunk_hdr(b, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR,
+                            0x0102030405060708ull, 256);
+  assert_memory_equal(b, want_hdr, sizeof want_hdr);
+
+  nbd_proto_build_data_chunk_hdr(b, 0, 42, 0x1122334455667788ull, 4096);
+  assert_int_equal(be32(b), NBD_STRUCTURED_REPLY_MAGIC);
+  assert_int_equal(be16(b + 4), 0);
+  assert_int_equal(be16(b + 6), NBD_REPLY_TYPE_OFFSET_DATA);
+  assert_int_equal(be64(b + 8), 42);
+  assert_int_equal(be32(b + 16), 8 + 4096);
+  assert_int_equal(be64(b + 20), 0x1122334455667788ull);
+
+  assert_int_equal(nbd_proto_chunk_done(out, 7), 0);
+  assert_int_equal(evbuffer_get_length(out), NBD_CHUNK_HDR_LEN);
+  evbuffer_remove(out, b, NBD_CHUNK_HDR_LEN);
+  assert_int_equal(be32(b), NBD_STRUCTURED_REPLY_MAGIC);
+  assert_int_equal(be16(b + 4), NBD_REPLY_FLAG_DONE);
+  assert_int_equal(be16(b + 6), NBD_REPLY_TYPE_NONE);
+  assert_int_equal(be64(b + 8), 7);
+  assert_int_equal(be32(b + 16), 0);
+
+  assert_int_equal(nbd_proto_chunk_error(out, NBD_REPLY_FLAG_DONE, 9,
+                                         NBD_EIO, "block 3 is damaged"), 0);
+  assert_int_equal(evbuffer_get_length(out), NBD_CHUNK_HDR_LEN + 6 + 18);
+  evbuffer_remove(out, b, NBD_CHUNK_HDR_LEN + 6 + 18);
+  assert_int_equal(be16(b + 4), NBD_REPLY_FLAG_DONE);
+  assert_int_equal(be16(b + 6), NBD_REPLY_TYPE_ERROR);
+  assert_int_equal(be32(b + 16), 6 + 18);
+  assert_int_equal(be32(b + 20), NBD_EIO);
+  assert_int_equal(be16(b + 24), 18);
+  assert_memory_equal(b + 26, "block 3 is damaged", 18);
+
+  /* no message; a message over the string limit is cut */
+  nbd_proto_chunk_error(out, 0, 9, NBD_EINVAL, NULL);
+  assert_int_equal(evbuffer_get_length(out), NBD_CHUNK_HDR_LEN + 6);
+  evbuffer_remove(out, b, NBD_CHUNK_HDR_LEN + 6);
+  assert_int_equal(be32(b + 16), 6);
+  assert_int_equal(be16(b + 24), 0);
+  memset(longmsg, 'e', sizeof longmsg - 1);
+  longmsg[sizeof longmsg - 1] = '\0';
+  nbd_proto_chunk_error(out, 0, 9, NBD_EINVAL, longmsg);
+  assert_int_equal(evbuffer_get_length(out),
+                   NBD_CHUNK_HDR_LEN + 6 + NBD_MAX_STRING);
+  evbuffer_remove(out, b, NBD_CHUNK_HDR_LEN + 6 + NBD_MAX_STRING);
+  assert_int_equal(be16(b + 24), NBD_MAX_STRING);
+  evbuffer_free(out);
+}
+
+/* Runs a source's stretches through the collector for one request;
+ * returns the add() result of the last stretch taken. */
+struct stretch {
+  uint64_t off, len;
+  uint32_t flags;
+};
+
+static int
+collect(struct nbd_extents *x, const struct stretch *st, size_t n,
+        size_t *taken)
+{
+  char why[200];
+  int rc = 0;
+
+  for (*taken = 0; *taken < n; (*taken)++) {
+    rc = nbd_proto_extents_add(x, st[*taken].off, st[*taken].len,
+                               st[*taken].flags, why, sizeof why);
+    if (rc != 0)
+      break;
+  }
+  if (rc < 0)
+    assert_true(strlen(why) > 10);
+  return rc;
+}
+
+static void
+test_extents(void **state)
+{
+  const uint32_t Z = NBD_STATE_HOLE | NBD_STATE_ZERO;
+  /* 4 KiB blocks: data data zero zero data, then zero to 1 MiB */
+  static const struct stretch src[] = {
+    { 0, 4096, 0 }, { 4096, 4096, 0 },
+    { 8192, 8192, NBD_STATE_HOLE | NBD_STATE_ZERO },
+    { 16384, 4096, 0 },
+    { 20480, 1048576 - 20480, NBD_STATE_HOLE | NBD_STATE_ZERO },
+  };
+  struct nbd_extent arr[8];
+  struct nbd_extents x;
+  struct nbd_request req = { .type = NBD_CMD_BLOCK_STATUS };
+  size_t taken;
+
+  (void)state;
+  /* whole range: neighbours merge; the last one is cut at the end */
+  req.offset = 0;
+  req.length = 65536;
+  nbd_proto_extents_init(&x, &req, arr, 8);
+  assert_int_equal(collect(&x, src, 5, &taken), 1);
+  assert_int_equal(taken, 4);
+  assert_int_equal(x.n, 4);
+  assert_int_equal(arr[0].length, 8192);
+  assert_int_equal(arr[0].flags, 0);
+  assert_int_equal(arr[1].length, 8192);
+  assert_int_equal(arr[1].flags, Z);
+  assert_int_equal(arr[2].length, 4096);
+  assert_int_equal(arr[3].length, 65536 - 20480);
+  assert_int_equal(arr[3].flags, Z);
+
+  /* unaligned start and end inside stretches: cut at both ends */
+  req.offset = 5000;
+  req.length = 10000;
+  nbd_proto_extents_init(&x, &req, arr, 8);
+  assert_int_equal(collect(&x, src + 1, 4, &taken), 1);
+  assert_int_equal(x.n, 2);
+  assert_int_equal(arr[0].length, 8192 - 5000);
+  assert_int_equal(arr[1].length, 15000 - 8192);
+  assert_int_equal(arr[0].length + arr[1].length, 10000);
+
+  /* REQ_ONE: one extent, merged as far as the status holds */
+  req.offset = 0;
+  req.length = 65536;
+  req.flags = NBD_CMD_FLAG_REQ_ONE;
+  nbd_proto_extents_init(&x, &req, arr, 8);
+  assert_int_equal(collect(&x, src, 5, &taken), 1);
+  assert_int_equal(taken, 2);             /* the zero stretch ends it */
+  assert_int_equal(x.n, 1);
+  assert_int_equal(arr[0].length, 8192);
+  req.offset = 12288;
+  req.length = 1;
+  nbd_proto_extents_init(&x, &req, arr, 8);
+  assert_int_equal(collect(&x, src + 2, 3, &taken), 1);
+  assert_int_equal(x.n, 1);
+  assert_int_equal(arr[0].length, 1);
+  assert_int_equal(arr[0].flags, Z);
+  req.flags = 0;
+
+  /* at most max extents: a shorter reply */
+  req.offset = 0;
+  req.length = 65536;
+  nbd_proto_extents_init(&x, &req, arr, 2);
+  assert_int_equal(collect(&x, src, 5, &taken), 1);
+  assert_int_equal(taken, 3);
+  assert_int_equal(x.n, 2);
+  assert_int_equal(arr[0].length + arr[1].length, 16384);
+  /* complete: anything more is not taken */
+  assert_int_equal(nbd_proto_extents_add(&x, 16384, 4096, 0, NULL, 0), 1);
+  assert_int_equal(x.n, 2);
+
+  /* a source that skips, steps back, or says nothing is wrong */
+  {
+    static const struct stretch gap[] = { { 0, 4096, 0 }, { 8192, 4096, 0 } };
+    static const struct stretch back[] = { { 0, 8192, 0 },
+                                           { 4096, 4096, Z } };
+    static const struct stretch late[] = { { 4096, 4096, 0 } };
+    static const struct stretch empty[] = { { 0, 0, 0 } };
+    static const struct stretch wrap[] = { { 0, UINT64_MAX, 0 },
+                                           { UINT64_MAX, 2, 0 } };
+
+    nbd_proto_extents_init(&x, &req, arr, 8);
+    assert_int_equal(collect(&x, gap, 2, &taken), -1);
+    assert_int_equal(taken, 1);
+    nbd_proto_extents_init(&x, &req, arr, 8);
+    assert_int_equal(collect(&x, back, 2, &taken), -1);
+    nbd_proto_extents_init(&x, &req, arr, 8);
+    assert_int_equal(collect(&x, late, 1, &taken), -1);
+    assert_int_equal(x.n, 0);
+    nbd_proto_extents_init(&x, &req, arr, 8);
+    assert_int_equal(collect(&x, empty, 1, &taken), -1);
+    req.offset = UINT64_MAX - 10;
+    req.length = 5;
+    nbd_proto_extents_init(&x, &req, arr, 8);
+    assert_int_equal(collect(&x, wrap, 2, &taken), 1);
+    assert_int_equal(arr[0].length, 5);
+    req.offset = UINT64_MAX;
+    req.length = 5;                     /* wraps: saturated, empty */
+    nbd_proto_extents_init(&x, &req, arr, 8);
+    assert_int_equal(collect(&x, wrap + 1, 1, &taken), 1);
+    assert_int_equal(x.n, 0);
+  }
+}
+
+static void
+test_chunk_block_status(void **state)
+{
+  struct nbd_extent arr[3] = { { 8192, 0 },
+                               { 4096, NBD_STATE_HOLE | NBD_STATE_ZERO },
+                               { 1, 0 } };
+  struct nbd_extents x = { .e = arr, .n = 3, .max = 3 };
+  struct evbuffer *out = evbuffer_new();
+  uint8_t b[NBD_CHUNK_HDR_LEN + 4 + 24];
+
+  (void)state;
+  assert_int_equal(nbd_proto_chunk_block_status(out, NBD_REPLY_FLAG_DONE,
+                                                0xabcdull,
+                                                NBD_META_ID_BASE_ALLOCATION,
+                                                &x), 0);
+  assert_int_equal(evbuffer_get_length(out), sizeof b);
+  evbuffer_remove(out, b, sizeof b);
+  assert_int_equal(be32(b), NBD_STRUCTURED_REPLY_MAGIC);
+  assert_int_equal(be16(b + 4), NBD_REPLY_FLAG_DONE);
+  assert_int_equal(be16(b + 6), NBD_REPLY_TYPE_BLOCK_STATUS);
+  assert_int_equal(be64(b + 8), 0xabcd);
+  assert_int_equal(be32(b + 16), 4 + 24);
+  assert_int_equal(be32(b + 20), NBD_META_ID_BASE_ALLOCATION);
+  assert_int_equal(be32(b + 24), 8192);
+  assert_int_equal(be32(b + 28), 0);
+  assert_int_equal(be32(b + 32), 4096);
+  assert_int_equal(be32(b + 36), 3);
+  assert_int_equal(be32(b + 40), 1);
+  assert_int_equal(be32(b + 44), 0);
+  evbuffer_free(out);
 }
 
 static void
@@ -782,6 +1488,15 @@ main(void)
     cmocka_unit_test(test_parse_request),
     cmocka_unit_test(test_validate_table),
     cmocka_unit_test(test_validate_unadvertised),
+    cmocka_unit_test(test_structured_reply),
+    cmocka_unit_test(test_parse_opt_meta),
+    cmocka_unit_test(test_parse_opt_meta_long_query),
+    cmocka_unit_test(test_option_meta_context),
+    cmocka_unit_test(test_option_go_structured),
+    cmocka_unit_test(test_validate_read_only),
+    cmocka_unit_test(test_chunks),
+    cmocka_unit_test(test_extents),
+    cmocka_unit_test(test_chunk_block_status),
     cmocka_unit_test(test_errno_map),
     cmocka_unit_test(test_simple_reply),
     cmocka_unit_test(test_tflags_and_names),
