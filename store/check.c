@@ -68,19 +68,23 @@ check_problem(struct check *k, uint64_t snap, const char *what)
   k->problems++;
 }
 
-/* Read pack p whole and check each blob the store's index places in it. */
+/* Read pack p whole and check each blob the store's index places in it.
+ * A damaged blob is reported through the snapshot blocks that use it; the
+ * pack itself only when it cannot be read, or when it does not hash to its
+ * name although every blob in it is good (damage between the blobs). */
 static void
 check_pack(struct check *k, uint32_t p)
 {
   struct store *s = k->s;
+  struct store_hash got;
   char err[512], hex[65];
   uint8_t block[STORE_BLOCK];
   void *buf = NULL;
-  size_t len;
+  size_t len, bad = 0;
   bool pack_ok;
 
-  pack_ok = store_get_object(s, KIND_PACK, &s->packs[p], &buf, &len, err,
-                             sizeof err) == 0;
+  pack_ok = s->b->ops->get(s->b, KIND_PACK, &s->packs[p], &buf, &len, err,
+                           sizeof err) == 0;
   if (!pack_ok)
     check_problem(k, 0, err);
   k->pack_state[p] = pack_ok ? 1 : 2;
@@ -96,8 +100,18 @@ check_pack(struct check *k, uint32_t p)
         store_decode_blob(s, &e->hash, (uint8_t *)buf + e->offset,
                           e->stored_len, e->flags, block, err,
                           sizeof err) != 0) {
-      format_hash_hex(&s->packs[p], hex);
       htab_put(&k->bad, &e->hash, 1);
+      bad++;
+    }
+  }
+  if (pack_ok) {
+    format_hash(buf, len, &got);
+    if (memcmp(got.b, s->packs[p].b, STORE_HASH_LEN) != 0 && bad == 0) {
+      format_hash_hex(&s->packs[p], hex);
+      snprintf(err, sizeof err, "%s: pack object %s is damaged outside its "
+               "blobs (its contents do not hash to its name; every block "
+               "it holds still reads)", store_desc(s), hex);
+      check_problem(k, 0, err);
     }
   }
   free(buf);

@@ -402,7 +402,9 @@ store_decode_blob(struct store *s, const struct store_hash *h,
   return 0;
 }
 
-/* Pack `name`, whole and checked, from the cache or the backend. */
+/* Pack `name`, whole, from the cache or the backend.  Its own hash is
+ * not checked: each blob read from it is (store_decode_blob), so damage
+ * in one blob does not make the others of the pack unreadable. */
 static int
 store_pack_cached(struct store *s, const struct store_hash *name,
                   const void **buf, size_t *len, char *err, size_t errlen)
@@ -423,7 +425,7 @@ store_pack_cached(struct store *s, const struct store_hash *name,
     if (s->pcache[i].used < s->pcache[victim].used)
       victim = i;
   }
-  if ((rc = store_get_object(s, KIND_PACK, name, &b, &l, err, errlen)) < 0)
+  if ((rc = s->b->ops->get(s->b, KIND_PACK, name, &b, &l, err, errlen)) < 0)
     return rc;
   free(s->pcache[victim].buf);
   s->pcache[victim].name = *name;
