@@ -449,7 +449,11 @@ repl_drop(struct repl *r, const char *fmt, ...)
   free(r->bitmap_image);
   r->bitmap_image = NULL;
   repl_set_state(r, REPL_IDLE);
-  r->p->need_new_gen = true;
+  /* The first change the peer does not get after it was connected starts
+   * a new generation; attempts that never got that far do not (retried
+   * every few hundred ms, each would start another one). */
+  if (was_connected)
+    r->p->need_new_gen = true;
   r->next_attempt_ms = util_now_ms() + r->backoff_ms;
   r->backoff_ms = MIN(r->backoff_ms * 2, r->p->cfg.connect_interval_ms);
   epoch_advance(&r->epochs);

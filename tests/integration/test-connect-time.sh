@@ -11,6 +11,8 @@
 #      primary's start.
 #   2. One pair behind the link proxy: 10 cuts of 0.2-3 s, each
 #      reconnecting within 2 s of the link's return and in sync again.
+#      Each outage starts exactly one new data generation, however many
+#      reconnect attempts failed.
 #   3. The primary's op counters agree once it is idle (ops_acked used to
 #      run one ahead of ops_sent after an initial sync).
 #
@@ -92,6 +94,20 @@ echo "FIGURES: $TEST_NAME fresh pair start -> connected (ms): $(stats "${times[@
 [ ${#slow[@]} -eq 0 ] || fail "connected later than $LIMIT_MS ms: ${slow[*]}"
 
 # ---- 2: link cuts ----
+# write_apart CUT PART: 16 scattered 4 KiB writes through NBD.
+write_apart() {
+    nbd_python "$NBD_SOCK" "$1" "$2" <<'PY' || fail "cut $1: writes without the secondary failed"
+import os, sys
+import nbd
+h = nbd.NBD()
+h.connect_unix(sys.argv[1])
+i, part = int(sys.argv[2]), int(sys.argv[3])
+for k in range(16):
+    h.pwrite(os.urandom(4096), ((i * 7919 + part * 331 + k * 104729) % 65536) * 4096)
+h.shutdown()
+PY
+}
+
 rm -f replica.img replica.meta primary.meta
 truncate -s 256M primary.img
 SEC=sec PRI=pri
@@ -103,20 +119,13 @@ for ((i = 1; i <= CUTS; i++)); do
     proxy_cmd px cut >/dev/null
     wait_until -t 30 -m "cut $i: primary notices" \
         '[ "$(status_field pri connection)" != connected ]'
-    # Writes while apart, so that every return also resyncs something.
-    nbd_python "$NBD_SOCK" "$i" <<'PY' || fail "cut $i: writes without the secondary failed"
-import os, sys
-import nbd
-h = nbd.NBD()
-h.connect_unix(sys.argv[1])
-i = int(sys.argv[2])
-for k in range(16):
-    h.pwrite(os.urandom(4096), ((i * 7919 + k * 104729) % 65536) * 4096)
-h.shutdown()
-PY
+    # Writes while apart, so that every return also resyncs something: at
+    # the start of the outage and again at its end, after failed attempts.
+    write_apart "$i" 0
     # Apart for 0.2 .. 3 s: the primary's retries are at different points
     # of their backoff when the link returns.
     sleep "$(awk -v i="$i" 'BEGIN { printf "%.1f", 0.2 + (i * 7 % 10) * 0.3 }')"
+    write_apart "$i" 1
     t0=$(now_ms)
     proxy_cmd px restore >/dev/null
     ms=$(wait_connected_ms pri "$t0" "$LIMIT_MS")
@@ -127,6 +136,11 @@ PY
 done
 echo "FIGURES: $TEST_NAME link back -> connected (ms): $(stats "${times[@]}")"
 [ ${#slow[@]} -eq 0 ] || fail "reconnected later than $LIMIT_MS ms: ${slow[*]}"
+# One new data generation per outage (the first write the secondary did
+# not get), however many connection attempts failed meanwhile.
+gens=$(grep -c "new data generation" pri.log || true)
+[ "$gens" -eq "$CUTS" ] ||
+    fail "$gens new data generations for $CUTS outages (failed reconnect attempts must not start one)"
 compare_volumes primary.img replica.img
 
 # ---- 3: counters ----
