@@ -211,8 +211,10 @@ w_build_runs(struct store_writer *w, struct snap_run **out, uint32_t *nout,
   size_t nr = 0, capr = 0, i = 0, j = 0;
   struct store_hash *hs = NULL;
 
-  qsort(w->e, w->n, sizeof *w->e, w_entry_cmp);
-  qsort(w->z, w->nz, sizeof *w->z, w_zero_cmp);
+  if (w->n)                     /* no array yet when nothing was given */
+    qsort(w->e, w->n, sizeof *w->e, w_entry_cmp);
+  if (w->nz)
+    qsort(w->z, w->nz, sizeof *w->z, w_zero_cmp);
   if (w->n) {
     hs = malloc(w->n * sizeof *hs);
     if (!hs)
@@ -363,10 +365,12 @@ store_writer_commit(struct store_writer *w, uint64_t *id,
   nc.index = malloc((nc.n_index ? nc.n_index : 1) * sizeof *nc.index);
   if (!nc.snaps || !nc.index)
     abort();
-  memcpy(nc.snaps, c->snaps, c->n_snaps * sizeof *nc.snaps);
+  if (c->n_snaps)               /* a new store has no arrays yet */
+    memcpy(nc.snaps, c->snaps, c->n_snaps * sizeof *nc.snaps);
   nc.snaps[c->n_snaps].id = m.id;
   nc.snaps[c->n_snaps].manifest = man_name;
-  memcpy(nc.index, c->index, c->n_index * sizeof *nc.index);
+  if (c->n_index)
+    memcpy(nc.index, c->index, c->n_index * sizeof *nc.index);
   if (have_index)
     nc.index[c->n_index] = ix_name;
   if ((rc = store_replace_catalog(s, &nc, err, errlen)) < 0)
