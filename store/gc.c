@@ -225,6 +225,7 @@ gc_compact(struct gc *g)
 {
   struct store *s = g->s;
   const struct catalog *c = store_catalog(s);
+  uint32_t n_old = c->n_index;  /* c is the new catalog once replaced */
   struct index_obj *old = NULL, nix = { 0 };
   struct pack_builder *pb = NULL;
   struct htab dead_packs;       /* packs holding a dead or duplicate blob */
@@ -336,7 +337,7 @@ gc_compact(struct gc *g)
   rc = store_reload(s, g->err, g->errlen);
 
 out:
-  for (uint32_t i = 0; i < c->n_index && old; i++)
+  for (uint32_t i = 0; i < n_old && old; i++)
     format_index_free(&old[i]);
   free(old);
   free(buf);
