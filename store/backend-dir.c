@@ -22,12 +22,23 @@
 #include "backend.h"
 #include "util.h"
 
+/* Objects kept open for range reads (blobs of a snapshot come from a
+ * few packs, one small read each). */
+#define DIR_FD_CACHE 16
+
 struct backend_dir {
   struct backend b;             /* first: the generic part */
   char *dir;
   int dirfd;
   int lockfd;
   bool writer;
+  struct {
+    enum store_kind k;
+    struct store_hash name;
+    int fd;                     /* -1: free */
+    uint64_t used;
+  } fds[DIR_FD_CACHE];
+  uint64_t fd_clock;
 };
 
 static const char *const kind_dirs[KIND_COUNT] = { "pack", "index", "snap" };
@@ -209,6 +220,51 @@ dir_get(struct backend *b, enum store_kind k, const struct store_hash *name,
   return dir_read_all((struct backend_dir *)b, rel, buf, len, err, errlen);
 }
 
+/* An open descriptor of object (k, name), from the cache or opened (the
+ * least recently used one closed to make room); -errno if it cannot be
+ * opened. */
+static int
+dir_open_cached(struct backend_dir *d, enum store_kind k,
+                const struct store_hash *name, const char *rel)
+{
+  unsigned victim = 0;
+  int fd;
+
+  for (unsigned i = 0; i < DIR_FD_CACHE; i++) {
+    if (d->fds[i].fd >= 0 && d->fds[i].k == k &&
+        memcmp(d->fds[i].name.b, name->b, STORE_HASH_LEN) == 0) {
+      d->fds[i].used = ++d->fd_clock;
+      return d->fds[i].fd;
+    }
+    if (d->fds[victim].fd >= 0 &&
+        (d->fds[i].fd < 0 || d->fds[i].used < d->fds[victim].used))
+      victim = i;
+  }
+  fd = openat(d->dirfd, rel, O_RDONLY | O_CLOEXEC);
+  if (fd == -1)
+    return -errno;
+  if (d->fds[victim].fd >= 0)
+    close(d->fds[victim].fd);
+  d->fds[victim].k = k;
+  d->fds[victim].name = *name;
+  d->fds[victim].fd = fd;
+  d->fds[victim].used = ++d->fd_clock;
+  return fd;
+}
+
+/* Forget (close) a cached descriptor of (k, name). */
+static void
+dir_close_cached(struct backend_dir *d, enum store_kind k,
+                 const struct store_hash *name)
+{
+  for (unsigned i = 0; i < DIR_FD_CACHE; i++)
+    if (d->fds[i].fd >= 0 && d->fds[i].k == k &&
+        memcmp(d->fds[i].name.b, name->b, STORE_HASH_LEN) == 0) {
+      close(d->fds[i].fd);
+      d->fds[i].fd = -1;
+    }
+}
+
 static int
 dir_get_range(struct backend *b, enum store_kind k,
               const struct store_hash *name, uint64_t off, void *buf,
@@ -220,9 +276,9 @@ dir_get_range(struct backend *b, enum store_kind k,
   int fd, rc;
 
   dir_obj_path(k, name, rel, sizeof rel);
-  fd = openat(d->dirfd, rel, O_RDONLY | O_CLOEXEC);
-  if (fd == -1) {
-    rc = -errno;
+  fd = dir_open_cached(d, k, name, rel);
+  if (fd < 0) {
+    rc = fd;
     snprintf(err, errlen, "%s/%s: %s", d->dir, rel, strerror(-rc));
     return rc;
   }
@@ -235,12 +291,11 @@ dir_get_range(struct backend *b, enum store_kind k,
       snprintf(err, errlen, "%s/%s: read of %zu bytes at %llu: %s", d->dir,
                rel, len, (unsigned long long)off,
                n < 0 ? strerror(-rc) : "past the end of the object");
-      close(fd);
+      dir_close_cached(d, k, name);
       return rc;
     }
     got += (size_t)n;
   }
-  close(fd);
   return 0;
 }
 
@@ -314,6 +369,7 @@ dir_del(struct backend *b, enum store_kind k, const struct store_hash *name,
   char rel[600];
 
   dir_obj_path(k, name, rel, sizeof rel);
+  dir_close_cached(d, k, name);         /* or its space stays in use */
   if (unlinkat(d->dirfd, rel, 0) == -1 && errno != ENOENT) {
     int rc = -errno;
     snprintf(err, errlen, "%s/%s: delete: %s", d->dir, rel, strerror(-rc));
@@ -392,6 +448,9 @@ dir_close(struct backend *b)
 
   if (!d)
     return;
+  for (unsigned i = 0; i < DIR_FD_CACHE; i++)
+    if (d->fds[i].fd >= 0)
+      close(d->fds[i].fd);
   if (d->lockfd >= 0)
     close(d->lockfd);           /* releases the flock */
   if (d->dirfd >= 0)
@@ -475,6 +534,8 @@ backend_dir_open(const char *dir, int flags, struct backend **out,
     abort();
   d->b.ops = &dir_ops;
   d->lockfd = -1;
+  for (unsigned i = 0; i < DIR_FD_CACHE; i++)
+    d->fds[i].fd = -1;
   d->dir = strdup(dir);
   if (!d->dir)
     abort();

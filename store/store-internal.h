@@ -14,7 +14,6 @@
 #include "store.h"
 
 /* ---- store.c ---- */
-#define STORE_PACK_CACHE 4
 struct store_man {
   uint64_t id;
   struct manifest *m;
@@ -36,15 +35,6 @@ struct store {
   struct store_man *mans;       /* manifests loaded so far */
   size_t n_mans;
   ZSTD_DCtx *zctx;
-  /* whole packs read recently (checked against their names): reads in
-   * block order mostly hit the same pack */
-  struct {
-    struct store_hash name;
-    void *buf;
-    size_t len;
-    uint64_t used;
-  } pcache[STORE_PACK_CACHE];
-  uint64_t pcache_clock;
 };
 
 /* Get an object and check that it hashes to its name. */

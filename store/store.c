@@ -239,8 +239,6 @@ store_close(struct store *s)
     return;
   store_forget(s);
   format_catalog_free(&s->cat);
-  for (unsigned i = 0; i < STORE_PACK_CACHE; i++)
-    free(s->pcache[i].buf);
   if (s->zctx)
     ZSTD_freeDCtx(s->zctx);
   if (s->b)
@@ -402,50 +400,18 @@ store_decode_blob(struct store *s, const struct store_hash *h,
   return 0;
 }
 
-/* Pack `name`, whole, from the cache or the backend.  Its own hash is
- * not checked: each blob read from it is (store_decode_blob), so damage
- * in one blob does not make the others of the pack unreadable. */
-static int
-store_pack_cached(struct store *s, const struct store_hash *name,
-                  const void **buf, size_t *len, char *err, size_t errlen)
-{
-  unsigned victim = 0;
-  void *b;
-  size_t l;
-  int rc;
-
-  for (unsigned i = 0; i < STORE_PACK_CACHE; i++) {
-    if (s->pcache[i].buf &&
-        memcmp(s->pcache[i].name.b, name->b, STORE_HASH_LEN) == 0) {
-      s->pcache[i].used = ++s->pcache_clock;
-      *buf = s->pcache[i].buf;
-      *len = s->pcache[i].len;
-      return 0;
-    }
-    if (s->pcache[i].used < s->pcache[victim].used)
-      victim = i;
-  }
-  if ((rc = s->b->ops->get(s->b, KIND_PACK, name, &b, &l, err, errlen)) < 0)
-    return rc;
-  free(s->pcache[victim].buf);
-  s->pcache[victim].name = *name;
-  s->pcache[victim].buf = b;
-  s->pcache[victim].len = l;
-  s->pcache[victim].used = ++s->pcache_clock;
-  *buf = b;
-  *len = l;
-  return 0;
-}
-
+/* Only the blob is read (a range of its pack), and checked against its
+ * own hash: reads of a snapshot whose blocks are spread over many packs
+ * cost one small read each, and damage in one blob leaves the others of
+ * the pack readable. */
 int
 store_read_blob(struct store *s, const struct store_hash *h, void *out,
                 char *err, size_t errlen)
 {
   const struct store_hash *pack;
   const struct index_entry *e = store_find_blob(s, h, &pack);
+  uint8_t stored[2 * STORE_BLOCK];
   char hex[65], sub[512];
-  const void *buf;
-  size_t len;
   int rc;
 
   if (!e) {
@@ -454,20 +420,22 @@ store_read_blob(struct store *s, const struct store_hash *h, void *out,
              s->b->desc, hex);
     return -ENOENT;
   }
-  rc = store_pack_cached(s, pack, &buf, &len, sub, sizeof sub);
+  if (e->stored_len > sizeof stored) {
+    format_hash_hex(h, hex);
+    snprintf(err, errlen, "%s: block %s is stored with %u bytes, more than "
+             "any block takes (the index is damaged)", s->b->desc, hex,
+             e->stored_len);
+    return -EILSEQ;
+  }
+  rc = s->b->ops->get_range(s->b, KIND_PACK, pack, e->offset, stored,
+                            e->stored_len, sub, sizeof sub);
   if (rc < 0) {
     format_hash_hex(h, hex);
     snprintf(err, errlen, "block %.16s...: %s", hex, sub);
     return rc;
   }
-  if ((uint64_t)e->offset + e->stored_len > len) {
-    format_hash_hex(pack, hex);
-    snprintf(err, errlen, "%s: pack %s is shorter than its index says",
-             s->b->desc, hex);
-    return -EILSEQ;
-  }
-  return store_decode_blob(s, h, (const uint8_t *)buf + e->offset,
-                           e->stored_len, e->flags, out, err, errlen);
+  return store_decode_blob(s, h, stored, e->stored_len, e->flags, out, err,
+                           errlen);
 }
 
 int
