@@ -12,7 +12,8 @@
 enum {
   OPT_VOLUME = 256, OPT_META, OPT_LISTEN, OPT_TLS_CERT, OPT_TLS_KEY,
   OPT_TLS_CA, OPT_PEER_NAME, OPT_CONTROL, OPT_PIDFILE, OPT_FOREGROUND,
-  OPT_HELP, OPT_VERSION,
+  OPT_HELP, OPT_VERSION, OPT_SNAPSHOT_STORE, OPT_SNAPSHOT_EVERY, OPT_KEEP,
+  OPT_KEEP_MANUAL,
 };
 
 static const struct option config_options[] = {
@@ -26,6 +27,10 @@ static const struct option config_options[] = {
   { "control", required_argument, NULL, OPT_CONTROL },
   { "pidfile", required_argument, NULL, OPT_PIDFILE },
   { "foreground", no_argument, NULL, OPT_FOREGROUND },
+  { "snapshot-store", required_argument, NULL, OPT_SNAPSHOT_STORE },
+  { "snapshot-every", required_argument, NULL, OPT_SNAPSHOT_EVERY },
+  { "keep", required_argument, NULL, OPT_KEEP },
+  { "keep-manual", no_argument, NULL, OPT_KEEP_MANUAL },
   { "verbose", no_argument, NULL, 'v' },
   { "help", no_argument, NULL, OPT_HELP },
   { "version", no_argument, NULL, OPT_VERSION },
@@ -39,6 +44,8 @@ config_usage(FILE *out)
 "usage: duplex-secondary --volume PATH --meta PATH --listen HOST:PORT\n"
 "                        --tls-cert PEM --tls-key PEM --tls-ca PEM\n"
 "                        --peer-name NAME [--control SOCKET]\n"
+"                        [--snapshot-store DIR] [--snapshot-every DURATION]\n"
+"                        [--keep SPEC] [--keep-manual]\n"
 "                        [--pidfile PATH] [--foreground] [-v|--verbose]\n"
 "\n"
 "Receives replicated writes from duplex-primary over TLS 1.3 and applies\n"
@@ -54,6 +61,17 @@ config_usage(FILE *out)
 "  --tls-ca PEM        CA the primary's certificate must chain to\n"
 "  --peer-name NAME    CN or SAN the primary's certificate must carry\n"
 "  --control SOCKET    control socket for duplexctl\n"
+"  --snapshot-store DIR\n"
+"                      keep snapshots of the replica in this store (created\n"
+"                      if missing; see duplex-store); enables `duplexctl\n"
+"                      snapshot ...` here and on the primary\n"
+"  --snapshot-every DURATION\n"
+"                      take a snapshot this often (e.g. 10m, 1h)\n"
+"  --keep SPEC         which scheduled and before-resync snapshots to keep:\n"
+"                      last=N,hourly=N,daily=N,weekly=N,monthly=N,yearly=N\n"
+"                      (restic's forget rules, in UTC; default: keep all)\n"
+"  --keep-manual       apply --keep to manual snapshots too (default: kept\n"
+"                      until deleted)\n"
 "  --pidfile PATH      written once the listener accepts connections\n"
 "  --foreground        stay in the foreground, log to stderr\n"
 "  -v, --verbose       debug logging\n");
@@ -112,6 +130,25 @@ config_parse(int argc, char **argv, struct config *cfg, FILE *out, char *err,
     case OPT_CONTROL: cfg->control = optarg; break;
     case OPT_PIDFILE: cfg->pidfile = optarg; break;
     case OPT_FOREGROUND: cfg->foreground = true; break;
+    case OPT_SNAPSHOT_STORE: cfg->snapshot_store = optarg; break;
+    case OPT_SNAPSHOT_EVERY:
+      if (util_parse_duration_ms(optarg, &cfg->snapshot_every_ms, e,
+                                 sizeof e) == -1) {
+        snprintf(err, errlen, "--snapshot-every %s: %s", optarg, e);
+        return -1;
+      }
+      if (cfg->snapshot_every_ms < 1000) {
+        snprintf(err, errlen, "--snapshot-every %s: at least 1s", optarg);
+        return -1;
+      }
+      break;
+    case OPT_KEEP:
+      if (retention_parse(optarg, &cfg->keep, e, sizeof e) == -1) {
+        snprintf(err, errlen, "--keep %s: %s", optarg, e);
+        return -1;
+      }
+      break;
+    case OPT_KEEP_MANUAL: cfg->keep_manual = true; break;
     case 'v': cfg->verbose = true; break;
     case OPT_HELP:
       config_usage(out);
@@ -163,6 +200,16 @@ config_parse(int argc, char **argv, struct config *cfg, FILE *out, char *err,
   if (cfg->volume[0] == '\0' || cfg->meta[0] == '\0') {
     snprintf(err, errlen, "--%s: must not be empty",
              cfg->volume[0] == '\0' ? "volume" : "meta");
+    return -1;
+  }
+  cfg->keep.manual = cfg->keep_manual;
+  if (!cfg->snapshot_store &&
+      (cfg->snapshot_every_ms || cfg->keep_manual || cfg->keep.last ||
+       cfg->keep.hourly || cfg->keep.daily || cfg->keep.weekly ||
+       cfg->keep.monthly || cfg->keep.yearly)) {
+    snprintf(err, errlen, "--%s: needs --snapshot-store DIR",
+             cfg->snapshot_every_ms ? "snapshot-every"
+             : cfg->keep_manual ? "keep-manual" : "keep");
     return -1;
   }
   if (strcmp(cfg->volume, cfg->meta) == 0) {

@@ -205,6 +205,7 @@ hello_handle(struct secondary *s, struct link *l, const Duplex__Hello *h)
     link_refuse(l, -r, "%s", err);
     return -1;
   }
+  snap_replica_ready(s->snap);
   before = *meta_get(s->meta);
   if (before.discard_local &&
       identity_bitmap_image(s, d, &peer, h->size_bytes, h->bitmap_grain,

@@ -18,6 +18,7 @@
 #include "gen.h"
 #include "meta.h"
 #include "tls-stream.h"
+#include "retention.h"
 #include "tls.h"
 #include "util.h"
 
@@ -47,6 +48,10 @@ struct config {
   const char *pidfile;
   bool foreground;
   bool verbose;
+  const char *snapshot_store;   /* NULL: no snapshots */
+  uint64_t snapshot_every_ms;   /* 0: none on schedule */
+  struct keep_policy keep;      /* all zero: keep everything */
+  bool keep_manual;
 };
 /* 0: ok; 1: --help/--version printed to out; -1: error, one line in err
  * ("--flag VALUE: reason", without the program name). */
@@ -94,6 +99,7 @@ struct secondary {
   struct meta *meta;
   struct replica *replica;
   struct apply *apply;
+  struct snapmgr *snap;
   struct listener *listener;
   struct control *control;
   struct link *link;            /* the verified primary, or NULL */
@@ -213,6 +219,7 @@ int replica_open_existing(struct replica *r, char *err, size_t errlen);
 int replica_prepare(struct replica *r, uint64_t size_bytes, char *err,
                     size_t errlen);
 bool replica_is_open(const struct replica *r);
+int replica_fd(const struct replica *r);
 uint64_t replica_size(const struct replica *r);
 const char *replica_path(const struct replica *r);
 /* fdatasync, for a clean shutdown.  0 or -errno. */
@@ -282,6 +289,48 @@ int identity_sync_done(struct secondary *s, const struct gen_ids *source,
 /* `resolve --discard-local`: persist the choice.  0, or -1 with the reason
  * in err. */
 int identity_discard_local(struct secondary *s, char *err, size_t errlen);
+
+/* ---- snap.c: snapshots of the replica into the store ---- */
+#define SNAP_MARK_TAG 0x534e4150ull  /* apply_op.tag of a snapshot MARK */
+struct snapmgr;
+struct json;
+struct snap_info {
+  uint64_t id;
+  char name[256];
+  uint64_t created_ns;
+  uint64_t epoch;
+  unsigned reason;              /* enum snap_reason */
+  uint64_t size_bytes, stored_bytes;
+  bool complete;
+  uint64_t copied_blocks, total_blocks; /* while copying */
+};
+/* id: the snapshot's id, or 0 with err saying why it was not taken. */
+typedef void (*snap_done_fn)(void *arg, uint64_t id, const char *err);
+/* Opens --snapshot-store (if given) and starts the store thread; without
+ * it the manager only passes apply I/O through.  0 or -errno with err. */
+int snap_new(struct secondary *s, struct aio_ctx *aio, struct snapmgr **out,
+             char *err, size_t errlen);
+void snap_free(struct snapmgr *m);  /* copying snapshots are not kept */
+/* The apply backend (opaque = the manager): copy-before-write in front of
+ * replica_start. */
+void snap_backend_start(void *opaque, struct apply *a, struct apply_op *op);
+/* Take a snapshot at the next apply barrier; done runs when it is taken
+ * (its copy goes on in the background).  0, or -1 with err. */
+int snap_request(struct snapmgr *m, unsigned reason, const char *name,
+                 uint64_t epoch, snap_done_fn done, void *arg, char *err,
+                 size_t errlen);
+int snap_delete(struct snapmgr *m, uint64_t id, char *err, size_t errlen);
+void snap_replica_ready(struct snapmgr *m);  /* the replica was opened */
+void snap_tick(struct snapmgr *m);           /* schedule, retries */
+bool snap_enabled(const struct snapmgr *m);
+bool snap_busy(const struct snapmgr *m);
+void snap_status_json(const struct snapmgr *m, struct json *j);
+/* Complete snapshots, then copying ones; *out malloc'd. */
+size_t snap_list(const struct snapmgr *m, struct snap_info **out);
+
+/* ---- snapctl.c: `snapshot ...` control commands ---- */
+int snapctl_command(struct secondary *s, int argc, char **argv,
+                    struct evbuffer *out);
 
 /* ---- listener.c: TCP listener, TLS handshakes ---- */
 /* fd: from util_listen, owned from now on. */

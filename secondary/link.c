@@ -46,6 +46,7 @@ struct link {
   struct tls_stream *ts;
   char addr[80];                /* peer address, for logs */
   char cn[256];                 /* verified peer name */
+  uint64_t serial;               /* tells links apart over time */
   uint64_t last_rx_ms, last_tx_ms;
   unsigned peer_timeout_ms;     /* the primary's, from its hello */
   uint64_t closing_ms;
@@ -82,6 +83,7 @@ static void link_event_cb(struct tls_stream *ts, int what, void *arg);
 static void link_defer_cb(evutil_socket_t fd, short what, void *arg);
 static void link_free_cb(evutil_socket_t fd, short what, void *arg);
 static void link_process(struct link *l);
+static uint64_t link_serials;
 
 /* A heartbeat goes out after this long without sending anything. */
 static unsigned
@@ -146,6 +148,7 @@ link_new(struct secondary *s, struct tls_stream *ts, const char *peer_addr)
   l->peer_timeout_ms = SEC_PEER_TIMEOUT_MS;
   snprintf(l->addr, sizeof l->addr, "%s", peer_addr);
   snprintf(l->cn, sizeof l->cn, "(unverified)");
+  l->serial = ++link_serials;
   l->defer_ev = event_new(s->base, -1, 0, link_defer_cb, l);
   l->free_ev = event_new(s->base, -1, 0, link_free_cb, l);
   if (l->defer_ev == NULL || l->free_ev == NULL) {
@@ -640,6 +643,48 @@ link_adopt_timeout(struct link *l, uint32_t ms)
            l->peer_timeout_ms, link_heartbeat_ms(l));
 }
 
+/* SNAPSHOT from the primary: a snapshot at this point of the stream; the
+ * answer carries the id (or why not) once it is taken. */
+struct link_snap_ctx {
+  struct secondary *s;
+  uint64_t serial, seq;
+};
+
+static void
+link_snap_done(void *arg, uint64_t id, const char *err)
+{
+  struct link_snap_ctx *c = arg;
+  struct link *l = c->s->link;
+  Duplex__SnapshotDone m = DUPLEX__SNAPSHOT_DONE__INIT;
+
+  if (l != NULL && l->serial == c->serial && l->state == LINK_REPLICATING) {
+    m.seq = c->seq;
+    m.id = id;
+    m.error = (char *)(err ? err : "");
+    link_send(l, FRAME_SNAPSHOT_DONE, &m.base);
+  }
+  free(c);
+}
+
+static int
+link_on_snapshot(struct link *l, const Duplex__Snapshot *sn)
+{
+  struct link_snap_ctx *c = calloc(1, sizeof *c);
+  char err[512];
+
+  if (c == NULL) {
+    link_close(l, true, "out of memory");
+    return -1;
+  }
+  c->s = l->s;
+  c->serial = l->serial;
+  c->seq = sn->seq;
+  if (snap_request(l->s->snap, SNAP_MANUAL, sn->name, sn->epoch,
+                   link_snap_done, c, err, sizeof err) == -1)
+    link_snap_done(c, 0, err);
+  return 0;
+}
+
 static int
 link_dispatch(struct link *l, const struct frame *f, char **memp)
 {
@@ -663,7 +708,8 @@ link_dispatch(struct link *l, const struct frame *f, char **memp)
     return hello_handle(l->s, l, f->m.hello);
   }
   if (l->refused && (f->type == FRAME_WRITE || f->type == FRAME_ZERO ||
-                     f->type == FRAME_FLUSH || f->type == FRAME_VERIFY)) {
+                     f->type == FRAME_FLUSH || f->type == FRAME_VERIFY ||
+                     f->type == FRAME_SNAPSHOT)) {
     link_close(l, true, "%s frame from a primary whose data is refused "
                "here (%s); nothing applied", frame_type_name(f->type),
                gen_decision_name(l->s->st.decision));
@@ -680,6 +726,8 @@ link_dispatch(struct link *l, const struct frame *f, char **memp)
     return link_on_verify(l, f->m.verify);
   case FRAME_SYNC_STATE:
     return link_on_sync_state(l, f->m.sync_state);
+  case FRAME_SNAPSHOT:
+    return link_on_snapshot(l, f->m.snapshot);
   case FRAME_ERROR:
     e = f->m.error;
     link_close(l, true, "the primary reported an error: %s (%s)",

@@ -272,6 +272,9 @@ main_apply_done(void *opaque, const struct apply_op *op)
 {
   struct secondary *s = opaque;
 
+  /* A snapshot MARK was answered when it was taken (snap.c). */
+  if (op->type == APPLY_MARK && op->tag == SNAP_MARK_TAG)
+    return;
   if (s->link != NULL)
     link_apply_done(s->link, op);
 }
@@ -326,9 +329,12 @@ main_apply_idle(void *opaque)
 static void
 main_tick_cb(evutil_socket_t fd, short what, void *arg)
 {
+  struct secondary *s = arg;
+
   (void)fd;
   (void)what;
-  link_tick_all(arg);
+  link_tick_all(s);
+  snap_tick(s->snap);
 }
 
 static void
@@ -416,6 +422,7 @@ main_cleanup(struct secondary *s, struct aio_ctx *aio, struct event **sigs,
   /* With I/O still in flight the kernel may yet touch its buffers: leave
    * them (and the aio context) to process exit. */
   if (idle) {
+    snap_free(s->snap);         /* copying snapshots are reported lost */
     apply_free(s->apply);
     replica_free(s->replica);
     if (aio != NULL)
@@ -466,8 +473,16 @@ main_run(struct secondary *s, int listen_fd)
     code = main_fail(EXIT_USAGE, "--volume %s: %s", s->cfg.volume, err);
     goto out;
   }
-  be.start = replica_start;
-  be.opaque = s->replica;
+  if (snap_new(s, aio, &s->snap, err, sizeof err) < 0) {
+    code = main_fail(EXIT_USAGE, "--snapshot-store %s: %s",
+                     s->cfg.snapshot_store, err);
+    goto out;
+  }
+  if (replica_is_open(s->replica))
+    snap_replica_ready(s->snap);
+  /* Copy-before-write sits in front of the replica. */
+  be.start = snap_backend_start;
+  be.opaque = s->snap;
   s->apply = apply_new(&be, &ev, SEC_MAX_INFLIGHT);
   if (s->apply == NULL) {
     code = main_fail(1, "out of memory");

@@ -122,6 +122,12 @@ replica_prepare(struct replica *r, uint64_t size_bytes, char *err,
   return 0;
 }
 
+int
+replica_fd(const struct replica *r)
+{
+  return r->dev.fd;
+}
+
 bool
 replica_is_open(const struct replica *r)
 {

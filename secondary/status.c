@@ -11,7 +11,8 @@
 #include "json.h"
 #include "log.h"
 
-#define STATUS_USAGE "status [--json], resolve --discard-local, resume"
+#define STATUS_USAGE "status [--json], resolve --discard-local, resume, " \
+                     "snapshot create|list|delete"
 
 struct status_view {
   const char *mode;
@@ -176,6 +177,7 @@ status_json(const struct secondary *s, const struct status_view *v,
   json_bool(&j, "split_brain", st->split_brain);
   json_bool(&j, "discard_local", sb->discard_local);
   json_bool(&j, "replication_paused", apply_failed(s->apply));
+  snap_status_json(s->snap, &j);
   json_end(&j);
 }
 
@@ -362,6 +364,8 @@ status_control(void *opaque, int argc, char **argv, struct evbuffer *out)
     return status_cmd_resolve(s, argc, argv, out);
   if (strcmp(argv[0], "resume") == 0)
     return status_cmd_resume(s, argc, argv, out);
+  if (strcmp(argv[0], "snapshot") == 0)
+    return snapctl_command(s, argc, argv, out);
   evbuffer_add_printf(out, "unknown command %s; try: " STATUS_USAGE "\n",
                       argv[0]);
   return -1;

@@ -88,6 +88,13 @@ struct snap_meta {
   uint8_t reason;
   uint64_t size_bytes;
   uint8_t volume_uuid[16];
+  /* 0: the catalog's next id.  Else this id (above every id in the store);
+   * the parent of a delta is then the newest snapshot at commit time, so
+   * snapshots can be begun before the one before them is committed. */
+  uint64_t id;
+  /* Leave out blocks given with the contents the parent has (a snapshot
+   * after a rescan of the whole volume stores only what differs). */
+  bool drop_same;
 };
 struct store_writer;
 /* A snapshot on top of the newest one (a delta), or a full one when

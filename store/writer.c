@@ -43,7 +43,6 @@ store_writer_begin(struct store *s, const struct snap_meta *meta, bool full,
 {
   const struct catalog *c = store_catalog(s);
   struct store_writer *w;
-  int rc;
 
   *out = NULL;
   if (!s->writer) {
@@ -62,17 +61,17 @@ store_writer_begin(struct store *s, const struct snap_meta *meta, bool full,
   w->s = s;
   w->meta = *meta;
   w->blocks = meta->size_bytes / STORE_BLOCK;
-  w->full = full || c->n_snaps == 0;
-  if (!w->full) {
-    rc = store_manifest(s, c->snaps[c->n_snaps - 1].id, &w->parent, err,
-                        errlen);
-    if (rc < 0) {
-      free(w);
-      return rc;
-    }
-    /* A volume that changed size starts over with a full map (at commit:
-     * the parent's map, cut or extended with zeros, under this one's
-     * blocks), as blocks not given keep the parent's contents. */
+  /* The parent of a delta is found at commit (the newest snapshot then).
+   * A volume that changed size starts over with a full map (at commit: the
+   * parent's map, cut or extended with zeros, under this one's blocks), as
+   * blocks not given keep the parent's contents. */
+  w->full = full || (meta->id == 0 && c->n_snaps == 0);
+  if (meta->id != 0 && meta->id < c->next_id) {
+    snprintf(err, errlen, "%s: snapshot id %llu is taken (the next free one "
+             "is %llu)", store_desc(s), (unsigned long long)meta->id,
+             (unsigned long long)c->next_id);
+    free(w);
+    return -EEXIST;
   }
   htab_init(&w->pending);
   w->pb = pack_builder_new();
@@ -128,6 +127,11 @@ store_writer_zero(struct store_writer *w, uint64_t start, uint64_t count,
   }
   if (count == 0)
     return 0;
+  w->st.zero_blocks += count;
+  if (w->nz && w->z[w->nz - 1].start + w->z[w->nz - 1].count == start) {
+    w->z[w->nz - 1].count += count;   /* blocks given in order coalesce */
+    return 0;
+  }
   if (w->nz == w->capz) {
     w->capz = w->capz ? w->capz * 2 : 64;
     w->z = realloc(w->z, w->capz * sizeof *w->z);
@@ -137,7 +141,6 @@ store_writer_zero(struct store_writer *w, uint64_t start, uint64_t count,
   w->z[w->nz].start = start;
   w->z[w->nz].count = count;
   w->nz++;
-  w->st.zero_blocks += count;
   return 0;
 }
 
@@ -269,6 +272,52 @@ w_build_runs(struct store_writer *w, struct snap_run **out, uint32_t *nout,
   return 0;
 }
 
+/* drop_same: leave out the entries that equal the parent's. */
+static int
+w_drop_same(struct store_writer *w, char *err, size_t errlen)
+{
+  struct store_map pm;
+  struct w_zero *nz = NULL;
+  size_t n = 0, nzn = 0, capz = 0;
+  int rc;
+
+  if ((rc = store_map_resolve(w->s, w->parent->id, &pm, err, errlen)) < 0)
+    return rc;
+  for (size_t i = 0; i < w->n; i++) {
+    const struct store_hash *ph = w->e[i].block < pm.blocks
+        ? store_map_lookup(&pm, w->e[i].block) : NULL;
+    if (ph && memcmp(ph->b, w->e[i].hash.b, STORE_HASH_LEN) == 0)
+      continue;
+    w->e[n++] = w->e[i];
+  }
+  w->n = n;
+  /* Zero ranges: only the blocks the parent holds data in. */
+  for (size_t i = 0; i < w->nz; i++)
+    for (uint64_t b = w->z[i].start; b < w->z[i].start + w->z[i].count; b++) {
+      if (b < pm.blocks && !store_map_lookup(&pm, b))
+        continue;
+      if (nzn && nz[nzn - 1].start + nz[nzn - 1].count == b) {
+        nz[nzn - 1].count++;
+        continue;
+      }
+      if (nzn == capz) {
+        capz = capz ? capz * 2 : 64;
+        nz = realloc(nz, capz * sizeof *nz);
+        if (!nz)
+          abort();
+      }
+      nz[nzn].start = b;
+      nz[nzn].count = 1;
+      nzn++;
+    }
+  free(w->z);
+  w->z = nz;
+  w->nz = nzn;
+  w->capz = capz;
+  store_map_free(&pm);
+  return 0;
+}
+
 static int
 w_put_object(struct store_writer *w, enum store_kind k, const uint8_t *buf,
              size_t len, struct store_hash *name, char *err, size_t errlen)
@@ -300,6 +349,26 @@ store_writer_commit(struct store_writer *w, uint64_t *id,
   int rc;
 
   *id = 0;
+  if (!w->full) {
+    if (c->n_snaps == 0) {
+      snprintf(err, errlen, "%s: no snapshot to build this delta on",
+               store_desc(s));
+      rc = -ENOENT;
+      goto out;
+    }
+    rc = store_manifest(s, c->snaps[c->n_snaps - 1].id, &w->parent, err,
+                        errlen);
+    if (rc < 0)
+      goto out;
+    if (w->meta.drop_same && (rc = w_drop_same(w, err, errlen)) < 0)
+      goto out;
+  }
+  if (w->meta.id != 0 && w->meta.id < c->next_id) {
+    snprintf(err, errlen, "%s: snapshot id %llu is taken", store_desc(s),
+             (unsigned long long)w->meta.id);
+    rc = -EEXIST;
+    goto out;
+  }
   if ((rc = w_flush_pack(w, err, errlen)) < 0)
     goto out;
   have_index = w->ix.n_packs > 0;
@@ -315,7 +384,7 @@ store_writer_commit(struct store_writer *w, uint64_t *id,
     goto out;
 
   memset(&m, 0, sizeof m);
-  m.id = c->next_id;
+  m.id = w->meta.id ? w->meta.id : c->next_id;
   m.created_ns = w->meta.created_ns;
   m.epoch = w->meta.epoch;
   m.reason = w->meta.reason;
@@ -358,7 +427,7 @@ store_writer_commit(struct store_writer *w, uint64_t *id,
   if ((rc = w_put_object(w, KIND_SNAP, buf, len, &man_name, err, errlen)) < 0)
     goto out;
 
-  nc.next_id = c->next_id + 1;
+  nc.next_id = m.id + 1;
   nc.n_snaps = c->n_snaps + 1;
   nc.snaps = malloc(nc.n_snaps * sizeof *nc.snaps);
   nc.n_index = c->n_index + (have_index ? 1 : 0);

@@ -1,0 +1,1221 @@
+/* Snapshots of the replica (DESIGN.md "Snapshots", docs/STORE.md).
+ *
+ * A snapshot is taken at an apply barrier: a MARK op tagged SNAP_MARK_TAG
+ * goes through the apply queue (from the primary's SNAPSHOT frame, from
+ * `duplexctl snapshot create` here, from the schedule, before a resync),
+ * and when it starts every earlier op has completed and no later one has
+ * started.  Taking it is O(1): the set of blocks changed since the
+ * previous snapshot ("dirty") becomes the new snapshot's "pending" set and
+ * dirty starts empty.  Nothing is copied before the requester is answered.
+ *
+ * Then the pending blocks are copied in the background: the copier reads
+ * them from the replica (libaio, on the loop) and hands them to the store
+ * thread, which hashes, packs and writes them (store/writer.c) and commits
+ * the snapshot when the last one is in.  Before the apply path overwrites
+ * a block some snapshot still has pending, it reads the old contents first
+ * and hands those over instead (copy-before-write, once per block: the bit
+ * is cleared when the block is claimed).  A block being read by the copier
+ * is not written until the read is complete.
+ *
+ * Blocks only travel forward: a block pending in one snapshot was not
+ * written since it was taken, so it is in no later snapshot's set; each
+ * block read serves exactly one snapshot.
+ *
+ * A snapshot taken before a resync ("before-resync") holds back every
+ * write to a block in its set until it is committed: the replica is about
+ * to become inconsistent and this snapshot is the restore point
+ * (DESIGN.md guarantee 6).
+ *
+ * Crash semantics: a snapshot still copying when the secondary stops is
+ * gone (logged); the catalog only ever names complete snapshots.  The
+ * first snapshot after a start compares every block with the newest
+ * snapshot (what changed while the agent was down is not known) and stores
+ * only what differs. */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#include "bitmap.h"
+#include "json.h"
+#include "log.h"
+#include "retention.h"
+#include "store.h"
+
+#define SNAP_COPY_CHUNK (256u * 1024)  /* bytes per copier read */
+#define SNAP_COPY_INFLIGHT 8u
+#define SNAP_QUEUE_MAX 4096u           /* blocks queued for the store thread */
+
+enum task_kind { T_BEGIN, T_BLOCK, T_COMMIT, T_DELETE, T_LIST, T_STOP };
+
+struct snap_job;
+
+struct task {
+  enum task_kind kind;
+  struct snap_job *job;
+  uint64_t block;
+  uint64_t id;                  /* T_DELETE */
+  uint8_t *data;                /* T_BLOCK: STORE_BLOCK bytes, owned */
+  void *req;                    /* T_DELETE: the control reply */
+  /* results, filled by the store thread */
+  int rc;
+  char err[512];
+  struct snap_info *list;       /* T_LIST */
+  size_t n_list;
+  uint64_t store_bytes;
+  TAILQ_ENTRY(task) q;
+};
+TAILQ_HEAD(taskq, task);
+
+enum job_state { JOB_COPYING, JOB_COMMITTING, JOB_DONE, JOB_FAILED };
+
+struct snap_job {
+  struct snap_meta meta;
+  uint64_t id;
+  bool full;                    /* a full map (the store has nothing yet) */
+  bool rescan;                  /* compare every block with the parent */
+  bool hold;                    /* before-resync: writes to its set wait */
+  enum job_state state;
+  struct bitmap *pending;       /* blocks not yet claimed */
+  struct bitmap *set;           /* hold jobs: every block of the snapshot */
+  uint64_t total, claimed;      /* blocks */
+  uint64_t stored;              /* blocks the store thread took */
+  unsigned reads;               /* claimed reads in flight */
+  uint64_t started_ms;
+  /* store thread only */
+  struct store_writer *w;
+  TAILQ_ENTRY(snap_job) q;
+};
+
+/* A claimed range being read: a copier chunk or a copy-before-write. */
+struct snap_read {
+  struct snapmgr *m;
+  struct snap_job *job;         /* copier reads: the job; else NULL */
+  struct apply *a;              /* copy-before-write: the op to start */
+  struct apply_op *op;
+  uint64_t off, len;
+  uint8_t *buf;
+  struct bitmap *claimed;       /* copy-before-write: per job claims are
+                                   recorded as (job, block) below */
+  struct snap_job **owner;      /* per block of the read: the job that
+                                   claimed it, or NULL */
+  struct aio_op aio;
+  TAILQ_ENTRY(snap_read) q;
+};
+TAILQ_HEAD(readq, snap_read);
+
+/* An apply op waiting for a read of the blocks it writes, or for a
+ * before-resync snapshot to be committed. */
+struct snap_wait {
+  struct apply *a;
+  struct apply_op *op;
+  TAILQ_ENTRY(snap_wait) q;
+};
+TAILQ_HEAD(waitq, snap_wait);
+
+struct snap_req {
+  unsigned reason;
+  char name[STORE_NAME_MAX + 1];
+  uint64_t epoch;
+  snap_done_fn done;
+  void *arg;
+  bool queued;                  /* its MARK is in the apply queue */
+  uint64_t since_ms;
+  TAILQ_ENTRY(snap_req) q;
+};
+TAILQ_HEAD(reqq, snap_req);
+
+struct snapmgr {
+  struct secondary *s;
+  struct aio_ctx *aio;
+  struct store *store;          /* the store thread's after start-up */
+  char store_dir[PATH_MAX];
+  struct keep_policy keep;
+  uint64_t every_ms, next_ms;
+  /* main thread */
+  struct bitmap *dirty;         /* changed since the newest snapshot taken */
+  bool first_rescan;            /* the next snapshot compares everything */
+  uint64_t next_id;
+  TAILQ_HEAD(, snap_job) jobs;  /* taken, not yet committed or failed */
+  struct readq reads;
+  struct waitq waiting;
+  struct reqq reqs;             /* requests whose MARK has not started */
+  unsigned copier_reads;
+  unsigned queued_blocks;       /* T_BLOCK tasks not yet done */
+  struct snap_info *list;       /* the store's snapshots, as last listed */
+  size_t n_list;
+  uint64_t store_bytes;
+  uint64_t taken, lost, failed;
+  uint64_t last_ms_wall;        /* created time of the newest snapshot */
+  char last_error[512];
+  /* thread */
+  pthread_t thr;
+  bool thr_started;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  struct taskq todo, done;
+  int efd;
+  struct event *done_ev;
+};
+
+static void snap_copier_kick(struct snapmgr *m);
+static void snap_retry_waiting(struct snapmgr *m);
+
+/* ---- the store thread ---- */
+
+static void
+task_post(struct snapmgr *m, struct task *t)
+{
+  pthread_mutex_lock(&m->mu);
+  TAILQ_INSERT_TAIL(&m->todo, t, q);
+  pthread_cond_signal(&m->cv);
+  pthread_mutex_unlock(&m->mu);
+}
+
+static struct task *
+task_new(enum task_kind k, struct snap_job *job)
+{
+  struct task *t = calloc(1, sizeof *t);
+
+  if (!t)
+    abort();
+  t->kind = k;
+  t->job = job;
+  return t;
+}
+
+static void
+task_free(struct task *t)
+{
+  free(t->data);
+  free(t->list);
+  free(t);
+}
+
+static void
+thr_list(struct snapmgr *m, struct task *t)
+{
+  const struct catalog *c = store_catalog(m->store);
+
+  t->list = calloc(c->n_snaps ? c->n_snaps : 1, sizeof *t->list);
+  if (!t->list)
+    abort();
+  for (uint32_t i = 0; i < c->n_snaps; i++) {
+    const struct manifest *mf;
+    struct snap_info *in = &t->list[t->n_list];
+    if (store_manifest(m->store, c->snaps[i].id, &mf, t->err,
+                       sizeof t->err) < 0) {
+      t->rc = -EIO;
+      continue;
+    }
+    in->id = mf->id;
+    snprintf(in->name, sizeof in->name, "%s", mf->name);
+    in->created_ns = mf->created_ns;
+    in->epoch = mf->epoch;
+    in->reason = mf->reason;
+    in->size_bytes = mf->size_bytes;
+    in->stored_bytes = mf->stored_bytes;
+    in->complete = true;
+    t->n_list++;
+  }
+  (void)store_usage(m->store, &t->store_bytes, t->err, sizeof t->err);
+}
+
+static void
+thr_run(struct snapmgr *m, struct task *t)
+{
+  struct snap_job *j = t->job;
+  struct gc_stats gs;
+
+  switch (t->kind) {
+  case T_BEGIN:
+    t->rc = store_writer_begin(m->store, &j->meta, j->full, &j->w, t->err,
+                               sizeof t->err);
+    break;
+  case T_BLOCK:
+    if (!j->w)
+      break;                    /* the job failed: drop */
+    t->rc = store_writer_block(j->w, t->block, t->data, t->err,
+                               sizeof t->err);
+    break;
+  case T_COMMIT:
+    if (!j->w) {
+      t->rc = -ECANCELED;
+      break;
+    }
+    t->rc = store_writer_commit(j->w, &t->id, NULL, t->err, sizeof t->err);
+    if (t->rc == 0)
+      j->w = NULL;
+    if (t->rc == 0)
+      thr_list(m, t);
+    break;
+  case T_DELETE:
+    t->rc = store_delete(m->store, t->id, &gs, t->err, sizeof t->err);
+    thr_list(m, t);
+    break;
+  case T_LIST:
+    thr_list(m, t);
+    break;
+  case T_STOP:
+    break;
+  }
+  /* A failed step ends the job's writer: nothing it holds is committed. */
+  if (t->rc < 0 && j && j->w && t->kind != T_DELETE && t->kind != T_LIST) {
+    store_writer_abort(j->w);
+    j->w = NULL;
+  }
+}
+
+static void *
+thr_main(void *arg)
+{
+  struct snapmgr *m = arg;
+  bool stop = false;
+
+  while (!stop) {
+    struct task *t;
+    uint64_t one = 1;
+
+    pthread_mutex_lock(&m->mu);
+    while (TAILQ_EMPTY(&m->todo))
+      pthread_cond_wait(&m->cv, &m->mu);
+    t = TAILQ_FIRST(&m->todo);
+    TAILQ_REMOVE(&m->todo, t, q);
+    pthread_mutex_unlock(&m->mu);
+    stop = t->kind == T_STOP;
+    thr_run(m, t);
+    free(t->data);
+    t->data = NULL;
+    pthread_mutex_lock(&m->mu);
+    TAILQ_INSERT_TAIL(&m->done, t, q);
+    pthread_mutex_unlock(&m->mu);
+    if (write(m->efd, &one, sizeof one) < 0) {
+      /* the counter cannot overflow here; nothing to do */
+    }
+  }
+  return NULL;
+}
+
+/* ---- jobs ---- */
+
+static void
+job_free(struct snap_job *j)
+{
+  bitmap_free(j->pending);
+  bitmap_free(j->set);
+  free(j);
+}
+
+static struct snap_job *
+job_find(struct snapmgr *m, const struct snap_job *j)
+{
+  struct snap_job *x;
+
+  TAILQ_FOREACH(x, &m->jobs, q)
+    if (x == j)
+      return x;
+  return NULL;
+}
+
+/* The job (and every later one, whose deltas build on it) cannot be
+ * completed: drop them; the next snapshot compares everything. */
+static void
+job_fail(struct snapmgr *m, struct snap_job *j, const char *why)
+{
+  struct snap_job *x = j;
+
+  snprintf(m->last_error, sizeof m->last_error, "snapshot %" PRIu64
+           " failed: %s", j->id, why);
+  log_error("secondary: snapshot %" PRIu64 " (%s): %s; it is not kept, and "
+            "the next snapshot compares every block", j->id,
+            j->meta.name[0] ? j->meta.name : "no name", why);
+  while (x) {
+    if (x->state == JOB_COPYING || x->state == JOB_COMMITTING) {
+      x->state = JOB_FAILED;
+      m->failed++;
+    }
+    x = TAILQ_NEXT(x, q);
+  }
+  m->first_rescan = true;
+  snap_retry_waiting(m);
+}
+
+/* Jobs that failed and have nothing left in flight are forgotten. */
+static void
+job_reap(struct snapmgr *m)
+{
+  struct snap_job *j, *next;
+
+  for (j = TAILQ_FIRST(&m->jobs); j; j = next) {
+    next = TAILQ_NEXT(j, q);
+    if ((j->state == JOB_FAILED || j->state == JOB_DONE) && j->reads == 0) {
+      TAILQ_REMOVE(&m->jobs, j, q);
+      job_free(j);
+    }
+  }
+}
+
+static void
+job_maybe_commit(struct snapmgr *m, struct snap_job *j)
+{
+  uint64_t off, len;
+
+  if (j->state != JOB_COPYING || j->reads > 0 ||
+      bitmap_next_run(j->pending, 0, STORE_BLOCK, &off, &len))
+    return;
+  j->state = JOB_COMMITTING;
+  task_post(m, task_new(T_COMMIT, j));
+}
+
+/* ---- results from the store thread ---- */
+
+static void
+snap_apply_retention(struct snapmgr *m)
+{
+  struct retention_item *items;
+  size_t n = m->n_list;
+
+  if (!m->keep.last && !m->keep.hourly && !m->keep.daily &&
+      !m->keep.weekly && !m->keep.monthly && !m->keep.yearly)
+    return;
+  items = calloc(n ? n : 1, sizeof *items);
+  if (!items)
+    abort();
+  for (size_t i = 0; i < n; i++) {
+    items[i].id = m->list[i].id;
+    items[i].created_unix = (int64_t)(m->list[i].created_ns / 1000000000ull);
+    items[i].reason = m->list[i].reason;
+    items[i].complete = m->list[i].complete;
+  }
+  retention_select(&m->keep, items, n);
+  for (size_t i = 0; i < n; i++)
+    if (!items[i].keep) {
+      struct task *t = task_new(T_DELETE, NULL);
+      t->id = items[i].id;
+      log_info("secondary: snapshot %" PRIu64 " expires (--keep)",
+               items[i].id);
+      task_post(m, t);
+    }
+  free(items);
+}
+
+static void
+snap_take_list(struct snapmgr *m, struct task *t)
+{
+  if (t->rc < 0 && t->kind == T_LIST)
+    return;
+  free(m->list);
+  m->list = t->list;
+  m->n_list = t->n_list;
+  t->list = NULL;
+  m->store_bytes = t->store_bytes;
+}
+
+static void
+snap_done_cb(evutil_socket_t fd, short what, void *arg)
+{
+  struct snapmgr *m = arg;
+  uint64_t n;
+  struct taskq q = TAILQ_HEAD_INITIALIZER(q);
+  struct task *t;
+
+  (void)what;
+  if (read(fd, &n, sizeof n) < 0) {
+    /* spurious wake-up: the queue below says what is done */
+  }
+  pthread_mutex_lock(&m->mu);
+  TAILQ_CONCAT(&q, &m->done, q);
+  pthread_mutex_unlock(&m->mu);
+  while ((t = TAILQ_FIRST(&q)) != NULL) {
+    struct snap_job *j = t->job;
+    TAILQ_REMOVE(&q, t, q);
+    switch (t->kind) {
+    case T_BLOCK:
+      m->queued_blocks--;
+      if (j && job_find(m, j)) {
+        j->stored++;
+        if (t->rc < 0 && j->state != JOB_FAILED)
+          job_fail(m, j, t->err);
+      }
+      break;
+    case T_BEGIN:
+      if (t->rc < 0 && job_find(m, j) && j->state != JOB_FAILED)
+        job_fail(m, j, t->err);
+      break;
+    case T_COMMIT:
+      if (!job_find(m, j))
+        break;
+      if (t->rc < 0) {
+        if (j->state != JOB_FAILED)
+          job_fail(m, j, t->rc == -ECANCELED ? "an earlier step failed"
+                                             : t->err);
+        break;
+      }
+      j->state = JOB_DONE;
+      log_info("secondary: snapshot %" PRIu64 " complete: %" PRIu64
+               " blocks copied in %.1f s", j->id, j->stored,
+               (double)(util_now_ms() - j->started_ms) / 1000);
+      snap_take_list(m, t);
+      snap_retry_waiting(m);    /* a before-resync hold ends */
+      snap_apply_retention(m);
+      break;
+    case T_DELETE:
+      if (t->rc < 0)
+        log_error("secondary: deleting snapshot %" PRIu64 ": %s", t->id,
+                  t->err);
+      snap_take_list(m, t);
+      break;
+    case T_LIST:
+      snap_take_list(m, t);
+      break;
+    case T_STOP:
+      break;
+    }
+    task_free(t);
+  }
+  job_reap(m);
+  snap_copier_kick(m);
+}
+
+/* ---- reads: the copier and copy-before-write ---- */
+
+static bool
+read_overlaps(const struct snapmgr *m, uint64_t off, uint64_t len)
+{
+  const struct snap_read *r;
+
+  TAILQ_FOREACH(r, &m->reads, q)
+    if (off < r->off + r->len && r->off < off + len)
+      return true;
+  return false;
+}
+
+/* Hand every claimed block of a finished read to the store thread. */
+static void
+read_hand_over(struct snapmgr *m, struct snap_read *r)
+{
+  uint64_t nblocks = r->len / STORE_BLOCK;
+
+  for (uint64_t i = 0; i < nblocks; i++) {
+    struct snap_job *j = r->owner[i];
+    struct task *t;
+    if (!j)
+      continue;
+    j->reads--;
+    if (j->state != JOB_COPYING && j->state != JOB_COMMITTING)
+      continue;
+    t = task_new(T_BLOCK, j);
+    t->block = r->off / STORE_BLOCK + i;
+    t->data = malloc(STORE_BLOCK);
+    if (!t->data)
+      abort();
+    memcpy(t->data, r->buf + i * STORE_BLOCK, STORE_BLOCK);
+    m->queued_blocks++;
+    task_post(m, t);
+  }
+}
+
+static void
+read_free(struct snap_read *r)
+{
+  free(r->buf);
+  free(r->owner);
+  free(r);
+}
+
+static void
+read_done_cb(struct aio_op *aop, long res)
+{
+  struct snap_read *r = aop->opaque;
+  struct snapmgr *m = r->m;
+  struct snap_job *j;
+
+  TAILQ_REMOVE(&m->reads, r, q);
+  if (!r->op)
+    m->copier_reads--;
+  if (res < 0) {
+    char why[300];
+    snprintf(why, sizeof why, "reading the replica at %" PRIu64 ": %s",
+             r->off, strerror((int)-res));
+    for (uint64_t i = 0; i < r->len / STORE_BLOCK; i++)
+      if ((j = r->owner[i]) != NULL) {
+        j->reads--;
+        if (j->state == JOB_COPYING)
+          job_fail(m, j, why);
+        r->owner[i] = NULL;
+      }
+  } else {
+    read_hand_over(m, r);
+  }
+  /* The op whose old contents were saved may write now. */
+  if (r->op)
+    replica_start(m->s->replica, r->a, r->op);
+  for (uint64_t i = 0; i < r->len / STORE_BLOCK; i++)
+    if (r->owner[i])
+      job_maybe_commit(m, r->owner[i]);
+  read_free(r);
+  TAILQ_FOREACH(j, &m->jobs, q)
+    job_maybe_commit(m, j);
+  job_reap(m);
+  snap_retry_waiting(m);
+  snap_copier_kick(m);
+}
+
+/* Claim the pending blocks of [off, off+len) for whichever job has them;
+ * true if any was claimed. */
+static bool
+read_claim(struct snapmgr *m, struct snap_read *r)
+{
+  uint64_t nblocks = r->len / STORE_BLOCK;
+  bool any = false;
+
+  r->owner = calloc(nblocks, sizeof *r->owner);
+  if (!r->owner)
+    abort();
+  for (uint64_t i = 0; i < nblocks; i++) {
+    uint64_t off = r->off + i * STORE_BLOCK;
+    struct snap_job *j;
+    TAILQ_FOREACH(j, &m->jobs, q) {
+      if (j->state != JOB_COPYING || !bitmap_test(j->pending, off))
+        continue;
+      bitmap_clear_range(j->pending, off, STORE_BLOCK);
+      j->claimed++;
+      j->reads++;
+      r->owner[i] = j;
+      any = true;
+      break;
+    }
+  }
+  return any;
+}
+
+static void
+read_start(struct snapmgr *m, struct snap_read *r)
+{
+  r->m = m;
+  r->buf = util_alloc_aligned(r->len);
+  if (!r->buf)
+    abort();
+  TAILQ_INSERT_TAIL(&m->reads, r, q);
+  aio_pread(m->aio, &r->aio, replica_fd(m->s->replica), r->buf, r->len,
+            r->off, read_done_cb, r);
+}
+
+static void
+snap_copier_kick(struct snapmgr *m)
+{
+  struct snap_job *j;
+
+  if (!replica_is_open(m->s->replica))
+    return;
+  TAILQ_FOREACH(j, &m->jobs, q) {
+    uint64_t off, len;
+    if (j->state != JOB_COPYING)
+      continue;
+    while (m->copier_reads < SNAP_COPY_INFLIGHT &&
+           m->queued_blocks < SNAP_QUEUE_MAX &&
+           bitmap_next_run(j->pending, 0, SNAP_COPY_CHUNK, &off, &len)) {
+      struct snap_read *r = calloc(1, sizeof *r);
+      if (!r)
+        abort();
+      r->off = off;
+      r->len = len;
+      read_claim(m, r);
+      m->copier_reads++;
+      read_start(m, r);
+    }
+    job_maybe_commit(m, j);
+  }
+}
+
+/* ---- the apply backend in front of the replica ---- */
+
+static bool
+snap_held(const struct snapmgr *m, uint64_t off, uint64_t len)
+{
+  const struct snap_job *j;
+
+  TAILQ_FOREACH(j, &m->jobs, q) {
+    uint64_t o, l;
+    if (!j->hold || (j->state != JOB_COPYING && j->state != JOB_COMMITTING))
+      continue;
+    if (bitmap_next_run(j->set, off & ~(uint64_t)(STORE_BLOCK - 1),
+                        len + STORE_BLOCK, &o, &l) && o < off + len)
+      return true;
+  }
+  return false;
+}
+
+static void snap_take(struct snapmgr *m, struct apply_op *op);
+
+/* Start op, after saving what some snapshot still needs. */
+static void
+snap_start_op(struct snapmgr *m, struct apply *a, struct apply_op *op)
+{
+  uint64_t start, end;
+  struct snap_read *r;
+
+  if (op->type == APPLY_MARK && op->tag == SNAP_MARK_TAG &&
+      op->io == APPLY_IO_SYNC) {
+    snap_take(m, op);
+    replica_start(m->s->replica, a, op);
+    return;
+  }
+  if ((op->io != APPLY_IO_WRITE && op->io != APPLY_IO_ZERO) ||
+      op->length == 0) {
+    replica_start(m->s->replica, a, op);
+    return;
+  }
+  start = op->offset & ~(uint64_t)(STORE_BLOCK - 1);
+  end = (op->offset + op->length + STORE_BLOCK - 1) &
+        ~(uint64_t)(STORE_BLOCK - 1);
+  if (read_overlaps(m, start, end - start) ||
+      snap_held(m, start, end - start)) {
+    struct snap_wait *w = calloc(1, sizeof *w);
+    if (!w)
+      abort();
+    w->a = a;
+    w->op = op;
+    TAILQ_INSERT_TAIL(&m->waiting, w, q);
+    return;
+  }
+  bitmap_set_range(m->dirty, start, end - start);
+  r = calloc(1, sizeof *r);
+  if (!r)
+    abort();
+  r->off = start;
+  r->len = end - start;
+  r->a = a;
+  r->op = op;
+  if (!TAILQ_EMPTY(&m->jobs) && read_claim(m, r)) {
+    read_start(m, r);           /* the write follows in read_done_cb */
+    return;
+  }
+  read_free(r);
+  replica_start(m->s->replica, a, op);
+}
+
+static void
+snap_retry_waiting(struct snapmgr *m)
+{
+  struct waitq q = TAILQ_HEAD_INITIALIZER(q);
+  struct snap_wait *w;
+
+  TAILQ_CONCAT(&q, &m->waiting, q);
+  while ((w = TAILQ_FIRST(&q)) != NULL) {
+    TAILQ_REMOVE(&q, w, q);
+    snap_start_op(m, w->a, w->op);
+    free(w);
+  }
+}
+
+void
+snap_backend_start(void *opaque, struct apply *a, struct apply_op *op)
+{
+  struct snapmgr *m = opaque;
+
+  if (!m->store) {
+    replica_start(m->s->replica, a, op);
+    return;
+  }
+  snap_start_op(m, a, op);
+}
+
+/* ---- taking a snapshot ---- */
+
+static uint64_t
+wall_ns(void)
+{
+  struct timespec ts;
+
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static bool
+snap_live_job(const struct snapmgr *m)
+{
+  const struct snap_job *j;
+
+  TAILQ_FOREACH(j, &m->jobs, q)
+    if (j->state == JOB_COPYING || j->state == JOB_COMMITTING)
+      return true;
+  return false;
+}
+
+/* At the barrier of a snapshot MARK: nothing before it is in flight,
+ * nothing after it has started. */
+static void
+snap_take(struct snapmgr *m, struct apply_op *op)
+{
+  struct snap_req *req = *(struct snap_req **)op->mem;
+  struct snap_job *j;
+  uint64_t size = replica_size(m->s->replica);
+  char err[300];
+
+  TAILQ_REMOVE(&m->reqs, req, q);
+  if (!replica_is_open(m->s->replica) || size == 0) {
+    snprintf(err, sizeof err, "there is no replica yet (no primary has "
+             "connected)");
+    req->done(req->arg, 0, err);
+    free(req);
+    return;
+  }
+  j = calloc(1, sizeof *j);
+  if (!j)
+    abort();
+  j->id = m->next_id++;
+  snprintf(j->meta.name, sizeof j->meta.name, "%s", req->name);
+  j->meta.created_ns = wall_ns();
+  if (!req->epoch) {
+    struct apply_stats st;
+    apply_get_stats(m->s->apply, &st);
+    req->epoch = st.epoch;
+  }
+  j->meta.epoch = req->epoch;
+  j->meta.reason = (uint8_t)req->reason;
+  j->meta.size_bytes = size;
+  j->meta.id = j->id;
+  memcpy(j->meta.volume_uuid, meta_get(m->s->meta)->volume_uuid, 16);
+  j->full = m->n_list == 0 && !snap_live_job(m);
+  j->rescan = m->first_rescan && !j->full;
+  j->meta.drop_same = j->rescan;
+  j->hold = req->reason == SNAP_BEFORE_RESYNC;
+  j->started_ms = util_now_ms();
+  j->pending = bitmap_new(size, STORE_BLOCK);
+  if (!j->pending)
+    abort();
+  if (j->full || j->rescan || bitmap_bits(m->dirty) !=
+                                  bitmap_bits(j->pending)) {
+    struct snap_job *x;
+    bitmap_set_all(j->pending);
+    /* Blocks an earlier snapshot still has to copy were not written since
+     * it was taken: they are that one's (and read once, for it). */
+    TAILQ_FOREACH(x, &m->jobs, q) {
+      uint64_t *d = bitmap_words(j->pending);
+      const uint64_t *o = bitmap_words(x->pending);
+      if (x->state != JOB_COPYING ||
+          bitmap_word_count(x->pending) != bitmap_word_count(j->pending))
+        continue;
+      for (size_t w = 0; w < bitmap_word_count(j->pending); w++)
+        d[w] &= ~o[w];
+    }
+    bitmap_recount(j->pending);
+  } else {
+    bitmap_or_words(j->pending, bitmap_words(m->dirty),
+                    bitmap_word_count(m->dirty));
+    bitmap_recount(j->pending);
+  }
+  j->total = bitmap_dirty_bytes(j->pending) / STORE_BLOCK;
+  if (j->hold) {
+    j->set = bitmap_new(size, STORE_BLOCK);
+    if (!j->set)
+      abort();
+    bitmap_or_words(j->set, bitmap_words(j->pending),
+                    bitmap_word_count(j->pending));
+    bitmap_recount(j->set);
+  }
+  /* From now on dirty counts the changes after this snapshot. */
+  bitmap_free(m->dirty);
+  m->dirty = bitmap_new(size, STORE_BLOCK);
+  if (!m->dirty)
+    abort();
+  m->first_rescan = false;
+  m->taken++;
+  m->last_ms_wall = j->meta.created_ns / 1000000;
+  TAILQ_INSERT_TAIL(&m->jobs, j, q);
+  task_post(m, task_new(T_BEGIN, j));
+  log_info("secondary: snapshot %" PRIu64 " taken (%s%s%s), epoch %" PRIu64
+           ": %" PRIu64 " blocks to copy%s", j->id,
+           format_reason_name(j->meta.reason), j->meta.name[0] ? ", " : "",
+           j->meta.name, j->meta.epoch, j->total,
+           j->full ? " (the first: every block)"
+           : j->rescan ? " (compared with the last snapshot: what changed "
+                         "while this agent was stopped is not known)" : "");
+  req->done(req->arg, j->id, NULL);
+  free(req);
+  snap_copier_kick(m);
+}
+
+int
+snap_request(struct snapmgr *m, unsigned reason, const char *name,
+             uint64_t epoch, snap_done_fn done, void *arg, char *err,
+             size_t errlen)
+{
+  struct snap_req *req;
+  struct apply_op *op;
+
+  if (!m || !m->store) {
+    snprintf(err, errlen, "snapshots are not enabled: start duplex-secondary "
+             "with --snapshot-store DIR");
+    return -1;
+  }
+  if (strlen(name) > STORE_NAME_MAX) {
+    snprintf(err, errlen, "a snapshot name is at most %u bytes",
+             STORE_NAME_MAX);
+    return -1;
+  }
+  if (!replica_is_open(m->s->replica)) {
+    snprintf(err, errlen, "there is no replica yet (no primary has "
+             "connected)");
+    return -1;
+  }
+  if (apply_failed(m->s->apply)) {
+    snprintf(err, errlen, "applying is paused after an I/O error (%s); "
+             "resume first", m->s->st.pause_reason);
+    return -1;
+  }
+  req = calloc(1, sizeof *req);
+  op = apply_op_new(APPLY_MARK);
+  if (!req || !op)
+    abort();
+  req->reason = reason;
+  snprintf(req->name, sizeof req->name, "%s", name);
+  req->epoch = epoch;
+  req->done = done;
+  req->arg = arg;
+  req->since_ms = util_now_ms();
+  op->tag = SNAP_MARK_TAG;
+  op->mem = malloc(sizeof req);
+  if (!op->mem)
+    abort();
+  memcpy(op->mem, &req, sizeof req);
+  TAILQ_INSERT_TAIL(&m->reqs, req, q);
+  if (apply_queue(m->s->apply, op) == -1) {
+    TAILQ_REMOVE(&m->reqs, req, q);
+    free(req);
+    snprintf(err, errlen, "applying is paused; resume first");
+    return -1;
+  }
+  req->queued = true;
+  return 0;
+}
+
+/* ---- life cycle ---- */
+
+int
+snap_new(struct secondary *s, struct aio_ctx *aio, struct snapmgr **out,
+         char *err, size_t errlen)
+{
+  struct snapmgr *m = calloc(1, sizeof *m);
+  struct gc_stats gs;
+  struct task t = { 0 };
+  int rc;
+
+  *out = NULL;
+  if (!m)
+    abort();
+  m->s = s;
+  m->aio = aio;
+  TAILQ_INIT(&m->jobs);
+  TAILQ_INIT(&m->reads);
+  TAILQ_INIT(&m->waiting);
+  TAILQ_INIT(&m->reqs);
+  TAILQ_INIT(&m->todo);
+  TAILQ_INIT(&m->done);
+  m->efd = -1;
+  if (!s->cfg.snapshot_store) {
+    *out = m;                   /* snapshots off: a pass-through backend */
+    return 0;
+  }
+  snprintf(m->store_dir, sizeof m->store_dir, "%s", s->cfg.snapshot_store);
+  m->keep = s->cfg.keep;
+  m->every_ms = s->cfg.snapshot_every_ms;
+  rc = store_open(m->store_dir, STORE_CREATE | STORE_WRITE, &m->store, err,
+                  errlen);
+  if (rc < 0)
+    goto fail;
+  /* Finish whatever an interrupted delete left behind. */
+  if ((rc = store_gc(m->store, false, &gs, err, errlen)) < 0)
+    goto fail;
+  thr_list(m, &t);
+  if (t.rc < 0) {
+    snprintf(err, errlen, "%s", t.err);
+    free(t.list);
+    rc = t.rc;
+    goto fail;
+  }
+  m->list = t.list;
+  m->n_list = t.n_list;
+  m->store_bytes = t.store_bytes;
+  m->next_id = store_catalog(m->store)->next_id;
+  m->first_rescan = true;
+  if (m->n_list)
+    m->last_ms_wall = m->list[m->n_list - 1].created_ns / 1000000;
+  m->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (m->efd < 0) {
+    rc = -errno;
+    snprintf(err, errlen, "eventfd: %s", strerror(errno));
+    goto fail;
+  }
+  m->done_ev = event_new(s->base, m->efd, EV_READ | EV_PERSIST, snap_done_cb,
+                         m);
+  if (!m->done_ev || event_add(m->done_ev, NULL) == -1)
+    abort();
+  pthread_mutex_init(&m->mu, NULL);
+  pthread_cond_init(&m->cv, NULL);
+  if ((rc = pthread_create(&m->thr, NULL, thr_main, m)) != 0) {
+    snprintf(err, errlen, "cannot start the store thread: %s", strerror(rc));
+    rc = -rc;
+    goto fail;
+  }
+  m->thr_started = true;
+  if (m->every_ms)
+    m->next_ms = util_now_ms() + m->every_ms;
+  log_info("secondary: snapshot store %s: %zu snapshots, %" PRIu64
+           " bytes%s", m->store_dir, m->n_list, m->store_bytes,
+           m->every_ms ? "; taking one on schedule" : "");
+  *out = m;
+  return 0;
+
+fail:
+  snap_free(m);
+  return rc < 0 ? rc : -EINVAL;
+}
+
+void
+snap_free(struct snapmgr *m)
+{
+  struct snap_job *j;
+  struct snap_req *req;
+
+  if (!m)
+    return;
+  if (m->thr_started) {
+    task_post(m, task_new(T_STOP, NULL));
+    pthread_join(m->thr, NULL);
+    /* Results nobody will read. */
+    while (!TAILQ_EMPTY(&m->done)) {
+      struct task *t = TAILQ_FIRST(&m->done);
+      TAILQ_REMOVE(&m->done, t, q);
+      task_free(t);
+    }
+    while (!TAILQ_EMPTY(&m->todo)) {
+      struct task *t = TAILQ_FIRST(&m->todo);
+      TAILQ_REMOVE(&m->todo, t, q);
+      task_free(t);
+    }
+    pthread_mutex_destroy(&m->mu);
+    pthread_cond_destroy(&m->cv);
+  }
+  while ((j = TAILQ_FIRST(&m->jobs)) != NULL) {
+    TAILQ_REMOVE(&m->jobs, j, q);
+    if (j->state == JOB_COPYING || j->state == JOB_COMMITTING)
+      log_warn("secondary: snapshot %" PRIu64 " was still copying when the "
+               "secondary stopped; it is not kept", j->id);
+    if (j->w)
+      store_writer_abort(j->w);
+    job_free(j);
+  }
+  while ((req = TAILQ_FIRST(&m->reqs)) != NULL) {
+    TAILQ_REMOVE(&m->reqs, req, q);
+    req->done(req->arg, 0, "the secondary is stopping");
+    free(req);
+  }
+  if (m->done_ev)
+    event_free(m->done_ev);
+  if (m->efd >= 0)
+    close(m->efd);
+  store_close(m->store);
+  bitmap_free(m->dirty);
+  free(m->list);
+  free(m);
+}
+
+/* The replica was opened (or sized) for a primary: start tracking. */
+void
+snap_replica_ready(struct snapmgr *m)
+{
+  uint64_t size = replica_size(m->s->replica);
+
+  if (!m->store || (m->dirty && bitmap_bits(m->dirty) ==
+                                    (size + STORE_BLOCK - 1) / STORE_BLOCK))
+    return;
+  bitmap_free(m->dirty);
+  m->dirty = bitmap_new(size, STORE_BLOCK);
+  if (!m->dirty)
+    abort();
+  m->first_rescan = true;
+}
+
+bool
+snap_busy(const struct snapmgr *m)
+{
+  return m && (!TAILQ_EMPTY(&m->jobs) || !TAILQ_EMPTY(&m->reads));
+}
+
+static void
+snap_sched_done(void *arg, uint64_t id, const char *err)
+{
+  (void)arg;
+  if (err)
+    log_warn("secondary: scheduled snapshot not taken: %s", err);
+  else
+    log_debug("secondary: scheduled snapshot %" PRIu64 " taken", id);
+}
+
+void
+snap_tick(struct snapmgr *m)
+{
+  uint64_t now = util_now_ms();
+  struct snap_req *req, *next;
+  struct apply_stats st;
+  char err[300];
+
+  if (!m || !m->store)
+    return;
+  /* A request whose MARK was dropped with a link (apply_abort): take it
+   * here once nothing is in flight. */
+  apply_get_stats(m->s->apply, &st);
+  for (req = TAILQ_FIRST(&m->reqs); req; req = next) {
+    next = TAILQ_NEXT(req, q);
+    if (now - req->since_ms < 1000 || st.queued || st.inflight)
+      continue;
+    TAILQ_REMOVE(&m->reqs, req, q);
+    req->since_ms = now;
+    {
+      struct apply_op *op = apply_op_new(APPLY_MARK);
+      if (!op)
+        abort();
+      op->tag = SNAP_MARK_TAG;
+      op->mem = malloc(sizeof req);
+      if (!op->mem)
+        abort();
+      memcpy(op->mem, &req, sizeof req);
+      TAILQ_INSERT_TAIL(&m->reqs, req, q);
+      if (apply_queue(m->s->apply, op) == -1) {
+        TAILQ_REMOVE(&m->reqs, req, q);
+        req->done(req->arg, 0, "applying is paused");
+        free(req);
+      }
+    }
+  }
+  if (m->every_ms && now >= m->next_ms) {
+    m->next_ms = now + m->every_ms;
+    if (replica_is_open(m->s->replica) &&
+        snap_request(m, SNAP_SCHEDULE, "", 0, snap_sched_done, NULL, err,
+                     sizeof err) == -1)
+      log_debug("secondary: no scheduled snapshot: %s", err);
+  }
+}
+
+int
+snap_delete(struct snapmgr *m, uint64_t id, char *err, size_t errlen)
+{
+  bool found = false;
+  struct task *t;
+
+  if (!m || !m->store) {
+    snprintf(err, errlen, "snapshots are not enabled: start duplex-secondary "
+             "with --snapshot-store DIR");
+    return -1;
+  }
+  for (size_t i = 0; i < m->n_list; i++)
+    if (m->list[i].id == id)
+      found = true;
+  if (!found) {
+    snprintf(err, errlen, "no snapshot %" PRIu64 " (see snapshot list)", id);
+    return -1;
+  }
+  t = task_new(T_DELETE, NULL);
+  t->id = id;
+  task_post(m, t);
+  return 0;
+}
+
+/* ---- status ---- */
+
+bool
+snap_enabled(const struct snapmgr *m)
+{
+  return m && m->store;
+}
+
+void
+snap_status_json(const struct snapmgr *m, struct json *j)
+{
+  const struct snap_job *job;
+  uint64_t copying = 0;
+
+  json_obj_begin(j, "snapshots");
+  json_bool(j, "enabled", snap_enabled(m));
+  if (snap_enabled(m)) {
+    json_str(j, "store", m->store_dir);
+    json_u64(j, "count", m->n_list);
+    json_u64(j, "store_bytes", m->store_bytes);
+    json_u64(j, "taken", m->taken);
+    json_u64(j, "failed", m->failed);
+    if (m->last_ms_wall) {
+      time_t t = (time_t)(m->last_ms_wall / 1000);
+      struct tm tm;
+      char when[32];
+      gmtime_r(&t, &tm);
+      strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+      json_str(j, "last", when);
+    } else {
+      json_null(j, "last");
+    }
+    TAILQ_FOREACH(job, &m->jobs, q)
+      if (job->state == JOB_COPYING || job->state == JOB_COMMITTING)
+        copying++;
+    json_u64(j, "copying", copying);
+    job = TAILQ_FIRST(&m->jobs);
+    if (job && (job->state == JOB_COPYING || job->state == JOB_COMMITTING)) {
+      json_u64(j, "copying_id", job->id);
+      json_u64(j, "copying_blocks_total", job->total);
+      json_u64(j, "copying_blocks_done", job->stored);
+    }
+    if (m->last_error[0])
+      json_str(j, "last_error", m->last_error);
+  }
+  json_obj_end(j);
+}
+
+/* The snapshots for `snapshot list`: those in the store, then those still
+ * copying. */
+size_t
+snap_list(const struct snapmgr *m, struct snap_info **out)
+{
+  const struct snap_job *j;
+  size_t n = m->n_list, k = 0;
+  struct snap_info *v;
+
+  TAILQ_FOREACH(j, &m->jobs, q)
+    if (j->state == JOB_COPYING || j->state == JOB_COMMITTING)
+      n++;
+  v = calloc(n ? n : 1, sizeof *v);
+  if (!v)
+    abort();
+  memcpy(v, m->list, m->n_list * sizeof *v);
+  k = m->n_list;
+  TAILQ_FOREACH(j, &m->jobs, q) {
+    if (j->state != JOB_COPYING && j->state != JOB_COMMITTING)
+      continue;
+    /* Committed already but not yet listed: skip the duplicate. */
+    bool listed = false;
+    for (size_t i = 0; i < m->n_list; i++)
+      if (m->list[i].id == j->id)
+        listed = true;
+    if (listed)
+      continue;
+    v[k].id = j->id;
+    snprintf(v[k].name, sizeof v[k].name, "%s", j->meta.name);
+    v[k].created_ns = j->meta.created_ns;
+    v[k].epoch = j->meta.epoch;
+    v[k].reason = j->meta.reason;
+    v[k].size_bytes = j->meta.size_bytes;
+    v[k].complete = false;
+    v[k].copied_blocks = j->stored;
+    v[k].total_blocks = j->total;
+    k++;
+  }
+  *out = v;
+  return k;
+}

@@ -1,0 +1,204 @@
+/* `duplexctl snapshot ...` on the secondary: create (answered once the
+ * snapshot is taken, its copy going on in the background), list, delete.
+ * Without --snapshot-store every one answers how to enable snapshots. */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+#include "control.h"
+#include "format.h"
+
+#define SNAPCTL_USAGE "snapshot create [--name NAME] [--json] | snapshot " \
+                      "list [--json] | snapshot delete ID"
+
+struct snapctl_create {
+  struct control_pending *reply; /* NULL while the command runs */
+  bool json;
+  bool done;                    /* taken (or refused) before it returned */
+  uint64_t id;
+  char err[512];
+};
+
+static void
+snapctl_answer(const struct snapctl_create *c, struct evbuffer *body)
+{
+  if (c->id == 0)
+    evbuffer_add_printf(body, "snapshot not taken: %s\n", c->err);
+  else if (c->json)
+    evbuffer_add_printf(body, "{\"id\": %" PRIu64 "}\n", c->id);
+  else
+    evbuffer_add_printf(body, "snapshot %" PRIu64 " taken; its blocks are "
+                        "copied to the store in the background (see "
+                        "snapshot list)\n", c->id);
+}
+
+static void
+snapctl_created(void *arg, uint64_t id, const char *err)
+{
+  struct snapctl_create *c = arg;
+  struct evbuffer *body;
+
+  c->id = err ? 0 : id;
+  if (err)
+    snprintf(c->err, sizeof c->err, "%s", err);
+  if (!c->reply) {
+    c->done = true;             /* snapctl_command answers */
+    return;
+  }
+  body = evbuffer_new();
+  if (body)
+    snapctl_answer(c, body);
+  control_finish(c->reply, c->id != 0, body);
+  if (body)
+    evbuffer_free(body);
+  free(c);
+}
+
+static void
+snapctl_json_str(struct evbuffer *out, const char *s)
+{
+  evbuffer_add_printf(out, "\"");
+  for (; *s; s++) {
+    unsigned char ch = (unsigned char)*s;
+    if (ch == '"' || ch == '\\')
+      evbuffer_add_printf(out, "\\%c", ch);
+    else if (ch < 0x20)
+      evbuffer_add_printf(out, "\\u%04x", ch);
+    else
+      evbuffer_add_printf(out, "%c", ch);
+  }
+  evbuffer_add_printf(out, "\"");
+}
+
+static void
+snapctl_time(uint64_t ns, char *out, size_t outlen)
+{
+  time_t t = (time_t)(ns / 1000000000ull);
+  struct tm tm;
+
+  gmtime_r(&t, &tm);
+  strftime(out, outlen, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static int
+snapctl_list(struct secondary *s, bool json, struct evbuffer *out)
+{
+  struct snap_info *v;
+  size_t n = snap_list(s->snap, &v);
+  char when[32];
+
+  if (json)
+    evbuffer_add_printf(out, "[");
+  else
+    evbuffer_add_printf(out, "%-6s %-20s %-14s %-9s %14s %14s  %s\n", "ID",
+                        "CREATED", "REASON", "STATE", "SIZE", "STORED",
+                        "NAME");
+  for (size_t i = 0; i < n; i++) {
+    snapctl_time(v[i].created_ns, when, sizeof when);
+    if (json) {
+      evbuffer_add_printf(out, "%s\n  {\"id\": %" PRIu64 ", \"name\": ",
+                          i ? "," : "", v[i].id);
+      snapctl_json_str(out, v[i].name);
+      evbuffer_add_printf(out, ", \"created\": \"%s\", \"state\": \"%s\", "
+                          "\"size_bytes\": %" PRIu64 ", \"stored_bytes\": %"
+                          PRIu64 ", \"epoch\": %" PRIu64 ", \"reason\": "
+                          "\"%s\"", when, v[i].complete ? "complete"
+                          : "copying", v[i].size_bytes, v[i].stored_bytes,
+                          v[i].epoch, format_reason_name(v[i].reason));
+      if (!v[i].complete)
+        evbuffer_add_printf(out, ", \"copied_blocks\": %" PRIu64
+                            ", \"total_blocks\": %" PRIu64,
+                            v[i].copied_blocks, v[i].total_blocks);
+      evbuffer_add_printf(out, "}");
+    } else {
+      evbuffer_add_printf(out, "%-6" PRIu64 " %-20s %-14s %-9s %14" PRIu64
+                          " %14" PRIu64 "  %s\n", v[i].id, when,
+                          format_reason_name(v[i].reason),
+                          v[i].complete ? "complete" : "copying",
+                          v[i].size_bytes, v[i].stored_bytes, v[i].name);
+    }
+  }
+  if (json)
+    evbuffer_add_printf(out, "%s]\n", n ? "\n" : "");
+  free(v);
+  return 0;
+}
+
+int
+snapctl_command(struct secondary *s, int argc, char **argv,
+                struct evbuffer *out)
+{
+  const char *name = "";
+  bool json = false;
+  char err[512];
+  int i;
+
+  if (!snap_enabled(s->snap)) {
+    evbuffer_add_printf(out, "snapshots are not enabled: start "
+                        "duplex-secondary with --snapshot-store DIR\n");
+    return -1;
+  }
+  if (argc < 2) {
+    evbuffer_add_printf(out, "usage: " SNAPCTL_USAGE "\n");
+    return -1;
+  }
+  for (i = 2; i < argc; i++) {
+    if (strcmp(argv[i], "--json") == 0) {
+      json = true;
+    } else if (strcmp(argv[i], "--name") == 0 && i + 1 < argc &&
+               strcmp(argv[1], "create") == 0) {
+      name = argv[++i];
+    } else if (strcmp(argv[1], "delete") == 0 && i == 2) {
+      continue;
+    } else {
+      evbuffer_add_printf(out, "snapshot %s: unexpected %s; usage: "
+                          SNAPCTL_USAGE "\n", argv[1], argv[i]);
+      return -1;
+    }
+  }
+  if (strcmp(argv[1], "list") == 0)
+    return snapctl_list(s, json, out);
+  if (strcmp(argv[1], "create") == 0) {
+    struct snapctl_create *c = calloc(1, sizeof *c);
+    if (!c)
+      abort();
+    c->json = json;
+    if (snap_request(s->snap, SNAP_MANUAL, name, 0, snapctl_created, c, err,
+                     sizeof err) == -1) {
+      free(c);
+      evbuffer_add_printf(out, "snapshot not taken: %s\n", err);
+      return -1;
+    }
+    if (c->done) {              /* nothing was in flight: taken at once */
+      int rc = c->id ? 0 : -1;
+      snapctl_answer(c, out);
+      free(c);
+      return rc;
+    }
+    /* Answered when the snapshot is taken (the next apply barrier). */
+    c->reply = control_defer(s->control);
+    return CONTROL_LATER;
+  }
+  if (strcmp(argv[1], "delete") == 0) {
+    char *end;
+    uint64_t id = argc == 3 ? strtoull(argv[2], &end, 10) : 0;
+    if (argc != 3 || *end || id == 0) {
+      evbuffer_add_printf(out, "usage: snapshot delete ID (see snapshot "
+                          "list)\n");
+      return -1;
+    }
+    if (snap_delete(s->snap, id, err, sizeof err) == -1) {
+      evbuffer_add_printf(out, "%s\n", err);
+      return -1;
+    }
+    evbuffer_add_printf(out, "snapshot %" PRIu64 " is being deleted (the "
+                        "store frees what no other snapshot needs)\n", id);
+    return 0;
+  }
+  evbuffer_add_printf(out, "unknown snapshot command %s; usage: "
+                      SNAPCTL_USAGE "\n", argv[1]);
+  return -1;
+}
