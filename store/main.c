@@ -1,15 +1,24 @@
-/* duplex-store: list, read, diff, restore, verify and delete the snapshots
- * of a store, with no agent running (docs/STORE.md).  Exit 0 on success,
- * 1 when the operation failed (or verify found problems), 2 on bad usage. */
+/* duplex-store: list, read, diff, restore, verify, serve and delete the
+ * snapshots of a store, with no agent running (docs/STORE.md).  Exit 0 on
+ * success, 1 when the operation failed (or verify found problems), 2 on
+ * bad usage. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
+#include <event2/event.h>
+
+#include "log.h"
+#include "nbd-export.h"
 #include "store.h"
 #include "util.h"
 
@@ -44,6 +53,13 @@ usage(FILE *out)
 "                            snapshot are stored)\n"
 "  gc                        finish an interrupted delete: remove objects no\n"
 "                            snapshot needs\n"
+"  serve ID --nbd unix:PATH|HOST:PORT [--pidfile FILE]\n"
+"                            serve snapshot ID read-only over NBD (zero\n"
+"                            blocks reported as holes) until SIGTERM or\n"
+"                            SIGINT; with port 0 the chosen port is printed\n"
+"                            and written to FILE.port.  Writers (import,\n"
+"                            delete, gc, a duplex-secondary) cannot open\n"
+"                            the store meanwhile\n"
 "\n"
 "Options:\n"
 "  --store DIR   the store directory\n"
@@ -344,6 +360,134 @@ out:
   return rc;
 }
 
+/* PATH.port for a TCP listener on port 0, written before the pidfile (as
+ * the agents do): tmp + rename. */
+static int
+write_port_file(const char *path, int port)
+{
+  char tmp[PATH_MAX + 8], text[32];
+  int fd, n, saved;
+  ssize_t w;
+
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  n = snprintf(text, sizeof text, "%d\n", port);
+  fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd == -1)
+    return -1;
+  w = write(fd, text, (size_t)n);
+  if (w != n) {
+    saved = w < 0 ? errno : EIO;
+    close(fd);
+    goto fail;
+  }
+  if (close(fd) == -1 || rename(tmp, path) == -1) {
+    saved = errno;
+    goto fail;
+  }
+  return 0;
+
+fail:
+  unlink(tmp);
+  errno = saved;
+  return -1;
+}
+
+static void
+serve_signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+  (void)what;
+  log_info("serve: %s received, stopping",
+           sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  event_base_loopbreak(arg);
+}
+
+/* The export runs on this thread's event loop until SIGTERM or SIGINT;
+ * then clients are closed and a unix socket removed. */
+static int
+cmd_serve(struct store *s, uint64_t id, const struct endpoint *ep,
+          const char *pidfile)
+{
+  static const int signals[] = { SIGTERM, SIGINT };
+  struct event *sigs[ARRAY_SIZE(signals)] = { NULL };
+  const struct nbd_export_source *src;
+  struct snap_source *ss = NULL;
+  struct nbd_export_server *srv = NULL;
+  struct event_base *base = NULL;
+  const struct manifest *m;
+  char err[1024], name[64], desc[512], when[32], portfile[PATH_MAX];
+  bool wrote_port = false, wrote_pid = false;
+  int rc = EXIT_FAIL;
+
+  log_init("duplex-store", true);
+  signal(SIGPIPE, SIG_IGN);
+  if (snap_source_open(s, id, NULL, &ss, err, sizeof err) < 0)
+    return fail("serve %" PRIu64 ": %s", id, err);
+  src = snap_source_get(ss);
+  if (store_manifest(s, id, &m, err, sizeof err) < 0) {
+    fail("serve %" PRIu64 ": %s", id, err);
+    goto out;
+  }
+  rfc3339(m->created_ns, when, sizeof when);
+  snprintf(name, sizeof name, "snapshot-%" PRIu64, id);
+  snprintf(desc, sizeof desc, "duplex snapshot %" PRIu64 "%s%.64s%s of %s, "
+           "taken %s, read-only", id, m->name[0] ? " (" : "", m->name,
+           m->name[0] ? ")" : "", store_desc(s), when);
+  base = event_base_new();
+  if (base == NULL) {
+    fail("serve %" PRIu64 ": cannot create the event loop", id);
+    goto out;
+  }
+  if (nbd_export_new(base, ep, src, name, desc, &srv, err, sizeof err) < 0) {
+    fail("serve %" PRIu64 ": --nbd: %s", id, err);
+    goto out;
+  }
+  for (size_t i = 0; i < ARRAY_SIZE(signals); i++) {
+    sigs[i] = evsignal_new(base, signals[i], serve_signal_cb, base);
+    if (sigs[i] == NULL || event_add(sigs[i], NULL) == -1) {
+      fail("serve %" PRIu64 ": cannot install signal handlers", id);
+      goto out;
+    }
+  }
+  if (pidfile != NULL) {
+    if (nbd_export_port(srv) >= 0 && strcmp(ep->port, "0") == 0) {
+      snprintf(portfile, sizeof portfile, "%s.port", pidfile);
+      if (write_port_file(portfile, nbd_export_port(srv)) == -1) {
+        fail("serve: --pidfile %s: cannot write %s: %s", pidfile, portfile,
+             strerror(errno));
+        goto out;
+      }
+      wrote_port = true;
+    }
+    if (util_write_pidfile(pidfile) == -1) {
+      fail("serve: --pidfile %s: %s", pidfile, strerror(errno));
+      goto out;
+    }
+    wrote_pid = true;
+  }
+  printf("serving snapshot %" PRIu64 " (%" PRIu64 " bytes) read-only on %s\n",
+         id, src->size, nbd_export_where(srv));
+  fflush(stdout);
+  if (event_base_dispatch(base) == -1) {
+    fail("serve %" PRIu64 ": the event loop failed", id);
+    goto out;
+  }
+  rc = 0;
+
+out:
+  nbd_export_free(srv);
+  for (size_t i = 0; i < ARRAY_SIZE(signals); i++)
+    if (sigs[i] != NULL)
+      event_free(sigs[i]);
+  if (base != NULL)
+    event_base_free(base);
+  if (wrote_pid)
+    unlink(pidfile);
+  if (wrote_port)
+    unlink(portfile);
+  snap_source_close(ss);
+  return rc;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -352,12 +496,16 @@ main(int argc, char **argv)
     { "json", no_argument, NULL, 'j' },
     { "to", required_argument, NULL, 't' },
     { "name", required_argument, NULL, 'n' },
+    { "nbd", required_argument, NULL, 'N' },
+    { "pidfile", required_argument, NULL, 'p' },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, 'V' },
     { NULL, 0, NULL, 0 },
   };
   const char *dir = NULL, *to = NULL, *name = NULL, *cmd;
+  const char *nbd = NULL, *pidfile = NULL;
   bool json = false, write_ = false, create = false;
+  struct endpoint ep;
   struct store *s = NULL;
   uint64_t a = 0, b = 0;
   char err[1024];
@@ -371,6 +519,8 @@ main(int argc, char **argv)
     case 'j': json = true; break;
     case 't': to = optarg; break;
     case 'n': name = optarg; break;
+    case 'N': nbd = optarg; break;
+    case 'p': pidfile = optarg; break;
     case 'h': usage(stdout); return 0;
     case 'V': printf("duplex-store %s\n", DUPLEX_VERSION); return 0;
     default: usage(stderr); return EXIT_USAGE;
@@ -379,7 +529,7 @@ main(int argc, char **argv)
   if (!dir || optind >= argc) {
     fprintf(stderr, "duplex-store: %s\n", !dir ? "--store DIR is required"
             : "a command is required (list, restore, diff, verify, delete, "
-              "import, gc)");
+              "import, gc, serve)");
     return EXIT_USAGE;
   }
   cmd = argv[optind];
@@ -429,9 +579,30 @@ main(int argc, char **argv)
     } else if (strcmp(cmd, "gc") == 0) {
       WANT(0, "no arguments");
       write_ = true;
+    } else if (strcmp(cmd, "serve") == 0) {
+      WANT(1, "a snapshot id and --nbd unix:PATH|HOST:PORT");
+      if (parse_id(pos[0], &a) == -1) {
+        fprintf(stderr, "duplex-store: serve: a snapshot id is a positive "
+                "number (see list)\n");
+        return EXIT_USAGE;
+      }
+      if (!nbd) {
+        fprintf(stderr, "duplex-store: serve: --nbd unix:PATH|HOST:PORT is "
+                "required\n");
+        return EXIT_USAGE;
+      }
+      if (util_parse_endpoint(nbd, &ep, err, sizeof err) == -1) {
+        fprintf(stderr, "duplex-store: serve: --nbd: %s\n", err);
+        return EXIT_USAGE;
+      }
     } else {
       fprintf(stderr, "duplex-store: unknown command \"%s\" (list, restore, "
-              "diff, verify, delete, import, gc)\n", cmd);
+              "diff, verify, delete, import, gc, serve)\n", cmd);
+      return EXIT_USAGE;
+    }
+    if ((nbd || pidfile) && strcmp(cmd, "serve") != 0) {
+      fprintf(stderr, "duplex-store: %s: --nbd and --pidfile are options of "
+              "serve\n", cmd);
       return EXIT_USAGE;
     }
   }
@@ -450,6 +621,8 @@ main(int argc, char **argv)
     rc = cmd_delete(s, a);
   else if (strcmp(cmd, "import") == 0)
     rc = cmd_import(s, to, name);
+  else if (strcmp(cmd, "serve") == 0)
+    rc = cmd_serve(s, a, &ep, pidfile);
   else
     rc = cmd_gc(s);
   store_close(s);
