@@ -448,6 +448,10 @@ cmd_serve(struct store *s, uint64_t id, const struct endpoint *ep,
       goto out;
     }
   }
+  /* The line first: whoever waits for the pidfile may read it then. */
+  printf("serving snapshot %" PRIu64 " (%" PRIu64 " bytes) read-only on %s\n",
+         id, src->size, nbd_export_where(srv));
+  fflush(stdout);
   if (pidfile != NULL) {
     if (nbd_export_port(srv) >= 0 && strcmp(ep->port, "0") == 0) {
       snprintf(portfile, sizeof portfile, "%s.port", pidfile);
@@ -464,9 +468,6 @@ cmd_serve(struct store *s, uint64_t id, const struct endpoint *ep,
     }
     wrote_pid = true;
   }
-  printf("serving snapshot %" PRIu64 " (%" PRIu64 " bytes) read-only on %s\n",
-         id, src->size, nbd_export_where(srv));
-  fflush(stdout);
   if (event_base_dispatch(base) == -1) {
     fail("serve %" PRIu64 ": the event loop failed", id);
     goto out;
