@@ -88,6 +88,7 @@ struct primary {
   int n_nbd;
   struct stats stats;
   TAILQ_HEAD(, req) waiting;    /* writes waiting for async buffer space */
+  struct control *control;      /* duplexctl's socket, or NULL */
   bool stopping;
   char meta_error[512];         /* why the last superblock write failed;
                                    "" once one succeeds again */
@@ -226,6 +227,9 @@ struct repl_op {
   void *opaque;
   /* VERIFY ops: the answer, valid only during the acked callback */
   const Duplex__VerifyResult *verify_result;
+  /* SNAPSHOT ops: the answer, valid only during the acked callback */
+  bool snapshot_wanted;
+  const Duplex__SnapshotDone *snapshot_done;
 };
 
 struct repl *repl_new(struct primary *p, char *err, size_t errlen);
@@ -258,6 +262,10 @@ const char *repl_state_name(enum repl_state s);
  * with op->verify_result set when they arrive.  0 or -1 (not connected). */
 int repl_send_verify(struct repl *r, struct repl_op *op, uint64_t off,
                      uint32_t len);
+/* Ask the secondary for a snapshot at this point of the stream; op->acked
+ * runs with op->snapshot_done set when it answers.  0 or -1 (not
+ * connected). */
+int repl_send_snapshot(struct repl *r, struct repl_op *op, const char *name);
 /* Resync finished: tell the secondary it holds our generation; `op` is
  * acknowledged once it has adopted it durably. */
 int repl_send_sync_done(struct repl *r, struct repl_op *op);
@@ -314,6 +322,10 @@ int nbd_server_new(struct primary *p, const struct endpoint *ep,
                    struct nbd_server **out, char *err, size_t errlen);
 void nbd_server_free(struct nbd_server *s);  /* closes clients */
 unsigned nbd_server_clients(const struct nbd_server *s);
+
+/* ---- snapctl.c: `snapshot create` (the secondary takes it) ---- */
+int snapctl_command(struct primary *p, int argc, char **argv,
+                    struct evbuffer *out);
 
 /* ---- status.c: control socket commands ---- */
 int status_control(void *opaque, int argc, char **argv, struct evbuffer *out);

@@ -311,6 +311,7 @@ main(int argc, char **argv)
   if (p->cfg.control) {
     control = control_new(p->base, p->cfg.control, status_control, p, err,
                           sizeof err);
+    p->control = control;
     if (!control)
       daemon_fail(2, "duplex-primary: --control %s: %s", p->cfg.control, err);
   }

@@ -305,6 +305,27 @@ repl_send_flush(struct repl *r, struct repl_op *op)
 }
 
 int
+repl_send_snapshot(struct repl *r, struct repl_op *op, const char *name)
+{
+  Duplex__Snapshot m = DUPLEX__SNAPSHOT__INIT;
+
+  if (r->state != REPL_CONNECTED)
+    return -1;
+  op->epoch = r->epochs.current;
+  op->snapshot_wanted = true;
+  op->snapshot_done = NULL;
+  ring_push(r, op);
+  m.seq = op->seq;
+  m.epoch = op->epoch;
+  m.name = (char *)name;
+  repl_send_frame(r, FRAME_SNAPSHOT, &m.base);
+  /* Writes after it belong to a later epoch: the secondary takes the
+   * snapshot between the two. */
+  epoch_advance(&r->epochs);
+  return 0;
+}
+
+int
 repl_send_verify(struct repl *r, struct repl_op *op, uint64_t off,
                  uint32_t len)
 {
@@ -657,6 +678,19 @@ repl_handle_frame(struct repl *r, struct frame *f)
         return -1;
       }
       op->verify_result = f->m.verify_result;
+      ring_ack(r, seq);
+      return r->state == REPL_CONNECTED ? 0 : -1;
+    }
+    case FRAME_SNAPSHOT_DONE: {
+      uint64_t seq = f->m.snapshot_done->seq;
+      struct repl_op *op = seq >= r->head_seq && seq < r->next_seq
+                               ? r->ring[seq & (r->cap - 1)] : NULL;
+      if (!op || !op->snapshot_wanted) {
+        repl_drop(r, "protocol error: snapshot answer for unknown op %"
+                  PRIu64, seq);
+        return -1;
+      }
+      op->snapshot_done = f->m.snapshot_done;
       ring_ack(r, seq);
       return r->state == REPL_CONNECTED ? 0 : -1;
     }

@@ -220,6 +220,8 @@ status_control(void *opaque, int argc, char **argv, struct evbuffer *out)
     evbuffer_add_printf(out, "usage: status [--json]\n");
     return -1;
   }
+  if (argc >= 1 && strcmp(argv[0], "snapshot") == 0)
+    return snapctl_command(p, argc, argv, out);
   if (argc >= 1 && strcmp(argv[0], "verify") == 0) {
     char err[256];
     bool repair = argc == 2 && strcmp(argv[1], "--repair") == 0;
