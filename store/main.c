@@ -514,7 +514,8 @@ main(int argc, char **argv)
 
   /* GNU getopt moves the command and its arguments behind the options,
    * wherever they were given. */
-  while ((c = getopt_long(argc, argv, "hV", opts, NULL)) != -1) {
+  opterr = 0;                   /* one line of our own instead */
+  while ((c = getopt_long(argc, argv, ":hV", opts, NULL)) != -1) {
     switch (c) {
     case 's': dir = optarg; break;
     case 'j': json = true; break;
@@ -524,7 +525,14 @@ main(int argc, char **argv)
     case 'p': pidfile = optarg; break;
     case 'h': usage(stdout); return 0;
     case 'V': printf("duplex-store %s\n", DUPLEX_VERSION); return 0;
-    default: usage(stderr); return EXIT_USAGE;
+    case ':':
+      fprintf(stderr, "duplex-store: %s: missing argument (see --help)\n",
+              argv[optind - 1]);
+      return EXIT_USAGE;
+    default:
+      fprintf(stderr, "duplex-store: %s: unknown option (see --help)\n",
+              argv[optind - 1]);
+      return EXIT_USAGE;
     }
   }
   if (!dir || optind >= argc) {
