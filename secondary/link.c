@@ -530,15 +530,35 @@ link_verify_done(struct link *l, const struct apply_op *op)
 }
 
 /* A resync is starting: the replica is a mix from now on. */
+static void
+link_before_resync_done(void *arg, uint64_t id, const char *err)
+{
+  (void)arg;
+  if (err)
+    log_warn("secondary: no snapshot before the resync: %s", err);
+  else
+    log_info("secondary: snapshot %llu taken before the resync (the "
+             "restore point while the replica is inconsistent)",
+             (unsigned long long)id);
+}
+
 static int
 link_set_inconsistent(struct link *l)
 {
   struct secondary *s = l->s;
   struct meta_sb sb = *meta_get(s->meta);
+  char err[512];
   int r;
 
   if (!sb.consistent)
     return 0;
+  /* DESIGN.md guarantee 6: a restore point before the replica becomes a
+   * resync target.  Taken at this point of the stream; the resync's
+   * writes to its blocks wait until it is in the store. */
+  if (snap_enabled(s->snap) &&
+      snap_request(s->snap, SNAP_BEFORE_RESYNC, "before-resync", 0,
+                   link_before_resync_done, NULL, err, sizeof err) == -1)
+    log_warn("secondary: no snapshot before the resync: %s", err);
   sb.consistent = false;
   r = meta_write(s->meta, &sb);
   if (r < 0) {

@@ -542,7 +542,7 @@ CERTS=$TESTDIR/certs
 # secondary $SEC (default "sec") on 127.0.0.1:0 with replica.img/replica.meta,
 # then a primary $PRI (default "pri") on unix:$PRI.sock with
 # primary.img/primary.meta (the caller creates primary.img).  Extra
-# arguments go to the primary.  Sets NBD_SOCK and NBD_URI.  With
+# arguments go to the primary; the array SEC_EXTRA_ARGS to the secondary.  Sets NBD_SOCK and NBD_URI.  With
 # PAIR_PROXY=1 the primary reaches the secondary through a link proxy named
 # "px" (start_proxy; PROXY_PORT), e.g. for proxy_cmd px cut.
 PRI=pri
@@ -554,7 +554,8 @@ start_pair() {
     start_secondary "$SEC" --volume "$TESTDIR/replica.img" \
         --meta "$TESTDIR/replica.meta" --listen 127.0.0.1:0 \
         --tls-cert "$CERTS/secondary.pem" --tls-key "$CERTS/secondary.key" \
-        --tls-ca "$CERTS/ca.pem" --peer-name primary
+        --tls-ca "$CERTS/ca.pem" --peer-name primary \
+        ${SEC_EXTRA_ARGS[@]+"${SEC_EXTRA_ARGS[@]}"}
     peer_port=$SECONDARY_PORT
     if [ "${PAIR_PROXY:-0}" = 1 ]; then
         start_proxy px "$SECONDARY_PORT"
@@ -689,7 +690,8 @@ restart_secondary() {
     start_secondary "$SEC" --volume "$TESTDIR/replica.img" \
         --meta "$TESTDIR/replica.meta" --listen "127.0.0.1:$PAIR_SEC_PORT" \
         --tls-cert "$CERTS/secondary.pem" --tls-key "$CERTS/secondary.key" \
-        --tls-ca "$CERTS/ca.pem" --peer-name primary
+        --tls-ca "$CERTS/ca.pem" --peer-name primary \
+        ${SEC_EXTRA_ARGS[@]+"${SEC_EXTRA_ARGS[@]}"}
 }
 
 # restart_primary [EXTRA ARGS...]: start $PRI again with start_pair's
