@@ -420,6 +420,10 @@ cmd_serve(struct store *s, uint64_t id, const struct endpoint *ep,
 
   log_init("duplex-store", true);
   signal(SIGPIPE, SIG_IGN);
+  /* READ buffers of up to 32 MiB, one per request: from the heap, not an
+   * mmap (and a page fault per 4 KiB) each time.  The memory bound per
+   * client holds the heap down. */
+  util_tune_malloc();
   if (snap_source_open(s, id, NULL, &ss, err, sizeof err) < 0)
     return fail("serve %" PRIu64 ": %s", id, err);
   src = snap_source_get(ss);

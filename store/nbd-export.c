@@ -46,6 +46,7 @@
 #include "nbd-proto.h"
 
 #define NBD_EXPORT_READ_CHUNK (256u * 1024)
+#define NBD_EXPORT_WRITE_CHUNK (1024u * 1024)
 /* Extents in one BLOCK_STATUS reply (32 KiB of them); a longer answer is
  * cut short, which proto.md allows. */
 #define NBD_EXPORT_MAX_EXTENTS 4096u
@@ -766,6 +767,9 @@ nbd_export_accept_cb(struct evconnlistener *l, evutil_socket_t fd,
                     nbd_export_event_cb, c);
   bufferevent_setwatermark(c->bev, EV_READ, 0, NBD_EXPORT_READ_CHUNK);
   bufferevent_set_max_single_read(c->bev, NBD_EXPORT_READ_CHUNK);
+  /* (libevent's default is 16 KiB per write: 2048 calls for a 32 MiB
+   * reply) */
+  bufferevent_set_max_single_write(c->bev, NBD_EXPORT_WRITE_CHUNK);
   nbd_proto_build_handshake(hello);
   bufferevent_write(c->bev, hello, sizeof hello);
   c->state = NBD_EXPORT_CLIENT_FLAGS;
