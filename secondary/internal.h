@@ -327,6 +327,11 @@ bool snap_busy(const struct snapmgr *m);
 void snap_status_json(const struct snapmgr *m, struct json *j);
 /* Complete snapshots, then copying ones; *out malloc'd. */
 size_t snap_list(const struct snapmgr *m, struct snap_info **out);
+/* Serve a complete snapshot read-only over NBD on nbd ("unix:PATH" or
+ * "HOST:PORT"); where gets the address (the real port for port 0). */
+int snap_export(struct snapmgr *m, uint64_t id, const char *nbd, char *where,
+                size_t wlen, char *err, size_t errlen);
+int snap_unexport(struct snapmgr *m, uint64_t id, char *err, size_t errlen);
 
 /* ---- snapctl.c: `snapshot ...` control commands ---- */
 int snapctl_command(struct secondary *s, int argc, char **argv,

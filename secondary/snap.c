@@ -46,6 +46,7 @@
 #include "bitmap.h"
 #include "json.h"
 #include "log.h"
+#include "nbd-export.h"
 #include "retention.h"
 #include "store.h"
 
@@ -132,8 +133,19 @@ struct snap_req {
 };
 TAILQ_HEAD(reqq, snap_req);
 
+/* A snapshot served read-only over NBD by this agent. */
+struct snap_export {
+  uint64_t id;
+  struct snap_source *src;
+  struct nbd_export_server *srv;
+  struct snap_export *next;
+};
+
 struct snapmgr {
   struct secondary *s;
+  struct snap_export *exports;
+  pthread_mutex_t store_lock;   /* every call into the store (thread and
+                                   exports) */
   struct aio_ctx *aio;
   struct store *store;          /* the store thread's after start-up */
   char store_dir[PATH_MAX];
@@ -290,7 +302,9 @@ thr_main(void *arg)
     TAILQ_REMOVE(&m->todo, t, q);
     pthread_mutex_unlock(&m->mu);
     stop = t->kind == T_STOP;
+    pthread_mutex_lock(&m->store_lock);
     thr_run(m, t);
+    pthread_mutex_unlock(&m->store_lock);
     free(t->data);
     t->data = NULL;
     pthread_mutex_lock(&m->mu);
@@ -385,6 +399,11 @@ snap_apply_retention(struct snapmgr *m)
   if (!m->keep.last && !m->keep.hourly && !m->keep.daily &&
       !m->keep.weekly && !m->keep.monthly && !m->keep.yearly)
     return;
+  /* Deleting reloads the store under the exports' maps: later. */
+  if (m->exports) {
+    log_info("secondary: --keep applies once no snapshot is exported");
+    return;
+  }
   items = calloc(n ? n : 1, sizeof *items);
   if (!items)
     abort();
@@ -960,6 +979,7 @@ snap_new(struct secondary *s, struct aio_ctx *aio, struct snapmgr **out,
   if (!m->done_ev || event_add(m->done_ev, NULL) == -1)
     abort();
   pthread_mutex_init(&m->mu, NULL);
+  pthread_mutex_init(&m->store_lock, NULL);
   pthread_cond_init(&m->cv, NULL);
   if ((rc = pthread_create(&m->thr, NULL, thr_main, m)) != 0) {
     snprintf(err, errlen, "cannot start the store thread: %s", strerror(rc));
@@ -988,6 +1008,13 @@ snap_free(struct snapmgr *m)
 
   if (!m)
     return;
+  while (m->exports) {
+    struct snap_export *e = m->exports;
+    m->exports = e->next;
+    nbd_export_free(e->srv);
+    snap_source_close(e->src);
+    free(e);
+  }
   if (m->thr_started) {
     task_post(m, task_new(T_STOP, NULL));
     pthread_join(m->thr, NULL);
@@ -1003,6 +1030,7 @@ snap_free(struct snapmgr *m)
       task_free(t);
     }
     pthread_mutex_destroy(&m->mu);
+    pthread_mutex_destroy(&m->store_lock);
     pthread_cond_destroy(&m->cv);
   }
   while ((j = TAILQ_FIRST(&m->jobs)) != NULL) {
@@ -1124,6 +1152,11 @@ snap_delete(struct snapmgr *m, uint64_t id, char *err, size_t errlen)
     snprintf(err, errlen, "no snapshot %" PRIu64 " (see snapshot list)", id);
     return -1;
   }
+  if (m->exports) {
+    snprintf(err, errlen, "snapshots are exported over NBD; unexport them "
+             "first (a delete rewrites the store under them)");
+    return -1;
+  }
   t = task_new(T_DELETE, NULL);
   t->id = id;
   task_post(m, t);
@@ -1218,4 +1251,85 @@ snap_list(const struct snapmgr *m, struct snap_info **out)
   }
   *out = v;
   return k;
+}
+
+/* ---- exports ---- */
+
+int
+snap_export(struct snapmgr *m, uint64_t id, const char *nbd, char *where,
+            size_t wlen, char *err, size_t errlen)
+{
+  struct snap_export *e;
+  struct endpoint ep;
+  char sub[512], name[64];
+  bool complete = false;
+
+  if (!snap_enabled(m)) {
+    snprintf(err, errlen, "snapshots are not enabled: start duplex-secondary "
+             "with --snapshot-store DIR");
+    return -1;
+  }
+  for (size_t i = 0; i < m->n_list; i++)
+    if (m->list[i].id == id)
+      complete = true;
+  if (!complete) {
+    snprintf(err, errlen, "no complete snapshot %" PRIu64 " (see snapshot "
+             "list; a copying one can be exported once complete)", id);
+    return -1;
+  }
+  for (e = m->exports; e; e = e->next)
+    if (e->id == id) {
+      snprintf(err, errlen, "snapshot %" PRIu64 " is already exported on %s",
+               id, nbd_export_where(e->srv));
+      return -1;
+    }
+  if (util_parse_endpoint(nbd, &ep, sub, sizeof sub) == -1) {
+    snprintf(err, errlen, "--nbd %s: %s", nbd, sub);
+    return -1;
+  }
+  e = calloc(1, sizeof *e);
+  if (!e)
+    abort();
+  e->id = id;
+  if (snap_source_open(m->store, id, &m->store_lock, &e->src, err,
+                       errlen) < 0) {
+    free(e);
+    return -1;
+  }
+  snprintf(name, sizeof name, "snapshot-%" PRIu64, id);
+  if (nbd_export_new(m->s->base, &ep, snap_source_get(e->src), name,
+                     "duplex snapshot (read-only)", &e->srv, sub,
+                     sizeof sub) < 0) {
+    snprintf(err, errlen, "--nbd %s: %s", nbd, sub);
+    snap_source_close(e->src);
+    free(e);
+    return -1;
+  }
+  e->next = m->exports;
+  m->exports = e;
+  snprintf(where, wlen, "%s", nbd_export_where(e->srv));
+  log_info("secondary: snapshot %" PRIu64 " exported read-only on %s", id,
+           where);
+  return 0;
+}
+
+int
+snap_unexport(struct snapmgr *m, uint64_t id, char *err, size_t errlen)
+{
+  struct snap_export **pp, *e;
+
+  for (pp = m ? &m->exports : NULL; pp && *pp; pp = &(*pp)->next)
+    if ((*pp)->id == id) {
+      e = *pp;
+      *pp = e->next;
+      nbd_export_free(e->srv);
+      snap_source_close(e->src);
+      free(e);
+      log_info("secondary: snapshot %" PRIu64 " no longer exported", id);
+      if (m && !m->exports)
+        snap_apply_retention(m);
+      return 0;
+    }
+  snprintf(err, errlen, "snapshot %" PRIu64 " is not exported", id);
+  return -1;
 }

@@ -12,7 +12,9 @@
 #include "format.h"
 
 #define SNAPCTL_USAGE "snapshot create [--name NAME] [--json] | snapshot " \
-                      "list [--json] | snapshot delete ID"
+                      "list [--json] | snapshot delete ID | snapshot " \
+                      "export ID --nbd unix:PATH|HOST:PORT | snapshot " \
+                      "unexport ID"
 
 struct snapctl_create {
   struct control_pending *reply; /* NULL while the command runs */
@@ -144,6 +146,29 @@ snapctl_command(struct secondary *s, int argc, char **argv,
   if (argc < 2) {
     evbuffer_add_printf(out, "usage: " SNAPCTL_USAGE "\n");
     return -1;
+  }
+  if (strcmp(argv[1], "export") == 0 || strcmp(argv[1], "unexport") == 0) {
+    bool exp = argv[1][0] == 'e';
+    char *end = NULL, where[300];
+    uint64_t id = argc >= 3 ? strtoull(argv[2], &end, 10) : 0;
+    if (id == 0 || *end || (exp ? argc != 5 || strcmp(argv[3], "--nbd") != 0
+                                : argc != 3)) {
+      evbuffer_add_printf(out, "usage: snapshot export ID --nbd "
+                          "unix:PATH|HOST:PORT, snapshot unexport ID\n");
+      return -1;
+    }
+    if (exp ? snap_export(s->snap, id, argv[4], where, sizeof where, err,
+                          sizeof err)
+            : snap_unexport(s->snap, id, err, sizeof err)) {
+      evbuffer_add_printf(out, "%s\n", err);
+      return -1;
+    }
+    if (exp)
+      evbuffer_add_printf(out, "snapshot %" PRIu64 " exported read-only on "
+                          "%s\n", id, where);
+    else
+      evbuffer_add_printf(out, "snapshot %" PRIu64 " unexported\n", id);
+    return 0;
   }
   for (i = 2; i < argc; i++) {
     if (strcmp(argv[i], "--json") == 0) {

@@ -7,7 +7,8 @@
 # acknowledged before the create command was sent and the number issued
 # when it returned: every acknowledged write, nothing issued after, never a
 # hole.  In both modes; also through the secondary's own control socket,
-# and the store verifies clean.
+# and the store verifies clean.  The running secondary exports one
+# snapshot read-only over NBD: the same bytes, writes refused.
 source "$(dirname "$0")/functions.sh"
 requires_python_nbd
 
@@ -100,6 +101,28 @@ PY
     jq -e 'length == 8 and all(.[]; .state == "complete" and .reason == "manual"
            and (.created | test("^[0-9-]+T[0-9:]+Z$")) and .size_bytes == 67108864)' \
         "$TESTDIR/list.$mode" >/dev/null || fail "$mode: snapshot list: $(cat "$TESTDIR/list.$mode")"
+    # The running secondary serves a snapshot read-only over NBD.
+    first=$(jq -r '.snaps[0].id' "$TESTDIR/snaps.$mode")
+    "$DUPLEXCTL" --control "$TESTDIR/$SEC.ctl" snapshot export "$first" \
+        --nbd "unix:$TESTDIR/exp.sock" >/dev/null || fail "$mode: export failed"
+    nbdcopy "nbd+unix:///?socket=$TESTDIR/exp.sock" "$TESTDIR/exported.img" ||
+        fail "$mode: nbdcopy from the exported snapshot failed"
+    "$PYTHON" - "$TESTDIR/exp.sock" <<'PY' || fail "$mode: the export accepted a write"
+import sys
+import nbd
+h = nbd.NBD()
+h.connect_unix(sys.argv[1])
+assert h.is_read_only()
+try:
+    h.pwrite(b"x" * 4096, 0)
+except nbd.Error:
+    sys.exit(0)
+sys.exit("write succeeded")
+PY
+    "$DUPLEXCTL" --control "$TESTDIR/$SEC.ctl" snapshot delete "$first" >/dev/null 2>&1 &&
+        fail "$mode: a snapshot was deleted while exported"
+    "$DUPLEXCTL" --control "$TESTDIR/$SEC.ctl" snapshot unexport "$first" >/dev/null ||
+        fail "$mode: unexport failed"
     stop_agent "$PRI" || fail "$PRI did not stop cleanly"
     stop_agent "$SEC" || fail "$SEC did not stop cleanly"
 
@@ -109,6 +132,7 @@ PY
         "$DUPLEX_BUILD/duplex-store" --store "$TESTDIR/S" restore "$id" \
             --to "$TESTDIR/snap$id.img" >/dev/null || fail "$mode: restore $id failed"
     done
+    compare_volumes "$TESTDIR/snap$first.img" "$TESTDIR/exported.img"
     "$PYTHON" - "$TESTDIR/snaps.$mode" "$TESTDIR" "$mode" <<'PY' || fail "$mode: a snapshot is not the point in time it names"
 import json, struct, sys
 snaps_path, d, mode = sys.argv[1:4]
