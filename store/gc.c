@@ -230,9 +230,6 @@ gc_compact(struct gc *g)
   struct pack_builder *pb = NULL;
   struct htab dead_packs;       /* packs holding a dead or duplicate blob */
   struct catalog nc = { 0 };
-  struct store_hash name;
-  uint8_t *buf = NULL;
-  size_t len;
   uint64_t bytes;
   bool any_dead = false;
   int rc = 0;
@@ -322,15 +319,19 @@ gc_compact(struct gc *g)
   if (!nc.snaps || !nc.index)
     abort();
   memcpy(nc.snaps, c->snaps, c->n_snaps * sizeof *nc.snaps);
-  if (nix.n_entries > 0) {
-    format_index_encode(&nix, &buf, &len);
-    format_hash(buf, len, &name);
-    if ((rc = s->b->ops->put(s->b, KIND_INDEX, &name, buf, len, g->err,
-                             g->errlen)) < 0)
+  {
+    struct store_hash *names;
+    uint32_t n_names;
+    if ((rc = store_put_index(s, &nix, &names, &n_names, &bytes, g->err,
+                              g->errlen)) < 0)
       goto out;
-    nc.index[0] = name;
-    nc.n_index = 1;
-    htab_put(&g->keep[KIND_INDEX], &name, 1);
+    for (uint32_t i = 0; i < n_names; i++)
+      htab_put(&g->keep[KIND_INDEX], &names[i], 1);
+    if (n_names) {
+      free(nc.index);
+      nc.index = names;
+      nc.n_index = n_names;
+    }
   }
   if ((rc = store_replace_catalog(s, &nc, g->err, g->errlen)) < 0)
     goto out;
@@ -340,7 +341,6 @@ out:
   for (uint32_t i = 0; i < n_old && old; i++)
     format_index_free(&old[i]);
   free(old);
-  free(buf);
   format_index_free(&nix);
   format_catalog_free(&nc);
   pack_builder_free(pb);

@@ -47,6 +47,16 @@ int store_decode_blob(struct store *s, const struct store_hash *h,
                       void *out, char *err, size_t errlen);
 const struct catalog_snap *store_catalog_find(const struct store *s,
                                               uint64_t id);
+/* Index objects hold at most this many entries: a bigger one could pass
+ * STORE_MAX_OBJECT, which readers refuse, and the store would no longer
+ * open (tests lower it). */
+extern uint32_t store_index_max_entries;
+/* Write ix as one or more index objects, the entries split between them,
+ * each listing the packs its own entries are in.  *names (malloc'd) gets
+ * their names, *bytes their total size. */
+int store_put_index(struct store *s, const struct index_obj *ix,
+                    struct store_hash **names, uint32_t *n_names,
+                    uint64_t *bytes, char *err, size_t errlen);
 
 /* ---- pack.c: building packs ---- */
 struct pack_builder;

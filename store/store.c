@@ -438,6 +438,79 @@ store_read_blob(struct store *s, const struct store_hash *h, void *out,
                            errlen);
 }
 
+/* 4 Mi entries of 48 bytes: 192 MiB, with room for the pack list. */
+uint32_t store_index_max_entries = 4u << 20;
+
+static int
+store_entry_pack_cmp(const void *a, const void *b)
+{
+  const struct index_entry *x = a, *y = b;
+
+  if (x->pack != y->pack)
+    return x->pack < y->pack ? -1 : 1;
+  return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+int
+store_put_index(struct store *s, const struct index_obj *ix,
+                struct store_hash **names, uint32_t *n_names,
+                uint64_t *bytes, char *err, size_t errlen)
+{
+  uint32_t max = store_index_max_entries ? store_index_max_entries : 1;
+  struct index_entry *e;
+  int rc = 0;
+
+  *names = NULL;
+  *n_names = 0;
+  *bytes = 0;
+  if (ix->n_entries == 0)
+    return 0;
+  /* By pack, so that each part lists few packs. */
+  e = malloc(ix->n_entries * sizeof *e);
+  if (!e)
+    abort();
+  memcpy(e, ix->entries, ix->n_entries * sizeof *e);
+  qsort(e, ix->n_entries, sizeof *e, store_entry_pack_cmp);
+  for (uint32_t at = 0; at < ix->n_entries && rc == 0; at += max) {
+    uint32_t n = MIN(max, ix->n_entries - at), last = UINT32_MAX;
+    struct index_obj part = { 0 };
+    struct store_hash name;
+    uint8_t *buf;
+    size_t len;
+
+    part.packs = malloc(MIN(n, ix->n_packs) * sizeof *part.packs);
+    part.entries = malloc(n * sizeof *part.entries);
+    *names = realloc(*names, (*n_names + 1) * sizeof **names);
+    if (!part.packs || !part.entries || !*names)
+      abort();
+    for (uint32_t k = 0; k < n; k++) {
+      if (e[at + k].pack != last) {
+        last = e[at + k].pack;
+        part.packs[part.n_packs++] = ix->packs[last];
+      }
+      part.entries[k] = e[at + k];
+      part.entries[k].pack = part.n_packs - 1;
+    }
+    part.n_entries = n;
+    format_index_encode(&part, &buf, &len);
+    format_hash(buf, len, &name);
+    rc = s->b->ops->put(s->b, KIND_INDEX, &name, buf, len, err, errlen);
+    if (rc == 0) {
+      (*names)[(*n_names)++] = name;
+      *bytes += len;
+    }
+    free(buf);
+    format_index_free(&part);
+  }
+  free(e);
+  if (rc < 0) {
+    free(*names);
+    *names = NULL;
+    *n_names = 0;
+  }
+  return rc;
+}
+
 int
 store_replace_catalog(struct store *s, struct catalog *c, char *err,
                       size_t errlen)

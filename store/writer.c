@@ -339,13 +339,13 @@ store_writer_commit(struct store_writer *w, uint64_t *id,
   const struct catalog *c = store_catalog(s);
   struct manifest m;
   struct snap_run *runs = NULL, *full = NULL;
-  struct store_hash *hs = NULL, ix_name, man_name;
+  struct store_hash *hs = NULL, *ix_names = NULL, man_name;
   struct store_map pmap = { 0 };
   struct catalog nc = { 0 };
   uint8_t *buf = NULL;
   size_t len;
-  uint32_t nruns, nfull;
-  bool have_index;
+  uint32_t nruns, nfull, n_ix = 0;
+  uint64_t ix_bytes;
   int rc;
 
   *id = 0;
@@ -371,15 +371,10 @@ store_writer_commit(struct store_writer *w, uint64_t *id,
   }
   if ((rc = w_flush_pack(w, err, errlen)) < 0)
     goto out;
-  have_index = w->ix.n_packs > 0;
-  if (have_index) {
-    format_index_encode(&w->ix, &buf, &len);
-    rc = w_put_object(w, KIND_INDEX, buf, len, &ix_name, err, errlen);
-    free(buf);
-    buf = NULL;
-    if (rc < 0)
-      goto out;
-  }
+  if ((rc = store_put_index(s, &w->ix, &ix_names, &n_ix, &ix_bytes, err,
+                            errlen)) < 0)
+    goto out;
+  w->st.stored_bytes += ix_bytes;
   if ((rc = w_build_runs(w, &runs, &nruns, &hs, err, errlen)) < 0)
     goto out;
 
@@ -430,7 +425,7 @@ store_writer_commit(struct store_writer *w, uint64_t *id,
   nc.next_id = m.id + 1;
   nc.n_snaps = c->n_snaps + 1;
   nc.snaps = malloc(nc.n_snaps * sizeof *nc.snaps);
-  nc.n_index = c->n_index + (have_index ? 1 : 0);
+  nc.n_index = c->n_index + n_ix;
   nc.index = malloc((nc.n_index ? nc.n_index : 1) * sizeof *nc.index);
   if (!nc.snaps || !nc.index)
     abort();
@@ -440,12 +435,12 @@ store_writer_commit(struct store_writer *w, uint64_t *id,
   nc.snaps[c->n_snaps].manifest = man_name;
   if (c->n_index)
     memcpy(nc.index, c->index, c->n_index * sizeof *nc.index);
-  if (have_index)
-    nc.index[c->n_index] = ix_name;
+  if (n_ix)
+    memcpy(nc.index + c->n_index, ix_names, n_ix * sizeof *ix_names);
   if ((rc = store_replace_catalog(s, &nc, err, errlen)) < 0)
     goto out;
-  if (have_index)
-    store_add_index(s, &ix_name, &w->ix);
+  if (n_ix)
+    store_add_index(s, &ix_names[0], &w->ix);
   *id = m.id;
   w->st.stored_bytes = m.stored_bytes;
   if (stp)
@@ -456,6 +451,7 @@ out:
   free(runs);
   free(full);
   free(hs);
+  free(ix_names);
   store_map_free(&pmap);
   format_catalog_free(&nc);
   if (rc == 0)
