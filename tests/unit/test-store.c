@@ -1660,6 +1660,95 @@ test_lock(void **state)
   rm_rf(t.root);
 }
 
+/* ---- index objects split at store_index_max_entries ---- */
+
+/* Every index object holds at most max entries and lists only packs its
+ * entries are in; together they name each blob once. */
+static void
+check_index_parts(const char *dir, uint32_t max)
+{
+  struct names idx;
+  struct htab seen;
+  size_t total = 0;
+  char err[256];
+
+  list_objects(dir, "index", &idx);
+  htab_init(&seen);
+  for (size_t i = 0; i < idx.n; i++) {
+    char path[512];
+    struct index_obj ix;
+    size_t len;
+    void *buf;
+    uint8_t *used;
+    object_path(dir, "index", &idx.h[i], path, sizeof path);
+    buf = read_file(path, &len);
+    if (format_index_parse(buf, len, &ix, err, sizeof err) != 0)
+      fail_msg("%s: %s", path, err);
+    assert_true(ix.n_entries > 0 && ix.n_entries <= max);
+    used = calloc(ix.n_packs, 1);
+    assert_non_null(used);
+    for (uint32_t k = 0; k < ix.n_entries; k++) {
+      used[ix.entries[k].pack] = 1;
+      if (!htab_add(&seen, &ix.entries[k].hash, 1))
+        fail_msg("a blob is named by two index entries");
+    }
+    for (uint32_t p = 0; p < ix.n_packs; p++)
+      assert_true(used[p]);
+    total += ix.n_entries;
+    free(used);
+    format_index_free(&ix);
+    free(buf);
+  }
+  assert_true(idx.n >= (total + max - 1) / max);
+  print_message("index: %zu entries in %zu objects of at most %u\n", total,
+                idx.n, max);
+  htab_free(&seen);
+  free(idx.h);
+}
+
+static void
+test_index_split(void **state)
+{
+  struct tdir t;
+  struct vol v;
+  struct store *s;
+  struct reports *rs = malloc(sizeof *rs);
+  uint32_t saved = store_index_max_entries;
+  char err[1024];
+
+  (void)state;
+  assert_non_null(rs);
+  store_index_max_entries = 37;
+  build_five(&t, &v, 512);
+  check_index_parts(t.store, 37);
+  s = open_store(t.store, 0);
+  assert_true(store_catalog(s)->n_index > 5);
+  check_all(s, &v);
+  store_close(s);
+  assert_int_equal(run_check(t.store, 0, rs), 0);
+  /* gc writes its index in parts too */
+  for (uint64_t id = 2; id <= 4; id += 2) {
+    s = open_store(t.store, STORE_WRITE);
+    if (store_delete(s, id, NULL, err, sizeof err) != 0)
+      fail_msg("%s", err);
+    store_close(s);
+    check_index_parts(t.store, 37);
+    check_after_delete(t.store, &v);
+  }
+  /* and with the limit back, one gc makes it one object again */
+  store_index_max_entries = saved;
+  s = open_store(t.store, STORE_WRITE);
+  if (store_gc(s, true, NULL, err, sizeof err) != 0)
+    fail_msg("%s", err);
+  assert_int_equal(store_catalog(s)->n_index, 1);
+  store_close(s);
+  check_after_delete(t.store, &v);
+  assert_int_equal(run_check(t.store, 0, rs), 0);
+  free(rs);
+  vol_free(&v);
+  rm_rf(t.root);
+}
+
 /* ---- volume size changes, huge zero ranges ---- */
 
 static void
@@ -1766,6 +1855,7 @@ main(void)
     cmocka_unit_test(test_restore),
     cmocka_unit_test(test_abort),
     cmocka_unit_test(test_lock),
+    cmocka_unit_test(test_index_split),
     cmocka_unit_test(test_resize),
     cmocka_unit_test(test_huge_zero_range),
   };
