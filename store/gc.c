@@ -83,6 +83,14 @@ store_delete(struct store *s, uint64_t id, struct gc_stats *st, char *err,
       rc = -EINVAL;
       goto out;
     }
+    if (len > STORE_MAX_OBJECT) {
+      snprintf(err, errlen, "%s: deleting snapshot %llu would give snapshot "
+               "%llu a map of %zu bytes, more than a store object may (%u)",
+               store_desc(s), (unsigned long long)id,
+               (unsigned long long)cm->id, len, STORE_MAX_OBJECT);
+      rc = -EFBIG;
+      goto out;
+    }
     format_hash(buf, len, &child_name);
     rc = s->b->ops->put(s->b, KIND_SNAP, &child_name, buf, len, err, errlen);
     if (rc < 0)

@@ -417,6 +417,16 @@ store_writer_commit(struct store_writer *w, uint64_t *id,
     goto out;
   }
   free(buf);
+  buf = NULL;
+  if (len > STORE_MAX_OBJECT) {
+    snprintf(err, errlen, "%s: the map of this snapshot would take %zu "
+             "bytes, more than a store object may (%u): snapshots of a "
+             "volume with more than %u Mi non-zero blocks cannot be stored",
+             store_desc(s), len, STORE_MAX_OBJECT,
+             STORE_MAX_OBJECT / STORE_HASH_LEN >> 20);
+    rc = -EFBIG;
+    goto out;
+  }
   m.stored_bytes = w->st.stored_bytes + len;
   format_manifest_encode(&m, &buf, &len);
   if ((rc = w_put_object(w, KIND_SNAP, buf, len, &man_name, err, errlen)) < 0)
