@@ -13,7 +13,7 @@ enum {
   OPT_VOLUME = 256, OPT_META, OPT_LISTEN, OPT_TLS_CERT, OPT_TLS_KEY,
   OPT_TLS_CA, OPT_PEER_NAME, OPT_CONTROL, OPT_PIDFILE, OPT_FOREGROUND,
   OPT_HELP, OPT_VERSION, OPT_SNAPSHOT_STORE, OPT_SNAPSHOT_EVERY, OPT_KEEP,
-  OPT_KEEP_MANUAL,
+  OPT_KEEP_MANUAL, OPT_SNAPSHOT_COPY_RATE,
 };
 
 static const struct option config_options[] = {
@@ -31,6 +31,7 @@ static const struct option config_options[] = {
   { "snapshot-every", required_argument, NULL, OPT_SNAPSHOT_EVERY },
   { "keep", required_argument, NULL, OPT_KEEP },
   { "keep-manual", no_argument, NULL, OPT_KEEP_MANUAL },
+  { "snapshot-copy-rate", required_argument, NULL, OPT_SNAPSHOT_COPY_RATE },
   { "verbose", no_argument, NULL, 'v' },
   { "help", no_argument, NULL, OPT_HELP },
   { "version", no_argument, NULL, OPT_VERSION },
@@ -46,6 +47,7 @@ config_usage(FILE *out)
 "                        --peer-name NAME [--control SOCKET]\n"
 "                        [--snapshot-store DIR] [--snapshot-every DURATION]\n"
 "                        [--keep SPEC] [--keep-manual]\n"
+"                        [--snapshot-copy-rate SIZE]\n"
 "                        [--pidfile PATH] [--foreground] [-v|--verbose]\n"
 "\n"
 "Receives replicated writes from duplex-primary over TLS 1.3 and applies\n"
@@ -72,6 +74,10 @@ config_usage(FILE *out)
 "                      (restic's forget rules, in UTC; default: keep all)\n"
 "  --keep-manual       apply --keep to manual snapshots too (default: kept\n"
 "                      until deleted)\n"
+"  --snapshot-copy-rate SIZE\n"
+"                      at most SIZE bytes per second of background snapshot\n"
+"                      copying from the replica (e.g. 50M; default: no\n"
+"                      limit; copy-before-write is never delayed)\n"
 "  --pidfile PATH      written once the listener accepts connections\n"
 "  --foreground        stay in the foreground, log to stderr\n"
 "  -v, --verbose       debug logging\n");
@@ -149,6 +155,15 @@ config_parse(int argc, char **argv, struct config *cfg, FILE *out, char *err,
       }
       break;
     case OPT_KEEP_MANUAL: cfg->keep_manual = true; break;
+    case OPT_SNAPSHOT_COPY_RATE:
+      if (util_parse_size(optarg, &cfg->snapshot_copy_rate, e,
+                          sizeof e) == -1 ||
+          cfg->snapshot_copy_rate < 1024 * 1024) {
+        snprintf(err, errlen, "--snapshot-copy-rate %s: %s", optarg,
+                 cfg->snapshot_copy_rate ? "at least 1M per second" : e);
+        return -1;
+      }
+      break;
     case 'v': cfg->verbose = true; break;
     case OPT_HELP:
       config_usage(out);
@@ -206,10 +221,11 @@ config_parse(int argc, char **argv, struct config *cfg, FILE *out, char *err,
   if (!cfg->snapshot_store &&
       (cfg->snapshot_every_ms || cfg->keep_manual || cfg->keep.last ||
        cfg->keep.hourly || cfg->keep.daily || cfg->keep.weekly ||
-       cfg->keep.monthly || cfg->keep.yearly)) {
+       cfg->keep.monthly || cfg->keep.yearly || cfg->snapshot_copy_rate)) {
     snprintf(err, errlen, "--%s: needs --snapshot-store DIR",
              cfg->snapshot_every_ms ? "snapshot-every"
-             : cfg->keep_manual ? "keep-manual" : "keep");
+             : cfg->keep_manual ? "keep-manual"
+             : cfg->snapshot_copy_rate ? "snapshot-copy-rate" : "keep");
     return -1;
   }
   if (strcmp(cfg->volume, cfg->meta) == 0) {

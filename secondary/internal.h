@@ -19,6 +19,7 @@
 #include "meta.h"
 #include "tls-stream.h"
 #include "retention.h"
+#include "store.h"
 #include "tls.h"
 #include "util.h"
 
@@ -52,6 +53,7 @@ struct config {
   uint64_t snapshot_every_ms;   /* 0: none on schedule */
   struct keep_policy keep;      /* all zero: keep everything */
   bool keep_manual;
+  uint64_t snapshot_copy_rate;  /* bytes/s of background copy, 0: any */
 };
 /* 0: ok; 1: --help/--version printed to out; -1: error, one line in err
  * ("--flag VALUE: reason", without the program name). */
@@ -332,6 +334,37 @@ size_t snap_list(const struct snapmgr *m, struct snap_info **out);
 int snap_export(struct snapmgr *m, uint64_t id, const char *nbd, char *where,
                 size_t wlen, char *err, size_t errlen);
 int snap_unexport(struct snapmgr *m, uint64_t id, char *err, size_t errlen);
+
+/* ---- snapjournal.c: snapshots being copied, across a crash ---- */
+struct snapjournal;
+struct snapjournal_job {
+  uint64_t id;
+  struct snap_meta meta;
+  bool full, rescan;
+  uint64_t size;                /* the replica's, at the snapshot */
+  uint64_t *set_words;          /* the blocks it holds (bitmap words) */
+  size_t n_words;
+};
+int snapjournal_open(const char *meta, struct snapjournal **out, char *err,
+                     size_t errlen);
+void snapjournal_close(struct snapjournal *j);
+/* Replace the list (atomically, durably). */
+int snapjournal_save_jobs(struct snapjournal *j,
+                          const struct snapjournal_job *v, size_t n,
+                          char *err, size_t errlen);
+/* The saved list (none: 0 jobs); *out for snapjournal_free_jobs. */
+int snapjournal_load_jobs(struct snapjournal *j, struct snapjournal_job **out,
+                          size_t *n, char *err, size_t errlen);
+void snapjournal_free_jobs(struct snapjournal_job *v, size_t n);
+/* Old contents of n blocks (data: n * 4096 bytes), durable on return. */
+int snapjournal_append(struct snapjournal *j, const uint64_t *ids,
+                       const uint64_t *blocks, const uint8_t *data, size_t n,
+                       char *err, size_t errlen);
+typedef void (*snapjournal_fn)(void *arg, uint64_t id, uint64_t block,
+                               const uint8_t *data);
+/* Every intact record in order; returns how many. */
+int snapjournal_replay(struct snapjournal *j, snapjournal_fn fn, void *arg);
+int snapjournal_reset(struct snapjournal *j);  /* nothing is copying */
 
 /* ---- snapctl.c: `snapshot ...` control commands ---- */
 int snapctl_command(struct secondary *s, int argc, char **argv,

@@ -26,11 +26,16 @@
  * to become inconsistent and this snapshot is the restore point
  * (DESIGN.md guarantee 6).
  *
- * Crash semantics: a snapshot still copying when the secondary stops is
- * gone (logged); the catalog only ever names complete snapshots.  The
- * first snapshot after a start compares every block with the newest
- * snapshot (what changed while the agent was down is not known) and stores
- * only what differs. */
+ * Crash semantics: the snapshots being copied and their block sets are
+ * saved (snapjournal.c) before the requester is answered, and the old
+ * contents of a block in such a set are journaled durably before the
+ * apply path overwrites it (once per block and snapshot, whether or not
+ * the copier has read it already).  After a crash or restart those
+ * snapshots are copied again, from the journal and the replica, and
+ * finish; the catalog only ever names complete snapshots.  The first new
+ * snapshot after a start compares every block with the newest snapshot
+ * (what changed while the agent was down is not known) and stores only
+ * what differs. */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -85,7 +90,9 @@ struct snap_job {
   bool hold;                    /* before-resync: writes to its set wait */
   enum job_state state;
   struct bitmap *pending;       /* blocks not yet claimed */
-  struct bitmap *set;           /* hold jobs: every block of the snapshot */
+  struct bitmap *set;           /* every block of the snapshot */
+  struct bitmap *journaled;     /* old contents saved in the journal */
+  bool resumed;                 /* from before a restart */
   uint64_t total, claimed;      /* blocks */
   uint64_t stored;              /* blocks the store thread took */
   unsigned reads;               /* claimed reads in flight */
@@ -107,6 +114,10 @@ struct snap_read {
                                    recorded as (job, block) below */
   struct snap_job **owner;      /* per block of the read: the job that
                                    claimed it, or NULL */
+  /* copy-before-write: (job, block) pairs to journal before the write */
+  struct snap_job **jjob;
+  uint64_t *jblock;
+  size_t njournal;
   struct aio_op aio;
   TAILQ_ENTRY(snap_read) q;
 };
@@ -144,6 +155,7 @@ struct snap_export {
 struct snapmgr {
   struct secondary *s;
   struct snap_export *exports;
+  struct snapjournal *journal;
   pthread_mutex_t store_lock;   /* every call into the store (thread and
                                    exports) */
   struct aio_ctx *aio;
@@ -151,6 +163,9 @@ struct snapmgr {
   char store_dir[PATH_MAX];
   struct keep_policy keep;
   uint64_t every_ms, next_ms;
+  uint64_t copy_rate;           /* bytes/s, 0: no limit */
+  int64_t copy_budget;          /* bytes the copier may read now */
+  uint64_t budget_ms;           /* when the budget was last refilled */
   /* main thread */
   struct bitmap *dirty;         /* changed since the newest snapshot taken */
   bool first_rescan;            /* the next snapshot compares everything */
@@ -324,7 +339,48 @@ job_free(struct snap_job *j)
 {
   bitmap_free(j->pending);
   bitmap_free(j->set);
+  bitmap_free(j->journaled);
   free(j);
+}
+
+static bool
+job_live(const struct snap_job *j)
+{
+  return j->state == JOB_COPYING || j->state == JOB_COMMITTING;
+}
+
+/* Save the list of snapshots being copied (and empty the journal once
+ * there are none).  0, or -1 with last_error set. */
+static int
+snap_save_jobs(struct snapmgr *m)
+{
+  struct snapjournal_job v[64] = { { 0 } };
+  struct snap_job *j;
+  size_t n = 0;
+  char err[512];
+
+  TAILQ_FOREACH(j, &m->jobs, q) {
+    if (!job_live(j))
+      continue;
+    if (n == ARRAY_SIZE(v))
+      break;
+    v[n].id = j->id;
+    v[n].meta = j->meta;
+    v[n].full = j->full;
+    v[n].rescan = j->rescan;
+    v[n].size = j->meta.size_bytes;
+    v[n].set_words = bitmap_words(j->set);
+    v[n].n_words = bitmap_word_count(j->set);
+    n++;
+  }
+  if (snapjournal_save_jobs(m->journal, v, n, err, sizeof err) < 0) {
+    snprintf(m->last_error, sizeof m->last_error, "%s", err);
+    log_error("secondary: saving the snapshots being copied: %s", err);
+    return -1;
+  }
+  if (n == 0)
+    snapjournal_reset(m->journal);
+  return 0;
 }
 
 static struct snap_job *
@@ -358,6 +414,7 @@ job_fail(struct snapmgr *m, struct snap_job *j, const char *why)
     x = TAILQ_NEXT(x, q);
   }
   m->first_rescan = true;
+  snap_save_jobs(m);
   snap_retry_waiting(m);
 }
 
@@ -478,6 +535,7 @@ snap_done_cb(evutil_socket_t fd, short what, void *arg)
         break;
       }
       j->state = JOB_DONE;
+      snap_save_jobs(m);
       log_info("secondary: snapshot %" PRIu64 " complete: %" PRIu64
                " blocks copied in %.1f s", j->id, j->stored,
                (double)(util_now_ms() - j->started_ms) / 1000);
@@ -546,7 +604,45 @@ read_free(struct snap_read *r)
 {
   free(r->buf);
   free(r->owner);
+  free(r->jjob);
+  free(r->jblock);
   free(r);
+}
+
+/* Copy-before-write: the old contents of the blocks some snapshot being
+ * copied holds, durable in the journal before the write starts. */
+static void
+read_journal(struct snapmgr *m, struct snap_read *r)
+{
+  uint64_t *ids;
+  uint8_t *data;
+  char err[512];
+
+  if (!r->njournal)
+    return;
+  /* A snapshot committed meanwhile needs nothing more. */
+  for (size_t k = 0; k < r->njournal; k++)
+    if (job_live(r->jjob[k]))
+      break;
+    else if (k + 1 == r->njournal)
+      return;
+  ids = malloc(r->njournal * sizeof *ids);
+  data = malloc(r->njournal * STORE_BLOCK);
+  if (!ids || !data)
+    abort();
+  for (size_t k = 0; k < r->njournal; k++) {
+    ids[k] = r->jjob[k]->id;
+    memcpy(data + k * STORE_BLOCK,
+           r->buf + (r->jblock[k] * STORE_BLOCK - r->off), STORE_BLOCK);
+  }
+  if (snapjournal_append(m->journal, ids, r->jblock, data, r->njournal, err,
+                         sizeof err) < 0) {
+    for (size_t k = 0; k < r->njournal; k++)
+      if (job_find(m, r->jjob[k]) && job_live(r->jjob[k]))
+        job_fail(m, r->jjob[k], err);
+  }
+  free(ids);
+  free(data);
 }
 
 static void
@@ -571,9 +667,12 @@ read_done_cb(struct aio_op *aop, long res)
         r->owner[i] = NULL;
       }
   } else {
+    read_journal(m, r);
     read_hand_over(m, r);
   }
   /* The op whose old contents were saved may write now. */
+  for (size_t k = 0; k < r->njournal; k++)
+    r->jjob[k]->reads--;
   if (r->op)
     replica_start(m->s->replica, r->a, r->op);
   for (uint64_t i = 0; i < r->len / STORE_BLOCK; i++)
@@ -615,6 +714,40 @@ read_claim(struct snapmgr *m, struct snap_read *r)
   return any;
 }
 
+/* The blocks of [off, off+len) whose old contents a snapshot being copied
+ * has not journaled yet; true if any. */
+static bool
+read_claim_journal(struct snapmgr *m, struct snap_read *r)
+{
+  uint64_t nblocks = r->len / STORE_BLOCK;
+  size_t cap = 0;
+  struct snap_job *j;
+
+  TAILQ_FOREACH(j, &m->jobs, q) {
+    if (!job_live(j) || !j->journaled)
+      continue;
+    for (uint64_t i = 0; i < nblocks; i++) {
+      uint64_t off = r->off + i * STORE_BLOCK;
+      if (off >= j->meta.size_bytes || !bitmap_test(j->set, off) ||
+          bitmap_test(j->journaled, off))
+        continue;
+      bitmap_set_range(j->journaled, off, STORE_BLOCK);
+      if (r->njournal == cap) {
+        cap = cap ? cap * 2 : 16;
+        r->jjob = realloc(r->jjob, cap * sizeof *r->jjob);
+        r->jblock = realloc(r->jblock, cap * sizeof *r->jblock);
+        if (!r->jjob || !r->jblock)
+          abort();
+      }
+      r->jjob[r->njournal] = j;
+      r->jblock[r->njournal] = off / STORE_BLOCK;
+      r->njournal++;
+      j->reads++;               /* keeps j until the read is done */
+    }
+  }
+  return r->njournal > 0;
+}
+
 static void
 read_start(struct snapmgr *m, struct snap_read *r)
 {
@@ -640,7 +773,9 @@ snap_copier_kick(struct snapmgr *m)
       continue;
     while (m->copier_reads < SNAP_COPY_INFLIGHT &&
            m->queued_blocks < SNAP_QUEUE_MAX &&
+           (!m->copy_rate || m->copy_budget > 0) &&
            bitmap_next_run(j->pending, 0, SNAP_COPY_CHUNK, &off, &len)) {
+      m->copy_budget -= (int64_t)len;
       struct snap_read *r = calloc(1, sizeof *r);
       if (!r)
         abort();
@@ -713,7 +848,8 @@ snap_start_op(struct snapmgr *m, struct apply *a, struct apply_op *op)
   r->len = end - start;
   r->a = a;
   r->op = op;
-  if (!TAILQ_EMPTY(&m->jobs) && read_claim(m, r)) {
+  if (!TAILQ_EMPTY(&m->jobs) && (read_claim_journal(m, r) |
+                                  read_claim(m, r))) {
     read_start(m, r);           /* the write follows in read_done_cb */
     return;
   }
@@ -833,14 +969,13 @@ snap_take(struct snapmgr *m, struct apply_op *op)
     bitmap_recount(j->pending);
   }
   j->total = bitmap_dirty_bytes(j->pending) / STORE_BLOCK;
-  if (j->hold) {
-    j->set = bitmap_new(size, STORE_BLOCK);
-    if (!j->set)
-      abort();
-    bitmap_or_words(j->set, bitmap_words(j->pending),
-                    bitmap_word_count(j->pending));
-    bitmap_recount(j->set);
-  }
+  j->set = bitmap_new(size, STORE_BLOCK);
+  j->journaled = bitmap_new(size, STORE_BLOCK);
+  if (!j->set || !j->journaled)
+    abort();
+  bitmap_or_words(j->set, bitmap_words(j->pending),
+                  bitmap_word_count(j->pending));
+  bitmap_recount(j->set);
   /* From now on dirty counts the changes after this snapshot. */
   bitmap_free(m->dirty);
   m->dirty = bitmap_new(size, STORE_BLOCK);
@@ -850,6 +985,16 @@ snap_take(struct snapmgr *m, struct apply_op *op)
   m->taken++;
   m->last_ms_wall = j->meta.created_ns / 1000000;
   TAILQ_INSERT_TAIL(&m->jobs, j, q);
+  /* Durable before anyone is told it exists. */
+  if (snap_save_jobs(m) < 0) {
+    j->state = JOB_FAILED;
+    m->failed++;
+    m->first_rescan = true;
+    req->done(req->arg, 0, m->last_error);
+    free(req);
+    job_reap(m);
+    return;
+  }
   task_post(m, task_new(T_BEGIN, j));
   log_info("secondary: snapshot %" PRIu64 " taken (%s%s%s), epoch %" PRIu64
            ": %" PRIu64 " blocks to copy%s", j->id,
@@ -906,18 +1051,120 @@ snap_request(struct snapmgr *m, unsigned reason, const char *name,
   if (!op->mem)
     abort();
   memcpy(op->mem, &req, sizeof req);
+  req->queued = true;
   TAILQ_INSERT_TAIL(&m->reqs, req, q);
+  /* The MARK may start (and req be answered and freed) right here. */
   if (apply_queue(m->s->apply, op) == -1) {
     TAILQ_REMOVE(&m->reqs, req, q);
     free(req);
     snprintf(err, errlen, "applying is paused; resume first");
     return -1;
   }
-  req->queued = true;
   return 0;
 }
 
 /* ---- life cycle ---- */
+
+static void
+snap_replay_one(void *arg, uint64_t id, uint64_t block, const uint8_t *data)
+{
+  struct snapmgr *m = arg;
+  struct snap_job *j;
+  uint64_t off = block * STORE_BLOCK;
+
+  TAILQ_FOREACH(j, &m->jobs, q) {
+    struct task *t;
+    if (j->id != id || !job_live(j) || off >= j->meta.size_bytes)
+      continue;
+    bitmap_set_range(j->journaled, off, STORE_BLOCK);
+    if (!bitmap_test(j->pending, off))
+      return;                   /* an older record of the same block */
+    bitmap_clear_range(j->pending, off, STORE_BLOCK);
+    j->claimed++;
+    t = task_new(T_BLOCK, j);
+    t->block = block;
+    t->data = malloc(STORE_BLOCK);
+    if (!t->data)
+      abort();
+    memcpy(t->data, data, STORE_BLOCK);
+    m->queued_blocks++;
+    task_post(m, t);
+    return;
+  }
+}
+
+/* Snapshots that were being copied when the agent stopped (or crashed)
+ * are copied again: journaled blocks from the journal, the rest of their
+ * sets from the replica. */
+static void
+snap_resume(struct snapmgr *m)
+{
+  struct snapjournal_job *v;
+  size_t n, resumed = 0;
+  char err[512];
+  int replayed;
+
+  if (snapjournal_load_jobs(m->journal, &v, &n, err, sizeof err) < 0) {
+    log_error("secondary: the snapshots being copied when this agent "
+              "stopped are lost: %s", err);
+    snapjournal_reset(m->journal);
+    return;
+  }
+  for (size_t i = 0; i < n; i++) {
+    struct snap_job *j;
+    bool listed = false;
+    for (size_t k = 0; k < m->n_list; k++)
+      if (m->list[k].id == v[i].id)
+        listed = true;
+    if (listed || v[i].id < m->next_id || !replica_is_open(m->s->replica) ||
+        v[i].size != replica_size(m->s->replica)) {
+      if (!listed)
+        log_warn("secondary: snapshot %" PRIu64 " was being copied when "
+                 "this agent stopped and cannot be finished (the replica "
+                 "changed size or is gone); it is not kept", v[i].id);
+      continue;
+    }
+    j = calloc(1, sizeof *j);
+    if (!j)
+      abort();
+    j->id = v[i].id;
+    j->meta = v[i].meta;
+    j->meta.id = j->id;
+    j->full = v[i].full;
+    j->rescan = v[i].rescan;
+    j->meta.drop_same = j->rescan;
+    j->hold = j->meta.reason == SNAP_BEFORE_RESYNC;
+    j->resumed = true;
+    j->started_ms = util_now_ms();
+    j->set = bitmap_new(v[i].size, STORE_BLOCK);
+    j->pending = bitmap_new(v[i].size, STORE_BLOCK);
+    j->journaled = bitmap_new(v[i].size, STORE_BLOCK);
+    if (!j->set || !j->pending || !j->journaled)
+      abort();
+    if (bitmap_word_count(j->set) != v[i].n_words) {
+      log_warn("secondary: snapshot %" PRIu64 ": its saved block set does "
+               "not fit the replica; it is not kept", j->id);
+      job_free(j);
+      continue;
+    }
+    bitmap_or_words(j->set, v[i].set_words, v[i].n_words);
+    bitmap_recount(j->set);
+    bitmap_or_words(j->pending, v[i].set_words, v[i].n_words);
+    bitmap_recount(j->pending);
+    j->total = bitmap_dirty_bytes(j->set) / STORE_BLOCK;
+    TAILQ_INSERT_TAIL(&m->jobs, j, q);
+    task_post(m, task_new(T_BEGIN, j));
+    m->next_id = MAX(m->next_id, j->id + 1);
+    resumed++;
+  }
+  snapjournal_free_jobs(v, n);
+  replayed = snapjournal_replay(m->journal, snap_replay_one, m);
+  snap_save_jobs(m);
+  if (resumed)
+    log_info("secondary: %zu snapshot%s being copied when this agent "
+             "stopped resumed (%d blocks from the journal)", resumed,
+             resumed == 1 ? "" : "s", replayed);
+}
 
 int
 snap_new(struct secondary *s, struct aio_ctx *aio, struct snapmgr **out,
@@ -947,6 +1194,8 @@ snap_new(struct secondary *s, struct aio_ctx *aio, struct snapmgr **out,
   snprintf(m->store_dir, sizeof m->store_dir, "%s", s->cfg.snapshot_store);
   m->keep = s->cfg.keep;
   m->every_ms = s->cfg.snapshot_every_ms;
+  m->copy_rate = s->cfg.snapshot_copy_rate;
+  m->budget_ms = util_now_ms();
   rc = store_open(m->store_dir, STORE_CREATE | STORE_WRITE, &m->store, err,
                   errlen);
   if (rc < 0)
@@ -965,6 +1214,10 @@ snap_new(struct secondary *s, struct aio_ctx *aio, struct snapmgr **out,
   m->n_list = t.n_list;
   m->store_bytes = t.store_bytes;
   m->next_id = store_catalog(m->store)->next_id;
+  if (snapjournal_open(s->cfg.meta, &m->journal, err, errlen) < 0) {
+    rc = -EIO;
+    goto fail;
+  }
   m->first_rescan = true;
   if (m->n_list)
     m->last_ms_wall = m->list[m->n_list - 1].created_ns / 1000000;
@@ -987,6 +1240,8 @@ snap_new(struct secondary *s, struct aio_ctx *aio, struct snapmgr **out,
     goto fail;
   }
   m->thr_started = true;
+  snap_resume(m);
+  snap_copier_kick(m);
   if (m->every_ms)
     m->next_ms = util_now_ms() + m->every_ms;
   log_info("secondary: snapshot store %s: %zu snapshots, %" PRIu64
@@ -1035,9 +1290,9 @@ snap_free(struct snapmgr *m)
   }
   while ((j = TAILQ_FIRST(&m->jobs)) != NULL) {
     TAILQ_REMOVE(&m->jobs, j, q);
-    if (j->state == JOB_COPYING || j->state == JOB_COMMITTING)
-      log_warn("secondary: snapshot %" PRIu64 " was still copying when the "
-               "secondary stopped; it is not kept", j->id);
+    if (job_live(j))
+      log_info("secondary: snapshot %" PRIu64 " is still copying; it is "
+               "finished after the next start", j->id);
     if (j->w)
       store_writer_abort(j->w);
     job_free(j);
@@ -1052,6 +1307,7 @@ snap_free(struct snapmgr *m)
   if (m->efd >= 0)
     close(m->efd);
   store_close(m->store);
+  snapjournal_close(m->journal);
   bitmap_free(m->dirty);
   free(m->list);
   free(m);
@@ -1099,6 +1355,14 @@ snap_tick(struct snapmgr *m)
 
   if (!m || !m->store)
     return;
+  /* --snapshot-copy-rate: a budget refilled every tick, at most one
+   * second's worth. */
+  if (m->copy_rate) {
+    m->copy_budget = MIN(m->copy_budget + (int64_t)(m->copy_rate *
+                         (now - m->budget_ms) / 1000), (int64_t)m->copy_rate);
+    m->budget_ms = now;
+    snap_copier_kick(m);
+  }
   /* A request whose MARK was dropped with a link (apply_abort): take it
    * here once nothing is in flight. */
   apply_get_stats(m->s->apply, &st);
