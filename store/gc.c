@@ -33,6 +33,7 @@ store_delete(struct store *s, uint64_t id, struct gc_stats *st, char *err,
   uint32_t nruns;
   struct store_hash child_name;
   struct gc_stats dummy;
+  char damaged[512];
   uint8_t *buf = NULL;
   uint64_t before;
   size_t len, pos;
@@ -47,8 +48,10 @@ store_delete(struct store *s, uint64_t id, struct gc_stats *st, char *err,
     return -ENOENT;
   }
   pos = (size_t)(cs - c->snaps);
-  if ((rc = store_manifest(s, id, &m, err, errlen)) < 0)
-    return rc;
+  /* A snapshot whose manifest is damaged or gone (verify says so) can
+   * still be dropped, as long as no snapshot is built on it. */
+  if (store_manifest(s, id, &m, damaged, sizeof damaged) < 0)
+    m = NULL;
   if ((rc = store_usage(s, &before, err, errlen)) < 0)
     return rc;
   if (pos + 1 < c->n_snaps) {
@@ -56,6 +59,12 @@ store_delete(struct store *s, uint64_t id, struct gc_stats *st, char *err,
       return rc;
     if (cm->parent != id)
       cm = NULL;                /* a full map: it needs nothing of ours */
+  }
+  if (!m && cm) {
+    snprintf(err, errlen, "%s (snapshot %llu is built on it: delete the "
+             "snapshots after it first, newest first)", damaged,
+             (unsigned long long)cm->id);
+    return -EILSEQ;
   }
   child_name = cm ? c->snaps[pos + 1].manifest : (struct store_hash){ { 0 } };
   if (cm) {
@@ -138,6 +147,7 @@ struct gc {
   char *err;
   size_t errlen;
   int rc;
+  bool unreadable;              /* a manifest could not be read */
 };
 
 static int
@@ -145,13 +155,16 @@ gc_mark(struct gc *g)
 {
   const struct catalog *c = store_catalog(g->s);
   const struct manifest *m;
-  int rc;
+  char sub[512];
 
   for (uint32_t i = 0; i < c->n_snaps; i++) {
-    if ((rc = store_manifest(g->s, c->snaps[i].id, &m, g->err,
-                             g->errlen)) < 0)
-      return rc;
     htab_put(&g->keep[KIND_SNAP], &c->snaps[i].manifest, 1);
+    if (store_manifest(g->s, c->snaps[i].id, &m, sub, sizeof sub) < 0) {
+      /* Which blocks it needs is unknown: nothing is repacked (every
+       * blob kept) until it is deleted or repaired. */
+      g->unreadable = true;
+      continue;
+    }
     for (uint32_t r = 0; r < m->n_runs; r++)
       if (m->runs[r].kind == RUN_DATA)
         for (uint32_t k = 0; k < m->runs[r].count; k++)
@@ -449,7 +462,8 @@ store_gc(struct store *s, bool full, struct gc_stats *st, char *err,
   if ((rc = store_usage(s, &st->bytes_before, err, errlen)) < 0)
     goto out;
   if (full) {
-    if ((rc = gc_mark(&g)) < 0 || (rc = gc_compact(&g)) < 0)
+    if ((rc = gc_mark(&g)) < 0 ||
+        (!g.unreadable && (rc = gc_compact(&g)) < 0))
       goto out;
     /* The catalog may have changed: keep exactly what it reaches now. */
     for (int k = 0; k < KIND_COUNT; k++) {
