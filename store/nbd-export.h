@@ -72,7 +72,7 @@ unsigned nbd_export_clients(const struct nbd_export_server *srv);
 /* ---- snap-source.c: a snapshot of a store as a source ---- */
 
 /* The snapshot's block map is resolved once, at open; reads fetch blobs
- * from the store (through its pack cache), gaps read as zeros, and only
+ * from the store (one range read per block), gaps read as zeros, and only
  * zero blocks are reported as zero stretches (4 KiB exact).
  *
  * struct store is not thread-safe: every store call the source makes

@@ -1,5 +1,5 @@
 /* A snapshot of a store as an NBD block source (nbd-export.h): its block
- * map resolved once, blob reads through the store (and its pack cache),
+ * map resolved once, blob reads through the store (one range read per block),
  * zeros for every block the map does not name.  Every call into the store
  * holds the source's lock, so that a caller sharing the store with other
  * threads can share the lock with them. */
