@@ -334,6 +334,11 @@ size_t snap_list(const struct snapmgr *m, struct snap_info **out);
 int snap_export(struct snapmgr *m, uint64_t id, const char *nbd, char *where,
                 size_t wlen, char *err, size_t errlen);
 int snap_unexport(struct snapmgr *m, uint64_t id, char *err, size_t errlen);
+/* The changed ranges between two complete snapshots, computed by the store
+ * thread: done(arg, text, err) with text NULL on failure. */
+typedef void (*snap_diff_fn)(void *arg, const char *text, const char *err);
+int snap_diff(struct snapmgr *m, uint64_t a, uint64_t b, bool json,
+              snap_diff_fn done, void *arg, char *err, size_t errlen);
 
 /* ---- snapjournal.c: snapshots being copied, across a crash ---- */
 struct snapjournal;

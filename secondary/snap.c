@@ -59,7 +59,8 @@
 #define SNAP_COPY_INFLIGHT 8u
 #define SNAP_QUEUE_MAX 4096u           /* blocks queued for the store thread */
 
-enum task_kind { T_BEGIN, T_BLOCK, T_COMMIT, T_DELETE, T_LIST, T_STOP };
+enum task_kind { T_BEGIN, T_BLOCK, T_COMMIT, T_DELETE, T_LIST, T_DIFF,
+                 T_STOP };
 
 struct snap_job;
 
@@ -70,6 +71,12 @@ struct task {
   uint64_t id;                  /* T_DELETE */
   uint8_t *data;                /* T_BLOCK: STORE_BLOCK bytes, owned */
   void *req;                    /* T_DELETE: the control reply */
+  /* T_DIFF: snapshots id..id2, the text, who wants it */
+  uint64_t id2;
+  bool json;
+  char *text;
+  snap_diff_fn diff_done;
+  void *diff_arg;
   /* results, filled by the store thread */
   int rc;
   char err[512];
@@ -223,6 +230,7 @@ task_free(struct task *t)
 {
   free(t->data);
   free(t->list);
+  free(t->text);
   free(t);
 }
 
@@ -290,11 +298,18 @@ thr_run(struct snapmgr *m, struct task *t)
   case T_LIST:
     thr_list(m, t);
     break;
+  case T_DIFF: {
+    size_t len;
+    t->rc = store_diff_text(m->store, t->id, t->id2, t->json, &t->text, &len,
+                            t->err, sizeof t->err);
+    break;
+  }
   case T_STOP:
     break;
   }
   /* A failed step ends the job's writer: nothing it holds is committed. */
-  if (t->rc < 0 && j && j->w && t->kind != T_DELETE && t->kind != T_LIST) {
+  if (t->rc < 0 && j && j->w && t->kind != T_DELETE && t->kind != T_LIST &&
+      t->kind != T_DIFF) {
     store_writer_abort(j->w);
     j->w = NULL;
   }
@@ -551,6 +566,9 @@ snap_done_cb(evutil_socket_t fd, short what, void *arg)
       break;
     case T_LIST:
       snap_take_list(m, t);
+      break;
+    case T_DIFF:
+      t->diff_done(t->diff_arg, t->rc < 0 ? NULL : t->text, t->err);
       break;
     case T_STOP:
       break;
@@ -1596,4 +1614,37 @@ snap_unexport(struct snapmgr *m, uint64_t id, char *err, size_t errlen)
     }
   snprintf(err, errlen, "snapshot %" PRIu64 " is not exported", id);
   return -1;
+}
+
+/* ---- diff ---- */
+
+int
+snap_diff(struct snapmgr *m, uint64_t a, uint64_t b, bool json,
+          snap_diff_fn done, void *arg, char *err, size_t errlen)
+{
+  struct task *t;
+  bool fa = false, fb = false;
+
+  if (!snap_enabled(m)) {
+    snprintf(err, errlen, "snapshots are not enabled: start duplex-secondary "
+             "with --snapshot-store DIR");
+    return -1;
+  }
+  for (size_t i = 0; i < m->n_list; i++) {
+    fa = fa || m->list[i].id == a;
+    fb = fb || m->list[i].id == b;
+  }
+  if (!fa || !fb) {
+    snprintf(err, errlen, "no complete snapshot %" PRIu64 " (see snapshot "
+             "list)", fa ? b : a);
+    return -1;
+  }
+  t = task_new(T_DIFF, NULL);
+  t->id = a;
+  t->id2 = b;
+  t->json = json;
+  t->diff_done = done;
+  t->diff_arg = arg;
+  task_post(m, t);
+  return 0;
 }

@@ -13,6 +13,7 @@
 
 #define SNAPCTL_USAGE "snapshot create [--name NAME] [--json] | snapshot " \
                       "list [--json] | snapshot delete ID | snapshot " \
+                      "diff ID1 ID2 [--json] | snapshot " \
                       "export ID --nbd unix:PATH|HOST:PORT | snapshot " \
                       "unexport ID"
 
@@ -57,6 +58,26 @@ snapctl_created(void *arg, uint64_t id, const char *err)
   if (body)
     evbuffer_free(body);
   free(c);
+}
+
+/* The store thread computed a diff (never before snapctl_command
+ * returned: it only runs when the loop passes the result back). */
+static void
+snapctl_diffed(void *arg, const char *text, const char *err)
+{
+  struct control_pending **reply = arg;
+  struct evbuffer *body = evbuffer_new();
+
+  if (body) {
+    if (text)
+      evbuffer_add(body, text, strlen(text));
+    else
+      evbuffer_add_printf(body, "snapshot diff: %s\n", err);
+  }
+  control_finish(*reply, text != NULL, body);
+  if (body)
+    evbuffer_free(body);
+  free(reply);
 }
 
 static void
@@ -146,6 +167,28 @@ snapctl_command(struct secondary *s, int argc, char **argv,
   if (argc < 2) {
     evbuffer_add_printf(out, "usage: " SNAPCTL_USAGE "\n");
     return -1;
+  }
+  if (strcmp(argv[1], "diff") == 0) {
+    char *e1 = NULL, *e2 = NULL;
+    uint64_t a = argc >= 4 ? strtoull(argv[2], &e1, 10) : 0;
+    uint64_t b = argc >= 4 ? strtoull(argv[3], &e2, 10) : 0;
+    struct control_pending **reply;
+    json = argc == 5 && strcmp(argv[4], "--json") == 0;
+    if (!a || !b || *e1 || *e2 || (argc != 4 && !json)) {
+      evbuffer_add_printf(out, "usage: snapshot diff ID1 ID2 [--json]\n");
+      return -1;
+    }
+    reply = calloc(1, sizeof *reply);
+    if (!reply)
+      abort();
+    if (snap_diff(s->snap, a, b, json, snapctl_diffed, reply, err,
+                  sizeof err) == -1) {
+      free(reply);
+      evbuffer_add_printf(out, "%s\n", err);
+      return -1;
+    }
+    *reply = control_defer(s->control);
+    return CONTROL_LATER;
   }
   if (strcmp(argv[1], "export") == 0 || strcmp(argv[1], "unexport") == 0) {
     bool exp = argv[1][0] == 'e';

@@ -172,50 +172,16 @@ cmd_restore(struct store *s, uint64_t id, const char *to)
   return 0;
 }
 
-struct diff_out {
-  bool json;
-  uint64_t n, bytes;
-};
-
-static int
-diff_range(uint64_t start, uint64_t count, void *arg)
-{
-  struct diff_out *d = arg;
-
-  if (d->json)
-    printf("%s\n    {\"offset\": %" PRIu64 ", \"length\": %" PRIu64 "}",
-           d->n ? "," : "", start * STORE_BLOCK, count * STORE_BLOCK);
-  else
-    printf("%" PRIu64 " %" PRIu64 "\n", start * STORE_BLOCK,
-           count * STORE_BLOCK);
-  d->n++;
-  d->bytes += count * STORE_BLOCK;
-  return 0;
-}
-
 static int
 cmd_diff(struct store *s, uint64_t a, uint64_t b, bool json)
 {
-  struct store_map ma, mb;
-  struct diff_out d = { .json = json };
-  char err[1024];
+  char err[1024], *text;
+  size_t len;
 
-  if (store_map_resolve(s, a, &ma, err, sizeof err) < 0)
+  if (store_diff_text(s, a, b, json, &text, &len, err, sizeof err) < 0)
     return fail("%s", err);
-  if (store_map_resolve(s, b, &mb, err, sizeof err) < 0) {
-    store_map_free(&ma);
-    return fail("%s", err);
-  }
-  if (json)
-    printf("{\"from\": %" PRIu64 ", \"to\": %" PRIu64 ", \"block_size\": %u,"
-           " \"size_bytes\": %" PRIu64 ", \"ranges\": [", a, b, STORE_BLOCK,
-           mb.blocks * STORE_BLOCK);
-  map_diff(&ma, &mb, diff_range, &d);
-  if (json)
-    printf("%s], \"changed_bytes\": %" PRIu64 "}\n", d.n ? "\n  " : "",
-           d.bytes);
-  store_map_free(&ma);
-  store_map_free(&mb);
+  fwrite(text, 1, len, stdout);
+  free(text);
   return 0;
 }
 

@@ -80,6 +80,12 @@ typedef int (*map_diff_fn)(uint64_t start, uint64_t count, void *arg);
 int map_diff(const struct store_map *a, const struct store_map *b,
              map_diff_fn fn, void *arg);
 
+/* ---- diff.c: changed ranges as text ---- */
+/* "OFFSET LENGTH" lines, or the JSON object of duplex-store diff --json;
+ * *out malloc'd (NUL-terminated). */
+int store_diff_text(struct store *s, uint64_t a, uint64_t b, bool json,
+                    char **out, size_t *outlen, char *err, size_t errlen);
+
 /* ---- writer.c: taking a snapshot ---- */
 struct snap_meta {
   char name[STORE_NAME_MAX + 1];

@@ -123,6 +123,11 @@ PY
         fail "$mode: a snapshot was deleted while exported"
     "$DUPLEXCTL" --control "$TESTDIR/$SEC.ctl" snapshot unexport "$first" >/dev/null ||
         fail "$mode: unexport failed"
+    last=$(jq -r '.snaps[-1].id' "$TESTDIR/snaps.$mode")
+    "$DUPLEXCTL" --control "$TESTDIR/$SEC.ctl" snapshot diff "$first" "$last" --json \
+        >"$TESTDIR/diff-agent.$mode" || fail "$mode: snapshot diff failed"
+    jq -e '.changed_bytes > 0' "$TESTDIR/diff-agent.$mode" >/dev/null ||
+        fail "$mode: snapshot diff found nothing between $first and $last"
     stop_agent "$PRI" || fail "$PRI did not stop cleanly"
     stop_agent "$SEC" || fail "$SEC did not stop cleanly"
 
@@ -133,6 +138,10 @@ PY
             --to "$TESTDIR/snap$id.img" >/dev/null || fail "$mode: restore $id failed"
     done
     compare_volumes "$TESTDIR/snap$first.img" "$TESTDIR/exported.img"
+    "$DUPLEX_BUILD/duplex-store" --store "$TESTDIR/S" diff "$first" "$last" --json \
+        >"$TESTDIR/diff-store.$mode" || fail "$mode: duplex-store diff failed"
+    cmp "$TESTDIR/diff-agent.$mode" "$TESTDIR/diff-store.$mode" ||
+        fail "$mode: the agent's and the store's diff differ"
     "$PYTHON" - "$TESTDIR/snaps.$mode" "$TESTDIR" "$mode" <<'PY' || fail "$mode: a snapshot is not the point in time it names"
 import json, struct, sys
 snaps_path, d, mode = sys.argv[1:4]
