@@ -76,7 +76,7 @@ PAIR_MODE=async
 PAIR_PRI_ARGS+=(--async-buffer 8M)
 restart_primary
 wait_in_sync pri
-proxy_cmd px throttle 4000000 >/dev/null
+proxy_cmd px throttle 1000000 >/dev/null
 bw_start=$(status_field pri bytes_written)
 start_writer w2 --seed 12 --tolerate-errors
 wait_until -m "the replica lags by 4 MiB" \
