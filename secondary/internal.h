@@ -304,6 +304,7 @@ struct snap_info {
   unsigned reason;              /* enum snap_reason */
   uint64_t size_bytes, stored_bytes;
   bool complete;
+  bool deleting;                /* a delete is queued (not expired again) */
   uint64_t copied_blocks, total_blocks; /* while copying */
 };
 /* id: the snapshot's id, or 0 with err saying why it was not taken. */

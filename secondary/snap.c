@@ -195,6 +195,7 @@ struct snapmgr {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   struct taskq todo, done;
+  unsigned thr_writers;         /* store thread: writers begun, open */
   int efd;
   struct event *done_ev;
 };
@@ -273,6 +274,8 @@ thr_run(struct snapmgr *m, struct task *t)
   case T_BEGIN:
     t->rc = store_writer_begin(m->store, &j->meta, j->full, &j->w, t->err,
                                sizeof t->err);
+    if (t->rc == 0)
+      m->thr_writers++;
     break;
   case T_BLOCK:
     if (!j->w)
@@ -286,8 +289,10 @@ thr_run(struct snapmgr *m, struct task *t)
       break;
     }
     t->rc = store_writer_commit(j->w, &t->id, NULL, t->err, sizeof t->err);
-    if (t->rc == 0)
+    if (t->rc == 0) {
       j->w = NULL;
+      m->thr_writers--;
+    }
     if (t->rc == 0)
       thr_list(m, t);
     break;
@@ -312,6 +317,7 @@ thr_run(struct snapmgr *m, struct task *t)
       t->kind != T_DIFF) {
     store_writer_abort(j->w);
     j->w = NULL;
+    m->thr_writers--;
   }
 }
 
@@ -319,6 +325,7 @@ static void *
 thr_main(void *arg)
 {
   struct snapmgr *m = arg;
+  struct taskq deferred = TAILQ_HEAD_INITIALIZER(deferred);
   bool stop = false;
 
   while (!stop) {
@@ -326,11 +333,22 @@ thr_main(void *arg)
     uint64_t one = 1;
 
     pthread_mutex_lock(&m->mu);
+    /* Deletes wait for every open writer: their garbage collection would
+     * sweep the packs a snapshot being written has put but not yet
+     * committed. */
+    if (m->thr_writers == 0 && !TAILQ_EMPTY(&deferred)) {
+      TAILQ_CONCAT(&deferred, &m->todo, q);
+      TAILQ_CONCAT(&m->todo, &deferred, q);
+    }
     while (TAILQ_EMPTY(&m->todo))
       pthread_cond_wait(&m->cv, &m->mu);
     t = TAILQ_FIRST(&m->todo);
     TAILQ_REMOVE(&m->todo, t, q);
     pthread_mutex_unlock(&m->mu);
+    if (t->kind == T_DELETE && m->thr_writers > 0) {
+      TAILQ_INSERT_TAIL(&deferred, t, q);
+      continue;
+    }
     stop = t->kind == T_STOP;
     pthread_mutex_lock(&m->store_lock);
     thr_run(m, t);
@@ -343,6 +361,11 @@ thr_main(void *arg)
     if (write(m->efd, &one, sizeof one) < 0) {
       /* the counter cannot overflow here; nothing to do */
     }
+  }
+  while (!TAILQ_EMPTY(&deferred)) {  /* stopping: not deleted this time */
+    struct task *t = TAILQ_FIRST(&deferred);
+    TAILQ_REMOVE(&deferred, t, q);
+    task_free(t);
   }
   return NULL;
 }
@@ -479,16 +502,24 @@ snap_apply_retention(struct snapmgr *m)
   items = calloc(n ? n : 1, sizeof *items);
   if (!items)
     abort();
-  for (size_t i = 0; i < n; i++) {
-    items[i].id = m->list[i].id;
-    items[i].created_unix = (int64_t)(m->list[i].created_ns / 1000000000ull);
-    items[i].reason = m->list[i].reason;
-    items[i].complete = m->list[i].complete;
+  n = 0;
+  for (size_t i = 0; i < m->n_list; i++) {
+    /* One being deleted is gone already, as far as the policy goes. */
+    if (m->list[i].deleting)
+      continue;
+    items[n].id = m->list[i].id;
+    items[n].created_unix = (int64_t)(m->list[i].created_ns / 1000000000ull);
+    items[n].reason = m->list[i].reason;
+    items[n].complete = m->list[i].complete;
+    n++;
   }
   retention_select(&m->keep, items, n);
   for (size_t i = 0; i < n; i++)
     if (!items[i].keep) {
       struct task *t = task_new(T_DELETE, NULL);
+      for (size_t k = 0; k < m->n_list; k++)
+        if (m->list[k].id == items[i].id)
+          m->list[k].deleting = true;
       t->id = items[i].id;
       log_info("secondary: snapshot %" PRIu64 " expires (--keep)",
                items[i].id);
