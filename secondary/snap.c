@@ -59,8 +59,8 @@
 #define SNAP_COPY_INFLIGHT 8u
 #define SNAP_QUEUE_MAX 4096u           /* blocks queued for the store thread */
 
-enum task_kind { T_BEGIN, T_BLOCK, T_COMMIT, T_DELETE, T_LIST, T_DIFF,
-                 T_STOP };
+enum task_kind { T_BEGIN, T_BLOCK, T_COMMIT, T_ABORT, T_DELETE, T_LIST,
+                 T_DIFF, T_STOP };
 
 struct snap_job;
 
@@ -103,6 +103,8 @@ struct snap_job {
   uint64_t total, claimed;      /* blocks */
   uint64_t stored;              /* blocks the store thread took */
   unsigned reads;               /* claimed reads in flight */
+  unsigned tasks;               /* its tasks the store thread has not
+                                   given back: it is freed after them */
   uint64_t started_ms;
   /* store thread only */
   struct store_writer *w;
@@ -195,7 +197,6 @@ struct snapmgr {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   struct taskq todo, done;
-  unsigned thr_writers;         /* store thread: writers begun, open */
   int efd;
   struct event *done_ev;
 };
@@ -208,6 +209,8 @@ static void snap_retry_waiting(struct snapmgr *m);
 static void
 task_post(struct snapmgr *m, struct task *t)
 {
+  if (t->job)
+    t->job->tasks++;
   pthread_mutex_lock(&m->mu);
   TAILQ_INSERT_TAIL(&m->todo, t, q);
   pthread_cond_signal(&m->cv);
@@ -274,8 +277,6 @@ thr_run(struct snapmgr *m, struct task *t)
   case T_BEGIN:
     t->rc = store_writer_begin(m->store, &j->meta, j->full, &j->w, t->err,
                                sizeof t->err);
-    if (t->rc == 0)
-      m->thr_writers++;
     break;
   case T_BLOCK:
     if (!j->w)
@@ -291,10 +292,12 @@ thr_run(struct snapmgr *m, struct task *t)
     t->rc = store_writer_commit(j->w, &t->id, NULL, t->err, sizeof t->err);
     if (t->rc == 0) {
       j->w = NULL;
-      m->thr_writers--;
-    }
-    if (t->rc == 0)
       thr_list(m, t);
+    }
+    break;
+  case T_ABORT:                 /* the job failed: nothing is committed */
+    store_writer_abort(j->w);
+    j->w = NULL;
     break;
   case T_DELETE:
     t->rc = store_delete(m->store, t->id, &gs, t->err, sizeof t->err);
@@ -313,11 +316,9 @@ thr_run(struct snapmgr *m, struct task *t)
     break;
   }
   /* A failed step ends the job's writer: nothing it holds is committed. */
-  if (t->rc < 0 && j && j->w && t->kind != T_DELETE && t->kind != T_LIST &&
-      t->kind != T_DIFF) {
+  if (t->rc < 0 && j && j->w) {
     store_writer_abort(j->w);
     j->w = NULL;
-    m->thr_writers--;
   }
 }
 
@@ -326,33 +327,35 @@ thr_main(void *arg)
 {
   struct snapmgr *m = arg;
   struct taskq deferred = TAILQ_HEAD_INITIALIZER(deferred);
-  bool stop = false;
+  bool stop = false, retry = false;
 
   while (!stop) {
     struct task *t;
     uint64_t one = 1;
 
     pthread_mutex_lock(&m->mu);
-    /* Deletes wait for every open writer: their garbage collection would
-     * sweep the packs a snapshot being written has put but not yet
-     * committed. */
-    if (m->thr_writers == 0 && !TAILQ_EMPTY(&deferred)) {
+    /* Deletes of the newest snapshot wait for the snapshot being written
+     * on it (store_delete says -EBUSY): tried again after each commit. */
+    if (retry && !TAILQ_EMPTY(&deferred)) {
       TAILQ_CONCAT(&deferred, &m->todo, q);
       TAILQ_CONCAT(&m->todo, &deferred, q);
     }
+    retry = false;
     while (TAILQ_EMPTY(&m->todo))
       pthread_cond_wait(&m->cv, &m->mu);
     t = TAILQ_FIRST(&m->todo);
     TAILQ_REMOVE(&m->todo, t, q);
     pthread_mutex_unlock(&m->mu);
-    if (t->kind == T_DELETE && m->thr_writers > 0) {
-      TAILQ_INSERT_TAIL(&deferred, t, q);
-      continue;
-    }
     stop = t->kind == T_STOP;
     pthread_mutex_lock(&m->store_lock);
     thr_run(m, t);
     pthread_mutex_unlock(&m->store_lock);
+    if (t->kind == T_DELETE && t->rc == -EBUSY) {
+      TAILQ_INSERT_TAIL(&deferred, t, q);
+      continue;
+    }
+    retry = t->kind == T_COMMIT || t->kind == T_ABORT ||
+            (t->kind == T_BLOCK && t->rc < 0);
     free(t->data);
     t->data = NULL;
     pthread_mutex_lock(&m->mu);
@@ -448,6 +451,7 @@ job_fail(struct snapmgr *m, struct snap_job *j, const char *why)
     if (x->state == JOB_COPYING || x->state == JOB_COMMITTING) {
       x->state = JOB_FAILED;
       m->failed++;
+      task_post(m, task_new(T_ABORT, x));
     }
     x = TAILQ_NEXT(x, q);
   }
@@ -464,21 +468,29 @@ job_reap(struct snapmgr *m)
 
   for (j = TAILQ_FIRST(&m->jobs); j; j = next) {
     next = TAILQ_NEXT(j, q);
-    if ((j->state == JOB_FAILED || j->state == JOB_DONE) && j->reads == 0) {
+    if ((j->state == JOB_FAILED || j->state == JOB_DONE) && j->reads == 0 &&
+        j->tasks == 0) {
       TAILQ_REMOVE(&m->jobs, j, q);
       job_free(j);
     }
   }
 }
 
+/* A job commits when its blocks are all in, and after every earlier one
+ * (its delta is built on the newest snapshot at commit; the store thread
+ * takes tasks in order, so an earlier commit queued is enough). */
 static void
 job_maybe_commit(struct snapmgr *m, struct snap_job *j)
 {
   uint64_t off, len;
+  struct snap_job *x;
 
   if (j->state != JOB_COPYING || j->reads > 0 ||
       bitmap_next_run(j->pending, 0, STORE_BLOCK, &off, &len))
     return;
+  for (x = TAILQ_FIRST(&m->jobs); x != j; x = TAILQ_NEXT(x, q))
+    if (x->state == JOB_COPYING)
+      return;
   j->state = JOB_COMMITTING;
   task_post(m, task_new(T_COMMIT, j));
 }
@@ -558,6 +570,8 @@ snap_done_cb(evutil_socket_t fd, short what, void *arg)
   while ((t = TAILQ_FIRST(&q)) != NULL) {
     struct snap_job *j = t->job;
     TAILQ_REMOVE(&q, t, q);
+    if (j)
+      j->tasks--;
     switch (t->kind) {
     case T_BLOCK:
       m->queued_blocks--;
@@ -588,6 +602,8 @@ snap_done_cb(evutil_socket_t fd, short what, void *arg)
       snap_take_list(m, t);
       snap_retry_waiting(m);    /* a before-resync hold ends */
       snap_apply_retention(m);
+      break;
+    case T_ABORT:
       break;
     case T_DELETE:
       if (t->rc < 0)

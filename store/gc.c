@@ -48,6 +48,14 @@ store_delete(struct store *s, uint64_t id, struct gc_stats *st, char *err,
     return -ENOENT;
   }
   pos = (size_t)(cs - c->snaps);
+  /* A snapshot being written is a delta on the newest one, found at its
+   * commit: with that one gone it would miss the changes it holds. */
+  if (pos + 1 == c->n_snaps && store_writers_delta_open(s)) {
+    snprintf(err, errlen, "%s: snapshot %llu is the newest, and a snapshot "
+             "being written builds on it: delete it once that one is "
+             "complete", store_desc(s), (unsigned long long)id);
+    return -EBUSY;
+  }
   /* A snapshot whose manifest is damaged or gone (verify says so) can
    * still be dropped, as long as no snapshot is built on it. */
   if (store_manifest(s, id, &m, damaged, sizeof damaged) < 0)
@@ -170,6 +178,9 @@ gc_mark(struct gc *g)
         for (uint32_t k = 0; k < m->runs[r].count; k++)
           htab_put(&g->live, &m->runs[r].hashes[k], 1);
   }
+  /* Blobs a snapshot being written found in the store stay live: its
+   * commit will name them. */
+  store_writers_live(g->s, &g->live, NULL);
   return 0;
 }
 
@@ -387,6 +398,8 @@ gc_keep_current(struct gc *g)
   }
   for (uint32_t i = 0; i < c->n_snaps; i++)
     htab_put(&g->keep[KIND_SNAP], &c->snaps[i].manifest, 1);
+  /* The packs a snapshot being written has put: not in the catalog yet. */
+  store_writers_live(g->s, NULL, &g->keep[KIND_PACK]);
   return 0;
 }
 

@@ -35,6 +35,7 @@ struct store {
   struct store_man *mans;       /* manifests loaded so far */
   size_t n_mans;
   ZSTD_DCtx *zctx;
+  struct store_writer *writers; /* begun, not yet committed or aborted */
 };
 
 /* Get an object and check that it hashes to its name. */
@@ -57,6 +58,15 @@ extern uint32_t store_index_max_entries;
 int store_put_index(struct store *s, const struct index_obj *ix,
                     struct store_hash **names, uint32_t *n_names,
                     uint64_t *bytes, char *err, size_t errlen);
+
+/* ---- writer.c: what open writers need kept ---- */
+/* Put into live every blob an open writer names (stored by it or found in
+ * the store), and into packs every pack it has written: not in the
+ * catalog yet, but its commit will name them.  Either may be NULL. */
+void store_writers_live(const struct store *s, struct htab *live,
+                        struct htab *packs);
+/* An open writer will build a delta on the newest snapshot. */
+bool store_writers_delta_open(const struct store *s);
 
 /* ---- pack.c: building packs ---- */
 struct pack_builder;

@@ -135,10 +135,13 @@ struct gc_stats {
   uint64_t packs_deleted, packs_rewritten, objects_deleted;
   uint64_t bytes_before, bytes_after;
 };
+/* -EBUSY: id is the newest snapshot and a writer open on this store builds
+ * a delta on it (try again after its commit). */
 int store_delete(struct store *s, uint64_t id, struct gc_stats *st,
                  char *err, size_t errlen);
 /* Mark and sweep: repack packs holding dead blobs, delete objects the
- * catalog does not reach.  full=false only sweeps unreferenced objects
+ * catalog does not reach (nor a writer open on this store has put or
+ * names).  full=false only sweeps unreferenced objects
  * (finishing an interrupted delete) without repacking. */
 int store_gc(struct store *s, bool full, struct gc_stats *st, char *err,
              size_t errlen);

@@ -35,6 +35,7 @@ struct store_writer {
   struct index_obj ix;          /* this writer's packs */
   ZSTD_CCtx *zc;
   struct store_writer_stats st;
+  struct store_writer *next;    /* s->writers */
 };
 
 int
@@ -78,6 +79,8 @@ store_writer_begin(struct store *s, const struct snap_meta *meta, bool full,
   w->zc = ZSTD_createCCtx();
   if (!w->zc)
     abort();
+  w->next = s->writers;
+  s->writers = w;
   *out = w;
   return 0;
 }
@@ -85,8 +88,15 @@ store_writer_begin(struct store *s, const struct snap_meta *meta, bool full,
 void
 store_writer_abort(struct store_writer *w)
 {
+  struct store_writer **pp;
+
   if (!w)
     return;
+  for (pp = &w->s->writers; *pp; pp = &(*pp)->next)
+    if (*pp == w) {
+      *pp = w->next;
+      break;
+    }
   free(w->e);
   free(w->z);
   htab_free(&w->pending);
@@ -94,6 +104,27 @@ store_writer_abort(struct store_writer *w)
   format_index_free(&w->ix);
   ZSTD_freeCCtx(w->zc);
   free(w);
+}
+
+void
+store_writers_live(const struct store *s, struct htab *live,
+                   struct htab *packs)
+{
+  for (const struct store_writer *w = s->writers; w; w = w->next) {
+    for (size_t i = 0; live && i < w->n; i++)
+      htab_put(live, &w->e[i].hash, 1);
+    for (uint32_t p = 0; packs && p < w->ix.n_packs; p++)
+      htab_put(packs, &w->ix.packs[p], 1);
+  }
+}
+
+bool
+store_writers_delta_open(const struct store *s)
+{
+  for (const struct store_writer *w = s->writers; w; w = w->next)
+    if (!w->full)
+      return true;
+  return false;
 }
 
 void

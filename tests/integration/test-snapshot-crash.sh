@@ -5,7 +5,8 @@
 # each (so copy-before-write journals old contents), the secondary is
 # killed while both are still copying, restarted, and finishes them; each
 # restored from the store equals the primary's volume at its instant.
-# Then the same with SIGTERM instead of kill -9.
+# Then the same with SIGTERM instead of kill -9; then a small snapshot
+# finishing its copy before a big earlier one commits after it.
 source "$(dirname "$0")/functions.sh"
 requires_python_nbd
 
@@ -77,6 +78,21 @@ round() {
 
 round kill
 round term
+
+# Commit order: a big snapshot, then a small one that finishes copying
+# long before it (its blocks are written again at once, so copy-before-
+# write hands them all over while the big one still copies at 16 MB/s).
+# The small one, a delta on the big one, must commit after it, and both
+# end complete and exact.
+bulk 4
+snap order-a
+scatter 3
+snap order-b
+scatter 3
+wait_until -t 300 -m "order: the snapshots finish" \
+    "[ \"\$(status_json sec | jq '.snapshots.copying')\" = 0 ]"
+failed=$(status_json sec | jq '.snapshots.failed')
+[ "$failed" = 0 ] || fail "order: $failed snapshots failed: $(status_json sec | jq -r '.snapshots.last_error')"
 stop_agent pri || fail "primary did not stop cleanly"
 stop_agent sec || fail "secondary did not stop cleanly"
 "$DUPLEX_BUILD/duplex-store" --store S verify >verify.out || fail "verify: $(cat verify.out)"

@@ -1676,6 +1676,69 @@ test_abort(void **state)
   rm_rf(t.root);
 }
 
+/* Deleting while a snapshot is being written: the garbage collection
+ * keeps what the writer has put (a pack written before its commit) and the
+ * blobs it found in the store (a block equal to one only the deleted
+ * snapshot held); the newest snapshot, which the writer builds its delta
+ * on, cannot be deleted until the writer is done. */
+static void
+test_delete_while_writing(void **state)
+{
+  enum { BLOCKS = 8192 };
+  struct tdir t;
+  struct vol v;
+  struct store *s;
+  struct store_writer *w;
+  struct snap_meta meta = { .size_bytes = BLOCKS * (uint64_t)BS };
+  uint8_t only_in_1[BS];
+  char err[1024];
+  uint64_t id = 0;
+
+  (void)state;
+  tdir_make(&t);
+  vol_init(&v, BLOCKS);
+  for (uint64_t b = 0; b < 64; b++)
+    vol_write_random(&v, b);
+  memcpy(only_in_1, vol_block(&v, 1), BS);
+  s = open_store(t.store, STORE_CREATE | STORE_WRITE);
+  vol_snapshot(s, &v, true, NULL);
+  vol_write_random(&v, 1);
+  vol_snapshot(s, &v, false, NULL);
+  vol_write_random(&v, 2);
+  vol_snapshot(s, &v, false, NULL);
+  /* snapshot 4, written while 1 and 3 are deleted */
+  vol_write(&v, 10, only_in_1);
+  for (uint64_t b = 100; b < 4300; b++)       /* more than one pack */
+    vol_write_random(&v, b);
+  if (store_writer_begin(s, &meta, false, &w, err, sizeof err) != 0)
+    fail_msg("%s", err);
+  for (uint64_t b = 0; b < BLOCKS; b++)
+    if (v.dirty[b] == 1 &&
+        store_writer_block(w, b, vol_block(&v, b), err, sizeof err) != 0)
+      fail_msg("%s", err);
+  assert_int_equal(store_delete(s, 3, NULL, err, sizeof err), -EBUSY);
+  if (!strstr(err, "snapshot 3 is the newest"))
+    fail_msg("message \"%s\" does not say why", err);
+  if (store_delete(s, 1, NULL, err, sizeof err) != 0)
+    fail_msg("delete 1: %s", err);
+  assert_null(store_catalog_find(s, 1));
+  if (store_writer_commit(w, &id, NULL, err, sizeof err) != 0)
+    fail_msg("commit: %s", err);
+  assert_true(id == 4);
+  check_read_back(s, 4, v.img, v.blocks);
+  check_read_back(s, 2, v.snap_img[2], v.blocks);
+  check_read_back(s, 3, v.snap_img[3], v.blocks);
+  /* the writer is done: 3 goes (merged into 4) */
+  if (store_delete(s, 3, NULL, err, sizeof err) != 0)
+    fail_msg("delete 3: %s", err);
+  check_read_back(s, 4, v.img, v.blocks);
+  check_read_back(s, 2, v.snap_img[2], v.blocks);
+  store_close(s);
+  check_no_garbage(t.store);
+  vol_free(&v);
+  rm_rf(t.root);
+}
+
 /* ---- (j) the lock ---- */
 
 static void
@@ -1912,6 +1975,7 @@ main(void)
     cmocka_unit_test(test_verify),
     cmocka_unit_test(test_restore),
     cmocka_unit_test(test_abort),
+    cmocka_unit_test(test_delete_while_writing),
     cmocka_unit_test(test_lock),
     cmocka_unit_test(test_index_split),
     cmocka_unit_test(test_resize),
