@@ -1,10 +1,11 @@
-/* The NBD front end of duplex-primary: listening sockets, the accept loop
- * and one connection per client.  Each connection is an explicit state
- * machine (enum nbd_conn_state) advanced by nbd_conn_run() over a plain
- * libevent bufferevent until it would block; nbd_conn_update() then decides
- * whether to read more.  The wire format lives in nbd-proto.c; requests go
- * to the engine (vol.c) and are answered from its done callback, possibly
- * out of order, matched by cookie.
+/* The NBD front end of duplex-primary: one connection per client (the
+ * listening socket and the accept loop are common/nbd-listen.c).  Each
+ * connection is an explicit state machine (enum nbd_conn_state) advanced
+ * by nbd_conn_run() over a plain libevent bufferevent until it would
+ * block; nbd_conn_update() then decides whether to read more.  The wire
+ * format lives in nbd-proto.c; requests go to the engine (vol.c) and are
+ * answered from its done callback, possibly out of order, matched by
+ * cookie.
  *
  * Memory per connection is bounded: request data in the engine (READ and
  * WRITE buffers) plus replies not yet written to the socket stay within
@@ -16,23 +17,18 @@
  * buffered).  So 16 clients with 64 MiB writes queued hold 1 GiB, not
  * 16 x their queue depth.  A connection whose client went away stays
  * allocated until the engine has finished every request it was given. */
-#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
 
 #include <event2/bufferevent.h>
-#include <event2/listener.h>
 
 #include "evbuf.h"
 #include "internal.h"
 #include "log.h"
+#include "nbd-listen.h"
 #include "nbd-proto.h"
 
 #define NBD_CONN_MAX_HELD (64u * 1024 * 1024)
@@ -63,16 +59,10 @@ struct nbd_conn;
 
 struct nbd_server {
   struct primary *p;
-  struct evconnlistener *listener;
-  struct event *retry;          /* re-enables accepting after EMFILE */
-  char name[300];               /* "unix:/run/duplex.sock", "[::]:10809" */
-  char unix_path[sizeof(((struct endpoint *)0)->path)];
+  struct nbd_listen *l;         /* "unix:/run/duplex.sock", "[::]:10809" */
   struct nbd_export exp;
   char exp_name[256];
   char exp_desc[NBD_MAX_STRING];
-  TAILQ_HEAD(, nbd_conn) conns;
-  unsigned n_conns;
-  uint64_t next_id;
 };
 
 struct nbd_conn {
@@ -96,7 +86,7 @@ struct nbd_conn {
   unsigned n_warnings;
   const char *drain_reason;     /* why DRAINING: "NBD_CMD_DISC", ... */
   bool eof;                     /* the client closed its side */
-  TAILQ_ENTRY(nbd_conn) link;
+  struct nbd_listen_conn lc;    /* in the server's set until closed */
 };
 
 static void nbd_conn_kick(struct nbd_conn *c);
@@ -178,11 +168,8 @@ nbd_conn_close(struct nbd_conn *c, enum log_level level, const char *reason)
     vol_req_free(c->cur);
     c->cur = NULL;
   }
-  if (c->srv != NULL) {
-    TAILQ_REMOVE(&c->srv->conns, c, link);
-    c->srv->n_conns--;
-    c->srv = NULL;
-  }
+  nbd_listen_remove(&c->lc);
+  c->srv = NULL;
 }
 
 /* Free a closed connection with nothing in flight.  Every entry point
@@ -732,83 +719,38 @@ nbd_conn_event_cb(struct bufferevent *bev, short what, void *opaque)
 
 /* ---- accepting ---- */
 
-static void
-nbd_server_peer_name(const struct sockaddr *sa, socklen_t len, char *out,
-                     size_t outlen)
-{
-  char host[INET6_ADDRSTRLEN];
-
-  switch (sa->sa_family) {
-  case AF_INET: {
-    const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-    inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-    snprintf(out, outlen, "%s:%u", host, ntohs(in->sin_port));
-    break;
-  }
-  case AF_INET6: {
-    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
-    snprintf(out, outlen, "[%s]:%u", host, ntohs(in6->sin6_port));
-    break;
-  }
-  case AF_UNIX:
-  default:
-    snprintf(out, outlen, "unix");
-    break;
-  }
-  (void)len;
-}
-
-static void
-nbd_server_accept_cb(struct evconnlistener *l, evutil_socket_t fd,
-                     struct sockaddr *sa, int salen, void *opaque)
+static int
+nbd_server_accept(void *opaque, struct bufferevent *bev, const char *name,
+                  char *why, size_t whylen)
 {
   struct nbd_server *s = opaque;
   uint8_t hello[NBD_HANDSHAKE_LEN];
   struct nbd_conn *c;
-  char peer[100];
-  int one = 1;
 
-  (void)l;
-  nbd_server_peer_name(sa, (socklen_t)salen, peer, sizeof peer);
-  if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6)
-    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   c = calloc(1, sizeof *c);
   if (c == NULL) {
-    log_error("nbd %s: client %s refused: out of memory", s->name, peer);
-    close(fd);
-    return;
+    snprintf(why, whylen, "out of memory");
+    return -1;
   }
   c->held = evbuffer_new();
   c->wbuf = evbuffer_new();
   c->flush = event_new(s->p->base, -1, 0, nbd_conn_flush_cb, c);
-  c->bev = bufferevent_socket_new(s->p->base, fd, BEV_OPT_CLOSE_ON_FREE);
-  if (c->held == NULL || c->wbuf == NULL || c->flush == NULL ||
-      c->bev == NULL) {
-    log_error("nbd %s: client %s refused: cannot create its buffers",
-              s->name, peer);
+  if (c->held == NULL || c->wbuf == NULL || c->flush == NULL) {
+    snprintf(why, whylen, "cannot create its buffers");
     if (c->held != NULL)
       evbuffer_free(c->held);
     if (c->wbuf != NULL)
       evbuffer_free(c->wbuf);
     if (c->flush != NULL)
       event_free(c->flush);
-    if (c->bev != NULL)
-      bufferevent_free(c->bev);
-    else
-      close(fd);
     free(c);
-    return;
+    return -1;
   }
+  c->bev = bev;
   c->srv = s;
   c->p = s->p;
-  s->next_id++;
-  if (sa->sa_family == AF_UNIX)
-    snprintf(c->name, sizeof c->name, "nbd client unix#%" PRIu64, s->next_id);
-  else
-    snprintf(c->name, sizeof c->name, "nbd client %s", peer);
-  TAILQ_INSERT_TAIL(&s->conns, c, link);
-  s->n_conns++;
+  snprintf(c->name, sizeof c->name, "%s", name);
+  nbd_listen_add(s->l, &c->lc, c);
 
   bufferevent_setcb(c->bev, nbd_conn_read_cb, nbd_conn_write_cb,
                     nbd_conn_event_cb, c);
@@ -819,34 +761,26 @@ nbd_server_accept_cb(struct evconnlistener *l, evutil_socket_t fd,
   nbd_proto_build_handshake(hello);
   evbuffer_add(c->wbuf, hello, sizeof hello);
   c->state = NBD_CONN_CLIENT_FLAGS;
-  log_info("%s: connected to %s", c->name, s->name);
+  log_info("%s: connected to %s", c->name, nbd_listen_where(s->l));
   nbd_conn_update(c);
+  return 0;
 }
 
+/* Requests still in the engine complete later; their connection stays
+ * allocated until then and drops the replies. */
 static void
-nbd_server_retry_cb(evutil_socket_t fd, short what, void *opaque)
+nbd_server_shutdown(void *opaque)
 {
-  struct nbd_server *s = opaque;
+  struct nbd_conn *c = opaque;
 
-  (void)fd;
-  (void)what;
-  evconnlistener_enable(s->listener);
+  nbd_conn_close(c, LOG_LVL_INFO, "server shutting down");
+  nbd_conn_settle(c);
 }
 
-/* accept() failed with something other than a transient error (EMFILE,
- * ENFILE, ENOMEM...): back off instead of spinning on the listener. */
-static void
-nbd_server_error_cb(struct evconnlistener *l, void *opaque)
-{
-  struct nbd_server *s = opaque;
-  struct timeval tv = { 1, 0 };
-  int err = EVUTIL_SOCKET_ERROR();
-
-  log_warn("nbd %s: accept: %s; not accepting clients for 1 s", s->name,
-           evutil_socket_error_to_string(err));
-  evconnlistener_disable(l);
-  evtimer_add(s->retry, &tv);
-}
+static const struct nbd_listen_ops nbd_server_listen_ops = {
+  .accept = nbd_server_accept,
+  .shutdown = nbd_server_shutdown,
+};
 
 int
 nbd_server_new(struct primary *p, const struct endpoint *ep,
@@ -854,15 +788,13 @@ nbd_server_new(struct primary *p, const struct endpoint *ep,
 {
   struct nbd_server *s;
   const char *base;
-  int fd = -1, port;
 
   s = calloc(1, sizeof *s);
   if (s == NULL) {
     snprintf(err, errlen, "nbd: out of memory");
-    goto fail;
+    return -1;
   }
   s->p = p;
-  TAILQ_INIT(&s->conns);
 
   base = strrchr(p->vol.path, '/');
   base = base != NULL ? base + 1 : p->vol.path;
@@ -876,73 +808,28 @@ nbd_server_new(struct primary *p, const struct endpoint *ep,
   s->exp.name = s->exp_name;
   s->exp.description = s->exp_desc;
 
-  fd = util_listen(ep, err, errlen);
-  if (fd == -1)
-    goto fail;
-  if (ep->is_unix) {
-    snprintf(s->name, sizeof s->name, "unix:%s", ep->path);
-    snprintf(s->unix_path, sizeof s->unix_path, "%s", ep->path);
-  } else {
-    port = util_local_port(fd);
-    snprintf(s->name, sizeof s->name, strchr(ep->host, ':') ? "[%s]:%d"
-             : "%s:%d", ep->host[0] ? ep->host : "*", port);
+  if (nbd_listen_new(p->base, ep, &nbd_server_listen_ops, s, &s->l, err,
+                     errlen) == -1) {
+    free(s);
+    return -1;
   }
-
-  s->retry = evtimer_new(p->base, nbd_server_retry_cb, s);
-  if (s->retry == NULL) {
-    snprintf(err, errlen, "nbd %s: cannot create a timer", s->name);
-    goto fail;
-  }
-  s->listener = evconnlistener_new(p->base, nbd_server_accept_cb, s,
-                                   LEV_OPT_CLOSE_ON_FREE |
-                                   LEV_OPT_CLOSE_ON_EXEC, 0, fd);
-  if (s->listener == NULL) {
-    snprintf(err, errlen, "nbd %s: cannot create a listener", s->name);
-    goto fail;
-  }
-  fd = -1; /* owned by the listener */
-  evconnlistener_set_error_cb(s->listener, nbd_server_error_cb);
   log_info("nbd: serving %s (%" PRIu64 " bytes) on %s", p->vol.path,
-           p->vol.size, s->name);
+           p->vol.size, nbd_listen_where(s->l));
   *out = s;
   return 0;
-
-fail:
-  if (fd != -1)
-    close(fd);
-  if (s != NULL) {
-    if (s->unix_path[0] != '\0')
-      unlink(s->unix_path);
-    if (s->retry != NULL)
-      event_free(s->retry);
-    free(s);
-  }
-  return -1;
 }
 
 void
 nbd_server_free(struct nbd_server *s)
 {
-  struct nbd_conn *c;
-
   if (s == NULL)
     return;
-  evconnlistener_free(s->listener);
-  event_free(s->retry);
-  if (s->unix_path[0] != '\0' && unlink(s->unix_path) == -1 &&
-      errno != ENOENT)
-    log_warn("nbd %s: cannot remove the socket: %m", s->name);
-  /* Requests still in the engine complete later; their connection stays
-   * allocated until then and drops the replies. */
-  while ((c = TAILQ_FIRST(&s->conns)) != NULL) {
-    nbd_conn_close(c, LOG_LVL_INFO, "server shutting down");
-    nbd_conn_settle(c);
-  }
+  nbd_listen_free(s->l);  /* closes the clients */
   free(s);
 }
 
 unsigned
 nbd_server_clients(const struct nbd_server *s)
 {
-  return s->n_conns;
+  return nbd_listen_clients(s->l);
 }
