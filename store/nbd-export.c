@@ -1,8 +1,9 @@
-/* A read-only NBD server for one block source (nbd-export.h): listening
- * socket, accept loop, and one connection per client, each an explicit
- * state machine (enum nbd_export_state) advanced by nbd_export_run() over
- * a libevent bufferevent until it would block; nbd_export_update() then
- * decides whether to read more.  The wire format is common/nbd-proto.c.
+/* A read-only NBD server for one block source (nbd-export.h): one
+ * connection per client (the listening socket and the accept loop are
+ * common/nbd-listen.c), each an explicit state machine (enum
+ * nbd_export_state) advanced by nbd_export_run() over a libevent
+ * bufferevent until it would block; nbd_export_update() then decides
+ * whether to read more.  The wire format is common/nbd-proto.c.
  *
  * Fixed newstyle negotiation (and EXPORT_NAME for older clients),
  * structured replies and base:allocation when the client asks for them,
@@ -25,24 +26,18 @@
  * NBD_EXPORT_BLOCK_MAX always fits into an idle connection), plus an input
  * buffer of NBD_EXPORT_READ_CHUNK.  A READ's buffer goes to the socket by
  * reference, not copied. */
-#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/queue.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
-#include <event2/listener.h>
 
 #include "evbuf.h"
 #include "log.h"
 #include "nbd-export.h"
+#include "nbd-listen.h"
 #include "nbd-proto.h"
 
 #define NBD_EXPORT_READ_CHUNK (256u * 1024)
@@ -73,19 +68,11 @@ enum nbd_export_step {
 struct nbd_export_conn;
 
 struct nbd_export_server {
-  struct event_base *base;
   const struct nbd_export_source *src;
-  struct evconnlistener *listener;
-  struct event *retry;          /* re-enables accepting after EMFILE */
-  char where[300];              /* "unix:/run/x.sock", "127.0.0.1:10809" */
-  char unix_path[sizeof(((struct endpoint *)0)->path)];
-  int port;
+  struct nbd_listen *l;         /* "unix:/run/x.sock", "127.0.0.1:10809" */
   struct nbd_export exp;
   char exp_name[256];
   char exp_desc[NBD_MAX_STRING + 1];
-  TAILQ_HEAD(, nbd_export_conn) conns;
-  unsigned n_conns;
-  uint64_t next_id;
   /* The extents of the BLOCK_STATUS being answered (one at a time: the
    * loop answers requests synchronously). */
   struct nbd_extent extents[NBD_EXPORT_MAX_EXTENTS];
@@ -105,7 +92,7 @@ struct nbd_export_conn {
   const char *drain_reason;      /* why DRAINING: "NBD_CMD_DISC", ... */
   uint64_t n_requests, bytes_read;
   unsigned n_warnings;
-  TAILQ_ENTRY(nbd_export_conn) link;
+  struct nbd_listen_conn lc;     /* in the server's set until closed */
 };
 
 static const char *
@@ -156,11 +143,8 @@ nbd_export_close(struct nbd_export_conn *c, enum log_level level,
   c->bev = NULL;
   evbuffer_free(c->held);
   c->held = NULL;
-  if (c->srv != NULL) {
-    TAILQ_REMOVE(&c->srv->conns, c, link);
-    c->srv->n_conns--;
-    c->srv = NULL;
-  }
+  nbd_listen_remove(&c->lc);
+  c->srv = NULL;
 }
 
 /* Every entry point (bufferevent callbacks, server teardown) ends here and
@@ -697,71 +681,26 @@ nbd_export_event_cb(struct bufferevent *bev, short what, void *opaque)
 
 /* ---- accepting ---- */
 
-static void
-nbd_export_peer_name(const struct sockaddr *sa, char *out, size_t outlen)
-{
-  char host[INET6_ADDRSTRLEN];
-
-  switch (sa->sa_family) {
-  case AF_INET: {
-    const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-    inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-    snprintf(out, outlen, "%s:%u", host, ntohs(in->sin_port));
-    break;
-  }
-  case AF_INET6: {
-    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
-    snprintf(out, outlen, "[%s]:%u", host, ntohs(in6->sin6_port));
-    break;
-  }
-  default:
-    snprintf(out, outlen, "unix");
-    break;
-  }
-}
-
-static void
-nbd_export_accept_cb(struct evconnlistener *l, evutil_socket_t fd,
-                     struct sockaddr *sa, int salen, void *opaque)
+static int
+nbd_export_accept(void *opaque, struct bufferevent *bev, const char *name,
+                  char *why, size_t whylen)
 {
   struct nbd_export_server *s = opaque;
   uint8_t hello[NBD_HANDSHAKE_LEN];
   struct nbd_export_conn *c;
-  char peer[100];
-  int one = 1;
 
-  (void)l;
-  (void)salen;
-  nbd_export_peer_name(sa, peer, sizeof peer);
-  if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6)
-    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   c = calloc(1, sizeof *c);
-  if (c != NULL) {
+  if (c != NULL)
     c->held = evbuffer_new();
-    c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
-  }
-  if (c == NULL || c->held == NULL || c->bev == NULL) {
-    log_error("nbd %s: client %s refused: cannot create its buffers",
-              s->where, peer);
-    if (c != NULL && c->held != NULL)
-      evbuffer_free(c->held);
-    if (c != NULL && c->bev != NULL)
-      bufferevent_free(c->bev);
-    else
-      close(fd);
+  if (c == NULL || c->held == NULL) {
+    snprintf(why, whylen, "cannot create its buffers");
     free(c);
-    return;
+    return -1;
   }
+  c->bev = bev;
   c->srv = s;
-  s->next_id++;
-  if (sa->sa_family == AF_UNIX)
-    snprintf(c->name, sizeof c->name, "nbd client unix#%" PRIu64,
-             s->next_id);
-  else
-    snprintf(c->name, sizeof c->name, "nbd client %s", peer);
-  TAILQ_INSERT_TAIL(&s->conns, c, link);
-  s->n_conns++;
+  snprintf(c->name, sizeof c->name, "%s", name);
+  nbd_listen_add(s->l, &c->lc, c);
 
   bufferevent_setcb(c->bev, nbd_export_read_cb, nbd_export_write_cb,
                     nbd_export_event_cb, c);
@@ -773,35 +712,25 @@ nbd_export_accept_cb(struct evconnlistener *l, evutil_socket_t fd,
   nbd_proto_build_handshake(hello);
   bufferevent_write(c->bev, hello, sizeof hello);
   c->state = NBD_EXPORT_CLIENT_FLAGS;
-  log_info("%s: connected to %s (export %s)", c->name, s->where,
-           s->exp_name);
+  log_info("%s: connected to %s (export %s)", c->name,
+           nbd_listen_where(s->l), s->exp_name);
   nbd_export_update(c);
+  return 0;
 }
 
 static void
-nbd_export_retry_cb(evutil_socket_t fd, short what, void *opaque)
+nbd_export_shutdown(void *opaque)
 {
-  struct nbd_export_server *s = opaque;
+  struct nbd_export_conn *c = opaque;
 
-  (void)fd;
-  (void)what;
-  evconnlistener_enable(s->listener);
+  nbd_export_close(c, LOG_LVL_INFO, "server shutting down");
+  nbd_export_settle(c);
 }
 
-/* accept() failed with something other than a transient error (EMFILE,
- * ENFILE, ENOMEM...): back off instead of spinning on the listener. */
-static void
-nbd_export_error_cb(struct evconnlistener *l, void *opaque)
-{
-  struct nbd_export_server *s = opaque;
-  struct timeval tv = { 1, 0 };
-  int err = EVUTIL_SOCKET_ERROR();
-
-  log_warn("nbd %s: accept: %s; not accepting clients for 1 s", s->where,
-           evutil_socket_error_to_string(err));
-  evconnlistener_disable(l);
-  evtimer_add(s->retry, &tv);
-}
+static const struct nbd_listen_ops nbd_export_listen_ops = {
+  .accept = nbd_export_accept,
+  .shutdown = nbd_export_shutdown,
+};
 
 int
 nbd_export_new(struct event_base *base, const struct endpoint *ep,
@@ -810,7 +739,6 @@ nbd_export_new(struct event_base *base, const struct endpoint *ep,
                char *err, size_t errlen)
 {
   struct nbd_export_server *s;
-  int fd = -1;
 
   *out = NULL;
   s = calloc(1, sizeof *s);
@@ -818,10 +746,7 @@ nbd_export_new(struct event_base *base, const struct endpoint *ep,
     snprintf(err, errlen, "nbd: out of memory");
     return -1;
   }
-  s->base = base;
   s->src = src;
-  s->port = -1;
-  TAILQ_INIT(&s->conns);
   /* proto.md strings are at most 4096 bytes (names SHOULD be 256). */
   snprintf(s->exp_name, sizeof s->exp_name, "%.255s", name);
   if (description != NULL)
@@ -835,78 +760,38 @@ nbd_export_new(struct event_base *base, const struct endpoint *ep,
   s->exp.name = s->exp_name;
   s->exp.description = description != NULL ? s->exp_desc : NULL;
 
-  fd = util_listen(ep, err, errlen);
-  if (fd == -1)
-    goto fail;
-  if (ep->is_unix) {
-    snprintf(s->where, sizeof s->where, "unix:%s", ep->path);
-    snprintf(s->unix_path, sizeof s->unix_path, "%s", ep->path);
-  } else {
-    s->port = util_local_port(fd);
-    snprintf(s->where, sizeof s->where, strchr(ep->host, ':') ? "[%s]:%d"
-             : "%s:%d", ep->host[0] ? ep->host : "*", s->port);
+  if (nbd_listen_new(base, ep, &nbd_export_listen_ops, s, &s->l, err,
+                     errlen) == -1) {
+    free(s);
+    return -1;
   }
-  s->retry = evtimer_new(base, nbd_export_retry_cb, s);
-  if (s->retry == NULL) {
-    snprintf(err, errlen, "nbd %s: cannot create a timer", s->where);
-    goto fail;
-  }
-  s->listener = evconnlistener_new(base, nbd_export_accept_cb, s,
-                                   LEV_OPT_CLOSE_ON_FREE |
-                                   LEV_OPT_CLOSE_ON_EXEC, 0, fd);
-  if (s->listener == NULL) {
-    snprintf(err, errlen, "nbd %s: cannot create a listener", s->where);
-    goto fail;
-  }
-  fd = -1; /* owned by the listener */
-  evconnlistener_set_error_cb(s->listener, nbd_export_error_cb);
   *out = s;
   return 0;
-
-fail:
-  if (fd != -1)
-    close(fd);
-  if (s->unix_path[0] != '\0')
-    unlink(s->unix_path);
-  if (s->retry != NULL)
-    event_free(s->retry);
-  free(s);
-  return -1;
 }
 
 void
 nbd_export_free(struct nbd_export_server *s)
 {
-  struct nbd_export_conn *c;
-
   if (s == NULL)
     return;
-  evconnlistener_free(s->listener);
-  event_free(s->retry);
-  if (s->unix_path[0] != '\0' && unlink(s->unix_path) == -1 &&
-      errno != ENOENT)
-    log_warn("nbd %s: cannot remove the socket: %m", s->where);
-  while ((c = TAILQ_FIRST(&s->conns)) != NULL) {
-    nbd_export_close(c, LOG_LVL_INFO, "server shutting down");
-    nbd_export_settle(c);
-  }
+  nbd_listen_free(s->l);  /* closes the clients */
   free(s);
 }
 
 const char *
 nbd_export_where(const struct nbd_export_server *s)
 {
-  return s->where;
+  return nbd_listen_where(s->l);
 }
 
 int
 nbd_export_port(const struct nbd_export_server *s)
 {
-  return s->port;
+  return nbd_listen_port(s->l);
 }
 
 unsigned
 nbd_export_clients(const struct nbd_export_server *s)
 {
-  return s->n_conns;
+  return nbd_listen_clients(s->l);
 }
