@@ -53,6 +53,7 @@
 #include "log.h"
 #include "nbd-export.h"
 #include "retention.h"
+#include "snapjobs.h"
 #include "store.h"
 
 #define SNAP_COPY_CHUNK (256u * 1024)  /* bytes per copier read */
@@ -87,30 +88,6 @@ struct task {
 };
 TAILQ_HEAD(taskq, task);
 
-enum job_state { JOB_COPYING, JOB_COMMITTING, JOB_DONE, JOB_FAILED };
-
-struct snap_job {
-  struct snap_meta meta;
-  uint64_t id;
-  bool full;                    /* a full map (the store has nothing yet) */
-  bool rescan;                  /* compare every block with the parent */
-  bool hold;                    /* before-resync: writes to its set wait */
-  enum job_state state;
-  struct bitmap *pending;       /* blocks not yet claimed */
-  struct bitmap *set;           /* every block of the snapshot */
-  struct bitmap *journaled;     /* old contents saved in the journal */
-  bool resumed;                 /* from before a restart */
-  uint64_t total, claimed;      /* blocks */
-  uint64_t stored;              /* blocks the store thread took */
-  unsigned reads;               /* claimed reads in flight */
-  unsigned tasks;               /* its tasks the store thread has not
-                                   given back: it is freed after them */
-  uint64_t started_ms;
-  /* store thread only */
-  struct store_writer *w;
-  TAILQ_ENTRY(snap_job) q;
-};
-
 /* A claimed range being read: a copier chunk or a copy-before-write. */
 struct snap_read {
   struct snapmgr *m;
@@ -119,14 +96,10 @@ struct snap_read {
   struct apply_op *op;
   uint64_t off, len;
   uint8_t *buf;
-  struct bitmap *claimed;       /* copy-before-write: per job claims are
-                                   recorded as (job, block) below */
   struct snap_job **owner;      /* per block of the read: the job that
                                    claimed it, or NULL */
   /* copy-before-write: (job, block) pairs to journal before the write */
-  struct snap_job **jjob;
-  uint64_t *jblock;
-  size_t njournal;
+  struct snap_jclaims jc;
   struct aio_op aio;
   TAILQ_ENTRY(snap_read) q;
 };
@@ -179,7 +152,7 @@ struct snapmgr {
   struct bitmap *dirty;         /* changed since the newest snapshot taken */
   bool first_rescan;            /* the next snapshot compares everything */
   uint64_t next_id;
-  TAILQ_HEAD(, snap_job) jobs;  /* taken, not yet committed or failed */
+  struct snap_jobq jobs;        /* taken, not yet reaped */
   struct readq reads;
   struct waitq waiting;
   struct reqq reqs;             /* requests whose MARK has not started */
@@ -375,21 +348,6 @@ thr_main(void *arg)
 
 /* ---- jobs ---- */
 
-static void
-job_free(struct snap_job *j)
-{
-  bitmap_free(j->pending);
-  bitmap_free(j->set);
-  bitmap_free(j->journaled);
-  free(j);
-}
-
-static bool
-job_live(const struct snap_job *j)
-{
-  return j->state == JOB_COPYING || j->state == JOB_COMMITTING;
-}
-
 /* Save the list of snapshots being copied (and empty the journal once
  * there are none).  0, or -1 with last_error set. */
 static int
@@ -401,7 +359,7 @@ snap_save_jobs(struct snapmgr *m)
   char err[512];
 
   TAILQ_FOREACH(j, &m->jobs, q) {
-    if (!job_live(j))
+    if (!snapjob_live(j))
       continue;
     if (n == ARRAY_SIZE(v))
       break;
@@ -438,23 +396,20 @@ job_find(struct snapmgr *m, const struct snap_job *j)
 /* The job (and every later one, whose deltas build on it) cannot be
  * completed: drop them; the next snapshot compares everything. */
 static void
+job_abort_writer(struct snap_job *j, void *arg)
+{
+  task_post(arg, task_new(T_ABORT, j));
+}
+
+static void
 job_fail(struct snapmgr *m, struct snap_job *j, const char *why)
 {
-  struct snap_job *x = j;
-
   snprintf(m->last_error, sizeof m->last_error, "snapshot %" PRIu64
            " failed: %s", j->id, why);
   log_error("secondary: snapshot %" PRIu64 " (%s): %s; it is not kept, and "
             "the next snapshot compares every block", j->id,
             j->meta.name[0] ? j->meta.name : "no name", why);
-  while (x) {
-    if (x->state == JOB_COPYING || x->state == JOB_COMMITTING) {
-      x->state = JOB_FAILED;
-      m->failed++;
-      task_post(m, task_new(T_ABORT, x));
-    }
-    x = TAILQ_NEXT(x, q);
-  }
+  m->failed += snapjobs_fail_from(j, job_abort_writer, m);
   m->first_rescan = true;
   snap_save_jobs(m);
   snap_retry_waiting(m);
@@ -468,29 +423,18 @@ job_reap(struct snapmgr *m)
 
   for (j = TAILQ_FIRST(&m->jobs); j; j = next) {
     next = TAILQ_NEXT(j, q);
-    if ((j->state == JOB_FAILED || j->state == JOB_DONE) && j->reads == 0 &&
-        j->tasks == 0) {
+    if (snapjob_reapable(j)) {
       TAILQ_REMOVE(&m->jobs, j, q);
-      job_free(j);
+      snapjob_free(j);
     }
   }
 }
 
-/* A job commits when its blocks are all in, and after every earlier one
- * (its delta is built on the newest snapshot at commit; the store thread
- * takes tasks in order, so an earlier commit queued is enough). */
 static void
 job_maybe_commit(struct snapmgr *m, struct snap_job *j)
 {
-  uint64_t off, len;
-  struct snap_job *x;
-
-  if (j->state != JOB_COPYING || j->reads > 0 ||
-      bitmap_next_run(j->pending, 0, STORE_BLOCK, &off, &len))
+  if (!snapjobs_may_commit(&m->jobs, j))
     return;
-  for (x = TAILQ_FIRST(&m->jobs); x != j; x = TAILQ_NEXT(x, q))
-    if (x->state == JOB_COPYING)
-      return;
   j->state = JOB_COMMITTING;
   task_post(m, task_new(T_COMMIT, j));
 }
@@ -651,7 +595,7 @@ read_hand_over(struct snapmgr *m, struct snap_read *r)
     if (!j)
       continue;
     j->reads--;
-    if (j->state != JOB_COPYING && j->state != JOB_COMMITTING)
+    if (!snapjob_live(j))
       continue;
     t = task_new(T_BLOCK, j);
     t->block = r->off / STORE_BLOCK + i;
@@ -669,8 +613,7 @@ read_free(struct snap_read *r)
 {
   free(r->buf);
   free(r->owner);
-  free(r->jjob);
-  free(r->jblock);
+  snapjobs_jclaims_free(&r->jc);
   free(r);
 }
 
@@ -683,28 +626,28 @@ read_journal(struct snapmgr *m, struct snap_read *r)
   uint8_t *data;
   char err[512];
 
-  if (!r->njournal)
+  if (!r->jc.n)
     return;
   /* A snapshot committed meanwhile needs nothing more. */
-  for (size_t k = 0; k < r->njournal; k++)
-    if (job_live(r->jjob[k]))
+  for (size_t k = 0; k < r->jc.n; k++)
+    if (snapjob_live(r->jc.job[k]))
       break;
-    else if (k + 1 == r->njournal)
+    else if (k + 1 == r->jc.n)
       return;
-  ids = malloc(r->njournal * sizeof *ids);
-  data = malloc(r->njournal * STORE_BLOCK);
+  ids = malloc(r->jc.n * sizeof *ids);
+  data = malloc(r->jc.n * STORE_BLOCK);
   if (!ids || !data)
     abort();
-  for (size_t k = 0; k < r->njournal; k++) {
-    ids[k] = r->jjob[k]->id;
+  for (size_t k = 0; k < r->jc.n; k++) {
+    ids[k] = r->jc.job[k]->id;
     memcpy(data + k * STORE_BLOCK,
-           r->buf + (r->jblock[k] * STORE_BLOCK - r->off), STORE_BLOCK);
+           r->buf + (r->jc.block[k] * STORE_BLOCK - r->off), STORE_BLOCK);
   }
-  if (snapjournal_append(m->journal, ids, r->jblock, data, r->njournal, err,
+  if (snapjournal_append(m->journal, ids, r->jc.block, data, r->jc.n, err,
                          sizeof err) < 0) {
-    for (size_t k = 0; k < r->njournal; k++)
-      if (job_find(m, r->jjob[k]) && job_live(r->jjob[k]))
-        job_fail(m, r->jjob[k], err);
+    for (size_t k = 0; k < r->jc.n; k++)
+      if (job_find(m, r->jc.job[k]) && snapjob_live(r->jc.job[k]))
+        job_fail(m, r->jc.job[k], err);
   }
   free(ids);
   free(data);
@@ -736,8 +679,8 @@ read_done_cb(struct aio_op *aop, long res)
     read_hand_over(m, r);
   }
   /* The op whose old contents were saved may write now. */
-  for (size_t k = 0; k < r->njournal; k++)
-    r->jjob[k]->reads--;
+  for (size_t k = 0; k < r->jc.n; k++)
+    r->jc.job[k]->reads--;
   if (r->op)
     replica_start(m->s->replica, r->a, r->op);
   for (uint64_t i = 0; i < r->len / STORE_BLOCK; i++)
@@ -756,61 +699,10 @@ read_done_cb(struct aio_op *aop, long res)
 static bool
 read_claim(struct snapmgr *m, struct snap_read *r)
 {
-  uint64_t nblocks = r->len / STORE_BLOCK;
-  bool any = false;
-
-  r->owner = calloc(nblocks, sizeof *r->owner);
+  r->owner = calloc(r->len / STORE_BLOCK, sizeof *r->owner);
   if (!r->owner)
     abort();
-  for (uint64_t i = 0; i < nblocks; i++) {
-    uint64_t off = r->off + i * STORE_BLOCK;
-    struct snap_job *j;
-    TAILQ_FOREACH(j, &m->jobs, q) {
-      if (j->state != JOB_COPYING || !bitmap_test(j->pending, off))
-        continue;
-      bitmap_clear_range(j->pending, off, STORE_BLOCK);
-      j->claimed++;
-      j->reads++;
-      r->owner[i] = j;
-      any = true;
-      break;
-    }
-  }
-  return any;
-}
-
-/* The blocks of [off, off+len) whose old contents a snapshot being copied
- * has not journaled yet; true if any. */
-static bool
-read_claim_journal(struct snapmgr *m, struct snap_read *r)
-{
-  uint64_t nblocks = r->len / STORE_BLOCK;
-  size_t cap = 0;
-  struct snap_job *j;
-
-  TAILQ_FOREACH(j, &m->jobs, q) {
-    if (!job_live(j) || !j->journaled)
-      continue;
-    for (uint64_t i = 0; i < nblocks; i++) {
-      uint64_t off = r->off + i * STORE_BLOCK;
-      if (off >= j->meta.size_bytes || !bitmap_test(j->set, off) ||
-          bitmap_test(j->journaled, off))
-        continue;
-      bitmap_set_range(j->journaled, off, STORE_BLOCK);
-      if (r->njournal == cap) {
-        cap = cap ? cap * 2 : 16;
-        r->jjob = realloc(r->jjob, cap * sizeof *r->jjob);
-        r->jblock = realloc(r->jblock, cap * sizeof *r->jblock);
-        if (!r->jjob || !r->jblock)
-          abort();
-      }
-      r->jjob[r->njournal] = j;
-      r->jblock[r->njournal] = off / STORE_BLOCK;
-      r->njournal++;
-      j->reads++;               /* keeps j until the read is done */
-    }
-  }
-  return r->njournal > 0;
+  return snapjobs_claim(&m->jobs, r->off, r->len, r->owner);
 }
 
 static void
@@ -856,22 +748,6 @@ snap_copier_kick(struct snapmgr *m)
 
 /* ---- the apply backend in front of the replica ---- */
 
-static bool
-snap_held(const struct snapmgr *m, uint64_t off, uint64_t len)
-{
-  const struct snap_job *j;
-
-  TAILQ_FOREACH(j, &m->jobs, q) {
-    uint64_t o, l;
-    if (!j->hold || (j->state != JOB_COPYING && j->state != JOB_COMMITTING))
-      continue;
-    if (bitmap_next_run(j->set, off & ~(uint64_t)(STORE_BLOCK - 1),
-                        len + STORE_BLOCK, &o, &l) && o < off + len)
-      return true;
-  }
-  return false;
-}
-
 static void snap_take(struct snapmgr *m, struct apply_op *op);
 
 /* Start op, after saving what some snapshot still needs. */
@@ -896,7 +772,7 @@ snap_start_op(struct snapmgr *m, struct apply *a, struct apply_op *op)
   end = (op->offset + op->length + STORE_BLOCK - 1) &
         ~(uint64_t)(STORE_BLOCK - 1);
   if (read_overlaps(m, start, end - start) ||
-      snap_held(m, start, end - start)) {
+      snapjobs_held(&m->jobs, start, end - start)) {
     struct snap_wait *w = calloc(1, sizeof *w);
     if (!w)
       abort();
@@ -913,8 +789,9 @@ snap_start_op(struct snapmgr *m, struct apply *a, struct apply_op *op)
   r->len = end - start;
   r->a = a;
   r->op = op;
-  if (!TAILQ_EMPTY(&m->jobs) && (read_claim_journal(m, r) |
-                                  read_claim(m, r))) {
+  if (!TAILQ_EMPTY(&m->jobs) &&
+      (snapjobs_claim_journal(&m->jobs, r->off, r->len, &r->jc) |
+       read_claim(m, r))) {
     read_start(m, r);           /* the write follows in read_done_cb */
     return;
   }
@@ -959,17 +836,6 @@ wall_ns(void)
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static bool
-snap_live_job(const struct snapmgr *m)
-{
-  const struct snap_job *j;
-
-  TAILQ_FOREACH(j, &m->jobs, q)
-    if (j->state == JOB_COPYING || j->state == JOB_COMMITTING)
-      return true;
-  return false;
-}
-
 /* At the barrier of a snapshot MARK: nothing before it is in flight,
  * nothing after it has started. */
 static void
@@ -988,10 +854,7 @@ snap_take(struct snapmgr *m, struct apply_op *op)
     free(req);
     return;
   }
-  j = calloc(1, sizeof *j);
-  if (!j)
-    abort();
-  j->id = m->next_id++;
+  j = snapjob_new(m->next_id++, size);
   snprintf(j->meta.name, sizeof j->meta.name, "%s", req->name);
   j->meta.created_ns = wall_ns();
   if (!req->epoch) {
@@ -1004,43 +867,14 @@ snap_take(struct snapmgr *m, struct apply_op *op)
   j->meta.size_bytes = size;
   j->meta.id = j->id;
   memcpy(j->meta.volume_uuid, meta_get(m->s->meta)->volume_uuid, 16);
-  j->full = m->n_list == 0 && !snap_live_job(m);
+  j->full = m->n_list == 0 && !snapjobs_any_live(&m->jobs);
   j->rescan = m->first_rescan && !j->full;
   j->meta.drop_same = j->rescan;
   j->hold = req->reason == SNAP_BEFORE_RESYNC;
   j->started_ms = util_now_ms();
-  j->pending = bitmap_new(size, STORE_BLOCK);
-  if (!j->pending)
-    abort();
-  if (j->full || j->rescan || bitmap_bits(m->dirty) !=
-                                  bitmap_bits(j->pending)) {
-    struct snap_job *x;
-    bitmap_set_all(j->pending);
-    /* Blocks an earlier snapshot still has to copy were not written since
-     * it was taken: they are that one's (and read once, for it). */
-    TAILQ_FOREACH(x, &m->jobs, q) {
-      uint64_t *d = bitmap_words(j->pending);
-      const uint64_t *o = bitmap_words(x->pending);
-      if (x->state != JOB_COPYING ||
-          bitmap_word_count(x->pending) != bitmap_word_count(j->pending))
-        continue;
-      for (size_t w = 0; w < bitmap_word_count(j->pending); w++)
-        d[w] &= ~o[w];
-    }
-    bitmap_recount(j->pending);
-  } else {
-    bitmap_or_words(j->pending, bitmap_words(m->dirty),
-                    bitmap_word_count(m->dirty));
-    bitmap_recount(j->pending);
-  }
-  j->total = bitmap_dirty_bytes(j->pending) / STORE_BLOCK;
-  j->set = bitmap_new(size, STORE_BLOCK);
-  j->journaled = bitmap_new(size, STORE_BLOCK);
-  if (!j->set || !j->journaled)
-    abort();
-  bitmap_or_words(j->set, bitmap_words(j->pending),
-                  bitmap_word_count(j->pending));
-  bitmap_recount(j->set);
+  /* Every block when the changes are not known (or the size changed). */
+  snapjobs_fill(&m->jobs, j, m->dirty, j->full || j->rescan ||
+                bitmap_bits(m->dirty) != bitmap_bits(j->pending));
   /* From now on dirty counts the changes after this snapshot. */
   bitmap_free(m->dirty);
   m->dirty = bitmap_new(size, STORE_BLOCK);
@@ -1139,7 +973,7 @@ snap_replay_one(void *arg, uint64_t id, uint64_t block, const uint8_t *data)
 
   TAILQ_FOREACH(j, &m->jobs, q) {
     struct task *t;
-    if (j->id != id || !job_live(j) || off >= j->meta.size_bytes)
+    if (j->id != id || !snapjob_live(j) || off >= j->meta.size_bytes)
       continue;
     bitmap_set_range(j->journaled, off, STORE_BLOCK);
     if (!bitmap_test(j->pending, off))
@@ -1189,10 +1023,7 @@ snap_resume(struct snapmgr *m)
                  "changed size or is gone); it is not kept", v[i].id);
       continue;
     }
-    j = calloc(1, sizeof *j);
-    if (!j)
-      abort();
-    j->id = v[i].id;
+    j = snapjob_new(v[i].id, v[i].size);
     j->meta = v[i].meta;
     j->meta.id = j->id;
     j->full = v[i].full;
@@ -1201,15 +1032,10 @@ snap_resume(struct snapmgr *m)
     j->hold = j->meta.reason == SNAP_BEFORE_RESYNC;
     j->resumed = true;
     j->started_ms = util_now_ms();
-    j->set = bitmap_new(v[i].size, STORE_BLOCK);
-    j->pending = bitmap_new(v[i].size, STORE_BLOCK);
-    j->journaled = bitmap_new(v[i].size, STORE_BLOCK);
-    if (!j->set || !j->pending || !j->journaled)
-      abort();
     if (bitmap_word_count(j->set) != v[i].n_words) {
       log_warn("secondary: snapshot %" PRIu64 ": its saved block set does "
                "not fit the replica; it is not kept", j->id);
-      job_free(j);
+      snapjob_free(j);
       continue;
     }
     bitmap_or_words(j->set, v[i].set_words, v[i].n_words);
@@ -1355,12 +1181,12 @@ snap_free(struct snapmgr *m)
   }
   while ((j = TAILQ_FIRST(&m->jobs)) != NULL) {
     TAILQ_REMOVE(&m->jobs, j, q);
-    if (job_live(j))
+    if (snapjob_live(j))
       log_info("secondary: snapshot %" PRIu64 " is still copying; it is "
                "finished after the next start", j->id);
     if (j->w)
       store_writer_abort(j->w);
-    job_free(j);
+    snapjob_free(j);
   }
   while ((req = TAILQ_FIRST(&m->reqs)) != NULL) {
     TAILQ_REMOVE(&m->reqs, req, q);
@@ -1525,11 +1351,11 @@ snap_status_json(const struct snapmgr *m, struct json *j)
       json_null(j, "last");
     }
     TAILQ_FOREACH(job, &m->jobs, q)
-      if (job->state == JOB_COPYING || job->state == JOB_COMMITTING)
+      if (snapjob_live(job))
         copying++;
     json_u64(j, "copying", copying);
     job = TAILQ_FIRST(&m->jobs);
-    if (job && (job->state == JOB_COPYING || job->state == JOB_COMMITTING)) {
+    if (job && snapjob_live(job)) {
       json_u64(j, "copying_id", job->id);
       json_u64(j, "copying_blocks_total", job->total);
       json_u64(j, "copying_blocks_done", job->stored);
@@ -1550,7 +1376,7 @@ snap_list(const struct snapmgr *m, struct snap_info **out)
   struct snap_info *v;
 
   TAILQ_FOREACH(j, &m->jobs, q)
-    if (j->state == JOB_COPYING || j->state == JOB_COMMITTING)
+    if (snapjob_live(j))
       n++;
   v = calloc(n ? n : 1, sizeof *v);
   if (!v)
@@ -1558,7 +1384,7 @@ snap_list(const struct snapmgr *m, struct snap_info **out)
   memcpy(v, m->list, m->n_list * sizeof *v);
   k = m->n_list;
   TAILQ_FOREACH(j, &m->jobs, q) {
-    if (j->state != JOB_COPYING && j->state != JOB_COMMITTING)
+    if (!snapjob_live(j))
       continue;
     /* Committed already but not yet listed: skip the duplicate. */
     bool listed = false;
