@@ -19,6 +19,7 @@
 
 #include "log.h"
 #include "nbd-export.h"
+#include "snaplist.h"
 #include "store.h"
 #include "util.h"
 
@@ -91,69 +92,35 @@ parse_id(const char *s, uint64_t *id)
   return errno || end == s || *end || *id == 0 ? -1 : 0;
 }
 
-static void
-rfc3339(uint64_t ns, char *out, size_t outlen)
-{
-  time_t t = (time_t)(ns / 1000000000ull);
-  struct tm tm;
-
-  gmtime_r(&t, &tm);
-  strftime(out, outlen, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
-
-static void
-json_string(FILE *f, const char *s)
-{
-  fputc('"', f);
-  for (; *s; s++) {
-    unsigned char c = (unsigned char)*s;
-    if (c == '"' || c == '\\')
-      fprintf(f, "\\%c", c);
-    else if (c < 0x20)
-      fprintf(f, "\\u%04x", c);
-    else
-      fputc(c, f);
-  }
-  fputc('"', f);
-}
-
 static int
 cmd_list(struct store *s, bool json)
 {
   const struct catalog *c = store_catalog(s);
-  char err[1024], when[32];
+  struct evbuffer *out = evbuffer_new();
+  struct snaplist l;
+  char err[1024];
+  int rc = 0;
 
-  if (json)
-    printf("[");
-  else
-    printf("%-6s %-20s %-14s %12s %12s %8s  %s\n", "ID", "CREATED",
-           "REASON", "SIZE", "STORED", "EPOCH", "NAME");
+  if (!out)
+    return fail("list: out of memory");
+  snaplist_begin(&l, out, SNAPLIST_STORE, json);
   for (uint32_t i = 0; i < c->n_snaps; i++) {
     const struct manifest *m;
-    if (store_manifest(s, c->snaps[i].id, &m, err, sizeof err) < 0)
-      return fail("%s", err);
-    rfc3339(m->created_ns, when, sizeof when);
-    if (json) {
-      printf("%s\n  {\"id\": %" PRIu64 ", \"name\": ", i ? "," : "", m->id);
-      json_string(stdout, m->name);
-      printf(", \"created\": \"%s\", \"state\": \"complete\", "
-             "\"size_bytes\": %" PRIu64 ", \"stored_bytes\": %" PRIu64
-             ", \"epoch\": %" PRIu64 ", \"reason\": \"%s\", \"parent\": %"
-             PRIu64 ", \"full\": %s}", when, m->size_bytes, m->stored_bytes,
-             m->epoch, format_reason_name(m->reason), m->parent,
-             m->parent ? "false" : "true");
-    } else {
-      char size[32], stored[32];
-      util_format_bytes(m->size_bytes, size, sizeof size);
-      util_format_bytes(m->stored_bytes, stored, sizeof stored);
-      printf("%-6" PRIu64 " %-20s %-14s %12s %12s %8" PRIu64 "  %s\n", m->id,
-             when, format_reason_name(m->reason), size, stored, m->epoch,
-             m->name);
+    if (store_manifest(s, c->snaps[i].id, &m, err, sizeof err) < 0) {
+      rc = fail("%s", err);     /* what was listed so far is printed */
+      break;
     }
+    snaplist_add(&l, &(struct snaplist_entry){
+      .id = m->id, .name = m->name, .created_ns = m->created_ns,
+      .epoch = m->epoch, .reason = m->reason, .size_bytes = m->size_bytes,
+      .stored_bytes = m->stored_bytes, .complete = true,
+      .parent = m->parent });
   }
-  if (json)
-    printf("%s]\n", c->n_snaps ? "\n" : "");
-  return 0;
+  if (rc == 0)
+    snaplist_end(&l);
+  fwrite(evbuffer_pullup(out, -1), 1, evbuffer_get_length(out), stdout);
+  evbuffer_free(out);
+  return rc;
 }
 
 static int
@@ -397,7 +364,7 @@ cmd_serve(struct store *s, uint64_t id, const struct endpoint *ep,
     fail("serve %" PRIu64 ": %s", id, err);
     goto out;
   }
-  rfc3339(m->created_ns, when, sizeof when);
+  snaplist_rfc3339(m->created_ns, when, sizeof when);
   snprintf(name, sizeof name, "snapshot-%" PRIu64, id);
   snprintf(desc, sizeof desc, "duplex snapshot %" PRIu64 "%s%.64s%s of %s, "
            "taken %s, read-only", id, m->name[0] ? " (" : "", m->name,
