@@ -4,12 +4,12 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "internal.h"
 
 #include "control.h"
 #include "format.h"
+#include "snaplist.h"
 
 #define SNAPCTL_USAGE "snapshot create [--name NAME] [--json] | snapshot " \
                       "list [--json] | snapshot delete ID | snapshot " \
@@ -80,72 +80,22 @@ snapctl_diffed(void *arg, const char *text, const char *err)
   free(reply);
 }
 
-static void
-snapctl_json_str(struct evbuffer *out, const char *s)
-{
-  evbuffer_add_printf(out, "\"");
-  for (; *s; s++) {
-    unsigned char ch = (unsigned char)*s;
-    if (ch == '"' || ch == '\\')
-      evbuffer_add_printf(out, "\\%c", ch);
-    else if (ch < 0x20)
-      evbuffer_add_printf(out, "\\u%04x", ch);
-    else
-      evbuffer_add_printf(out, "%c", ch);
-  }
-  evbuffer_add_printf(out, "\"");
-}
-
-static void
-snapctl_time(uint64_t ns, char *out, size_t outlen)
-{
-  time_t t = (time_t)(ns / 1000000000ull);
-  struct tm tm;
-
-  gmtime_r(&t, &tm);
-  strftime(out, outlen, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
-
 static int
 snapctl_list(struct secondary *s, bool json, struct evbuffer *out)
 {
   struct snap_info *v;
   size_t n = snap_list(s->snap, &v);
-  char when[32];
+  struct snaplist l;
 
-  if (json)
-    evbuffer_add_printf(out, "[");
-  else
-    evbuffer_add_printf(out, "%-6s %-20s %-14s %-9s %14s %14s  %s\n", "ID",
-                        "CREATED", "REASON", "STATE", "SIZE", "STORED",
-                        "NAME");
-  for (size_t i = 0; i < n; i++) {
-    snapctl_time(v[i].created_ns, when, sizeof when);
-    if (json) {
-      evbuffer_add_printf(out, "%s\n  {\"id\": %" PRIu64 ", \"name\": ",
-                          i ? "," : "", v[i].id);
-      snapctl_json_str(out, v[i].name);
-      evbuffer_add_printf(out, ", \"created\": \"%s\", \"state\": \"%s\", "
-                          "\"size_bytes\": %" PRIu64 ", \"stored_bytes\": %"
-                          PRIu64 ", \"epoch\": %" PRIu64 ", \"reason\": "
-                          "\"%s\"", when, v[i].complete ? "complete"
-                          : "copying", v[i].size_bytes, v[i].stored_bytes,
-                          v[i].epoch, format_reason_name(v[i].reason));
-      if (!v[i].complete)
-        evbuffer_add_printf(out, ", \"copied_blocks\": %" PRIu64
-                            ", \"total_blocks\": %" PRIu64,
-                            v[i].copied_blocks, v[i].total_blocks);
-      evbuffer_add_printf(out, "}");
-    } else {
-      evbuffer_add_printf(out, "%-6" PRIu64 " %-20s %-14s %-9s %14" PRIu64
-                          " %14" PRIu64 "  %s\n", v[i].id, when,
-                          format_reason_name(v[i].reason),
-                          v[i].complete ? "complete" : "copying",
-                          v[i].size_bytes, v[i].stored_bytes, v[i].name);
-    }
-  }
-  if (json)
-    evbuffer_add_printf(out, "%s]\n", n ? "\n" : "");
+  snaplist_begin(&l, out, SNAPLIST_AGENT, json);
+  for (size_t i = 0; i < n; i++)
+    snaplist_add(&l, &(struct snaplist_entry){
+      .id = v[i].id, .name = v[i].name, .created_ns = v[i].created_ns,
+      .epoch = v[i].epoch, .reason = v[i].reason,
+      .size_bytes = v[i].size_bytes, .stored_bytes = v[i].stored_bytes,
+      .complete = v[i].complete, .copied_blocks = v[i].copied_blocks,
+      .total_blocks = v[i].total_blocks });
+  snaplist_end(&l);
   free(v);
   return 0;
 }
