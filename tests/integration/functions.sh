@@ -612,6 +612,28 @@ nbd_python() {
     "$PYTHON" - "$@"
 }
 
+# scatter SEED COUNT [flush]: COUNT writes of 4 KiB of random data through
+# $NBD_SOCK at 4 KiB-aligned offsets that SEED chooses, then a FLUSH if
+# asked; fails the test if any of them fails.
+scatter() {
+    case ${3:-} in
+        "" | flush) ;;
+        *) fail "scatter: '$3' is not flush" ;;
+    esac
+    nbd_python "$NBD_SOCK" "$1" "$2" "${3:-}" <<'PY' || fail "writes failed"
+import os, random, sys
+import nbd
+h = nbd.NBD()
+h.connect_unix(sys.argv[1])
+rng = random.Random(int(sys.argv[2]))
+for _ in range(int(sys.argv[3])):
+    h.pwrite(os.urandom(4096), rng.randrange(h.get_size() // 4096) * 4096)
+if sys.argv[4] == "flush":
+    h.flush()
+h.shutdown()
+PY
+}
+
 # ---- outage helpers ----
 #
 # For the outage and crash scenarios: a pair whose agents can be restarted

@@ -13,29 +13,15 @@ SEC_EXTRA_ARGS=(--snapshot-store "$TESTDIR/S")
 PAIR_PROXY=1 start_outage_pair sync --peer-timeout 3
 wait_in_sync pri sec
 
-scatter() {
-    nbd_python "$NBD_SOCK" "$1" <<'PY' || fail "writes failed"
-import os, random, sys
-import nbd
-h = nbd.NBD()
-h.connect_unix(sys.argv[1])
-rng = random.Random(int(sys.argv[2]))
-for _ in range(300):
-    h.pwrite(os.urandom(4096), rng.randrange(h.get_size() // 4096) * 4096)
-h.flush()
-h.shutdown()
-PY
-}
-
 for round in 1 2; do
-    scatter $((round * 10))
+    scatter $((round * 10)) 300 flush
     wait_in_sync pri
     proxy_cmd px cut >/dev/null
     wait_until -m "round $round: primary notices the cut" \
         '[ "$(status_field pri connection)" != connected ]'
     # Nothing reaches the replica now: this is the state to keep.
     cp --sparse=always replica.img "before$round.img"
-    scatter $((round * 10 + 1))
+    scatter $((round * 10 + 1)) 300 flush
     proxy_cmd px restore >/dev/null
     wait_in_sync pri sec
     wait_until -t 120 -m "round $round: no snapshot copying" \

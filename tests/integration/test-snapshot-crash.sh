@@ -16,19 +16,6 @@ SEC_EXTRA_ARGS=(--snapshot-store "$TESTDIR/S" --snapshot-copy-rate 16M)
 start_outage_pair sync
 wait_in_sync pri sec
 
-scatter() {
-    nbd_python "$NBD_SOCK" "$1" <<'PY' || fail "writes failed"
-import os, random, sys
-import nbd
-h = nbd.NBD()
-h.connect_unix(sys.argv[1])
-rng = random.Random(int(sys.argv[2]))
-for _ in range(100):
-    h.pwrite(os.urandom(4096), rng.randrange(h.get_size() // 4096) * 4096)
-h.shutdown()
-PY
-}
-
 # snap NAME: a snapshot through the primary; the volume at that instant
 # is kept as NAME.img (no writes run meanwhile).
 declare -A ids=()
@@ -58,9 +45,9 @@ round() {
     local how=$1
     [ "$how" = kill ] || bulk 3
     snap "$how-a"
-    scatter 1
+    scatter 1 100
     snap "$how-b"
-    scatter 2
+    scatter 2 100
     copying=$(status_json sec | jq '.snapshots.copying')
     [ "$copying" -ge 1 ] || fail "$how: nothing is copying any more before the $how (the copy was faster than the test)"
     log "$how: $copying snapshots copying"

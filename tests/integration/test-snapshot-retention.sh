@@ -17,16 +17,7 @@ cp primary.img manual.img
 # Changes between the scheduled snapshots, so that deltas hold data.
 i=0
 until [ "$(status_json sec | jq '.snapshots.taken')" -ge 8 ]; do
-    nbd_python "$NBD_SOCK" "$i" <<'PY' || fail "writes failed"
-import os, random, sys
-import nbd
-h = nbd.NBD()
-h.connect_unix(sys.argv[1])
-rng = random.Random(int(sys.argv[2]))
-for _ in range(20):
-    h.pwrite(os.urandom(4096), rng.randrange(h.get_size() // 4096) * 4096)
-h.shutdown()
-PY
+    scatter "$i" 20
     i=$((i + 1))
     [ "$i" -lt 400 ] || fail "fewer than 8 snapshots taken"
     _check_agents_alive
