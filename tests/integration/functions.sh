@@ -219,16 +219,24 @@ make_certs() {
 
 # ---- agents ----
 
-# start_agent NAME BINARY ARGS...
+# start_agent [--pidfile-only] NAME BINARY ARGS...
 # Starts BINARY ARGS... --control NAME.ctl --pidfile NAME.pid --foreground
 # (-v with DUPLEX_VERBOSE) with output in NAME.log, waits until the pidfile
-# holds its pid, and registers it for cleanup.
+# holds its pid, and registers it for cleanup.  --pidfile-only: a daemon
+# that is no agent (duplex-store serve) and gets only --pidfile NAME.pid.
 start_agent() {
-    local name=$1 bin=$2 pid deadline rc
+    local pidfile_only=0 name bin pid deadline rc
+    if [ "$1" = --pidfile-only ]; then
+        pidfile_only=1
+        shift
+    fi
+    name=$1 bin=$2
     shift 2
-    local -a extra=(--control "$TESTDIR/$name.ctl" --pidfile "$TESTDIR/$name.pid"
-                    --foreground)
-    [ -n "${DUPLEX_VERBOSE:-}" ] && extra+=(-v)
+    local -a extra=(--pidfile "$TESTDIR/$name.pid")
+    if [ "$pidfile_only" -eq 0 ]; then
+        extra=(--control "$TESTDIR/$name.ctl" "${extra[@]}" --foreground)
+        [ -z "${DUPLEX_VERBOSE:-}" ] || extra+=(-v)
+    fi
     rm -f "$TESTDIR/$name.pid" "$TESTDIR/$name.pid.port"
     echo "+ $(basename "$bin") $* ${extra[*]}" >"$TESTDIR/$name.log"
     "$bin" "$@" "${extra[@]}" >>"$TESTDIR/$name.log" 2>&1 </dev/null &

@@ -23,37 +23,15 @@ STORE_BIN=$DUPLEX_BUILD/duplex-store
 [ -x "$STORE_BIN" ] || fail "$STORE_BIN not built (DUPLEX_BUILD=$DUPLEX_BUILD)"
 STORE=$TESTDIR/S
 
-# start_serve NAME ID ENDPOINT: duplex-store serve in the background with
-# output in NAME.log, registered with the harness like an agent (stopped
-# at exit by stop_agent: SIGTERM, exit 0 within 5 s, no sanitizer report);
-# waits, with a deadline, until NAME.pid holds its pid.  Sets
-# ${NAME}_uri.  (start_agent adds --control and --foreground, which
-# duplex-store does not take.)
+# start_serve NAME ID ENDPOINT: duplex-store serve in the background,
+# started and registered by start_agent (output in NAME.log, waits until
+# NAME.pid holds its pid; stopped at exit by stop_agent: SIGTERM, exit 0
+# within 5 s, no sanitizer report).  Sets ${NAME}_uri.
 start_serve() {
-    local name=$1 id=$2 ep=$3 pid deadline rc uri
-    rm -f "$TESTDIR/$name.pid" "$TESTDIR/$name.pid.port"
-    echo "+ duplex-store --store $STORE serve $id --nbd $ep --pidfile $name.pid" \
-        >"$TESTDIR/$name.log"
+    local name=$1 id=$2 ep=$3 uri
     # Options after the command: GNU getopt permutes them.
-    "$STORE_BIN" --store "$STORE" serve "$id" --nbd "$ep" \
-        --pidfile "$TESTDIR/$name.pid" >>"$TESTDIR/$name.log" 2>&1 </dev/null &
-    pid=$!
-    echo "$pid" >>"$TESTDIR/.agents"
-    _agents+=("$name")
-    _agent_pid[$name]=$pid
-    deadline=$((SECONDS + 30 * SLOW))
-    until [ -s "$TESTDIR/$name.pid" ] &&
-        [ "$(cat "$TESTDIR/$name.pid" 2>/dev/null)" = "$pid" ]; do
-        if ! _alive "$pid"; then
-            wait "$pid" 2>/dev/null && rc=0 || rc=$?
-            _agent_pid[$name]=
-            cat "$TESTDIR/$name.log" >&2
-            fail "$name exited with status $rc before writing its pidfile"
-        fi
-        [ "$SECONDS" -lt "$deadline" ] ||
-            fail "$name (pid $pid) did not write $name.pid in $((30 * SLOW)) s"
-        sleep 0.1
-    done
+    start_agent --pidfile-only "$name" "$STORE_BIN" --store "$STORE" serve \
+        "$id" --nbd "$ep"
     case $ep in
         unix:*) uri="nbd+unix:///?socket=${ep#unix:}" ;;
         *:0)
@@ -65,7 +43,7 @@ start_serve() {
     grep -q "^serving snapshot $id ([0-9]* bytes) read-only on " \
         "$TESTDIR/$name.log" || fail "$name: no 'serving snapshot $id' line"
     printf -v "${name}_uri" '%s' "$uri"
-    log "$name serving snapshot $id on $uri (pid $pid)"
+    log "$name serving snapshot $id on $uri (pid $(agent_pid "$name"))"
 }
 
 # ---- the two states of the image ----
