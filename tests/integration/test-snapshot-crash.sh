@@ -73,9 +73,9 @@ round term
 # end complete and exact.
 bulk 4
 snap order-a
-scatter 3
+scatter 3 100
 snap order-b
-scatter 3
+scatter 3 100
 wait_until -t 300 -m "order: the snapshots finish" \
     "[ \"\$(status_json sec | jq '.snapshots.copying')\" = 0 ]"
 failed=$(status_json sec | jq '.snapshots.failed')
