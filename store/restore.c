@@ -21,7 +21,7 @@
 
 #define RESTORE_STEP 256u          /* blocks per read of the target */
 
-static int
+int
 restore_io(int fd, bool write_, void *buf, size_t len, uint64_t off,
            const char *path, char *err, size_t errlen)
 {
@@ -50,9 +50,7 @@ restore_io(int fd, bool write_, void *buf, size_t len, uint64_t off,
   return 0;
 }
 
-/* Make [off, off+len) read as zeros: punch a file, zero-out a device,
- * write zeros where neither works. */
-static int
+int
 restore_zero(int fd, bool blockdev, uint64_t off, uint64_t len,
              const char *path, char *err, size_t errlen)
 {

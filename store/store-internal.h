@@ -89,4 +89,15 @@ int pack_builder_finish(struct pack_builder *pb, struct backend *b,
 size_t pack_compress(ZSTD_CCtx *z, const void *block, void *out,
                      uint32_t *flags);
 
+/* ---- restore.c: writing to the target (also apply-diff.c) ---- */
+/* len bytes at off of a file or device: all of them, or a negative errno
+ * with a message naming path and offset.  A read past the end gives
+ * zeros. */
+int restore_io(int fd, bool write_, void *buf, size_t len, uint64_t off,
+               const char *path, char *err, size_t errlen);
+/* Make [off, off+len) read as zeros: punch a file, zero-out a device,
+ * write zeros where neither works. */
+int restore_zero(int fd, bool blockdev, uint64_t off, uint64_t len,
+                 const char *path, char *err, size_t errlen);
+
 #endif

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "diffstream.h"
 #include "format.h"
 
 #define STORE_CHAIN_MAX 64u          /* deltas before a full map again */
@@ -85,6 +86,18 @@ int map_diff(const struct store_map *a, const struct store_map *b,
  * *out malloc'd (NUL-terminated). */
 int store_diff_text(struct store *s, uint64_t a, uint64_t b, bool json,
                     char **out, size_t *outlen, char *err, size_t errlen);
+/* The diff stream (docs/STORE.md, "Diff streams") from snapshot a (0: an
+ * empty volume; the stream then describes every block) to snapshot b,
+ * handed to fn in pieces: fn returns 0 or a negative errno, which stops
+ * the stream (then without its END record). */
+typedef int (*store_stream_fn)(const void *buf, size_t len, void *arg);
+struct store_diff_stream_stats {
+  uint64_t records, data_bytes, zero_bytes, stream_bytes;
+};
+int store_diff_stream(struct store *s, uint64_t a, uint64_t b,
+                      store_stream_fn fn, void *arg,
+                      struct store_diff_stream_stats *st, char *err,
+                      size_t errlen);
 
 /* ---- writer.c: taking a snapshot ---- */
 struct snap_meta {
@@ -166,5 +179,22 @@ struct restore_stats {
  * written. */
 int store_restore(struct store *s, uint64_t id, const char *path,
                   struct restore_stats *st, char *err, size_t errlen);
+
+/* ---- apply-diff.c: a diff stream onto a file or device, no store ---- */
+struct apply_diff_stats {
+  struct diffstream_header hdr;
+  uint64_t target_size;         /* before */
+  uint64_t records, data_bytes, zero_bytes, stream_bytes;
+};
+/* Called once the stream's header is known good and the target open. */
+typedef void (*apply_diff_header_fn)(const struct diffstream_header *h,
+                                     void *arg);
+/* Read the stream from in_fd (named in_name in messages) to its end and
+ * apply it to path (created when the stream is from an empty volume);
+ * synced before 0 is returned.  Else a negative errno and a message
+ * saying what was wrong, where, and whether the target was changed. */
+int apply_diff(int in_fd, const char *in_name, const char *path,
+               apply_diff_header_fn on_header, void *arg,
+               struct apply_diff_stats *st, char *err, size_t errlen);
 
 #endif
