@@ -1,7 +1,8 @@
 /* duplex-store: list, read, diff, restore, verify, serve and delete the
- * snapshots of a store, with no agent running (docs/STORE.md).  Exit 0 on
- * success, 1 when the operation failed (or verify found problems), 2 on
- * bad usage. */
+ * snapshots of a store, with no agent running (docs/STORE.md); and apply
+ * a diff stream to a copy of a snapshot elsewhere, with no store at all.
+ * Exit 0 on success, 1 when the operation failed (or verify found
+ * problems), 2 on bad usage. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -34,6 +36,7 @@ usage(FILE *out)
 {
   fprintf(out,
 "Usage: duplex-store --store DIR COMMAND [ARGS...]\n"
+"       duplex-store apply-diff --to PATH [--in FILE]\n"
 "\n"
 "Reads and maintains a duplex snapshot store (duplex-secondary\n"
 "--snapshot-store DIR) with no agent running.  Read commands fail while a\n"
@@ -44,6 +47,11 @@ usage(FILE *out)
 "  restore ID --to PATH      write snapshot ID to a file or block device;\n"
 "                            blocks that already match are not written\n"
 "  diff ID1 ID2 [--json]     byte ranges whose contents differ\n"
+"  diff ID1 ID2 --stream [--out FILE]\n"
+"                            the same ranges with ID2's contents as a diff\n"
+"                            stream (binary, checksummed) for apply-diff, to\n"
+"                            stdout (never a terminal) or FILE; ID1 0: every\n"
+"                            block of ID2, to seed a new copy\n"
 "  verify [ID]               re-read and re-hash every stored block of one\n"
 "                            or all snapshots; report what is missing or\n"
 "                            damaged (exit 1 if anything is)\n"
@@ -61,9 +69,14 @@ usage(FILE *out)
 "                            and written to FILE.port.  Writers (import,\n"
 "                            delete, gc, a duplex-secondary) cannot open\n"
 "                            the store meanwhile\n"
+"  apply-diff --to PATH [--in FILE]\n"
+"                            apply a diff stream (stdin, or FILE) to a copy\n"
+"                            of snapshot ID1 (a file or block device), which\n"
+"                            then holds ID2; needs no --store.  A damaged or\n"
+"                            cut stream is refused (exit 1, saying where)\n"
 "\n"
 "Options:\n"
-"  --store DIR   the store directory\n"
+"  --store DIR   the store directory (not for apply-diff)\n"
 "  -h, --help    this help;  -V, --version\n");
 }
 
@@ -149,6 +162,138 @@ cmd_diff(struct store *s, uint64_t a, uint64_t b, bool json)
     return fail("%s", err);
   fwrite(text, 1, len, stdout);
   free(text);
+  return 0;
+}
+
+static int
+stream_write(const void *buf, size_t len, void *arg)
+{
+  errno = 0;
+  if (fwrite(buf, 1, len, arg) != len)
+    return errno ? -errno : -EIO;
+  return 0;
+}
+
+/* The stream goes out through a 1 MiB stdio buffer; a regular file is
+ * synced before success, and removed after a failure (a partial stream
+ * would be refused anyway). */
+static int
+cmd_diff_stream(struct store *s, uint64_t a, uint64_t b, const char *out)
+{
+  struct store_diff_stream_stats st;
+  const char *name = out ? out : "stdout";
+  struct stat sb;
+  char err[1024];
+  bool regular;
+  FILE *f = stdout;
+  int rc;
+
+  /* A reader that went away is an error message, not a silent SIGPIPE. */
+  signal(SIGPIPE, SIG_IGN);
+  if (out && !(f = fopen(out, "wb")))
+    return fail("diff --stream: --out %s: %s", out, strerror(errno));
+  setvbuf(f, NULL, _IOFBF, 1u << 20);
+  regular = fstat(fileno(f), &sb) == 0 && S_ISREG(sb.st_mode);
+  rc = store_diff_stream(s, a, b, stream_write, f, &st, err, sizeof err);
+  if (rc == 0 && (fflush(f) == EOF ||
+                  (regular && fsync(fileno(f)) == -1))) {
+    rc = -errno;
+    snprintf(err, sizeof err, "cannot write the stream: %s", strerror(-rc));
+  }
+  if (out && fclose(f) == EOF && rc == 0) {
+    rc = -errno;
+    snprintf(err, sizeof err, "cannot write the stream: %s", strerror(-rc));
+  }
+  if (rc < 0) {
+    if (out && regular)
+      unlink(out);
+    return fail("diff %" PRIu64 " %" PRIu64 " --stream to %s: %s%s", a, b,
+                name, err, out && regular ? " (the partial file was "
+                "removed)" : rc == -EPIPE ? " (the reading side stopped: "
+                "see its message)" : "");
+  }
+  if (out)
+    printf("wrote the diff stream from %s%" PRIu64 " to snapshot %" PRIu64
+           " to %s: %" PRIu64 " records, %" PRIu64 " bytes of data, %"
+           PRIu64 " bytes zeroed, %" PRIu64 " bytes in all\n",
+           a ? "snapshot " : "", a, b, out, st.records, st.data_bytes,
+           st.zero_bytes, st.stream_bytes);
+  return 0;
+}
+
+/* "snapshot 7 (taken 2024-05-01T10:00:00Z)" */
+static void
+snap_label(uint64_t id, uint64_t created_ns, char *out, size_t outlen)
+{
+  char when[32];
+
+  rfc3339(created_ns, when, sizeof when);
+  snprintf(out, outlen, "snapshot %" PRIu64 " (taken %s)", id, when);
+}
+
+/* ", volume UUID" when the snapshot has one (an import has none). */
+static void
+volume_label(const uint8_t uuid[16], char *out, size_t outlen)
+{
+  char u[37];
+
+  out[0] = '\0';
+  if (util_is_zero(uuid, 16))
+    return;
+  util_uuid_format(uuid, u);
+  snprintf(out, outlen, ", volume %s", u);
+}
+
+static void
+apply_header(const struct diffstream_header *h, void *arg)
+{
+  const char *to = arg;
+  char from[96], dest[96], store_uuid[37], vol[64], vol_from[64] = "";
+  char size[32];
+
+  snap_label(h->from_id, h->from_created_ns, from, sizeof from);
+  snap_label(h->to_id, h->to_created_ns, dest, sizeof dest);
+  util_uuid_format(h->store_uuid, store_uuid);
+  volume_label(h->to_volume_uuid, vol, sizeof vol);
+  if (memcmp(h->from_volume_uuid, h->to_volume_uuid, 16) != 0)
+    volume_label(h->from_volume_uuid, vol_from, sizeof vol_from);
+  util_format_bytes(h->volume_size, size, sizeof size);
+  if (h->from_id)
+    printf("applying the diff from %s%s to %s of store %s%s (%s) to %s\n",
+           from, vol_from, dest, store_uuid, vol, size, to);
+  else
+    printf("applying all of %s of store %s%s (%s) to %s\n", dest,
+           store_uuid, vol, size, to);
+  fflush(stdout);
+}
+
+static int
+cmd_apply_diff(const char *to, const char *in)
+{
+  struct apply_diff_stats st;
+  const char *name = in ? in : "stdin";
+  uint64_t t0 = util_now_ms();
+  char err[2048];
+  int fd = STDIN_FILENO, rc;
+
+  if (in && (fd = open(in, O_RDONLY | O_CLOEXEC)) == -1)
+    return fail("apply-diff: --in %s: %s", in, strerror(errno));
+  if (!in && isatty(fd))
+    return fail("apply-diff: the diff stream is read from stdin, which is a "
+                "terminal: pipe it in (duplex-store --store DIR diff ID1 ID2 "
+                "--stream | duplex-store apply-diff --to PATH) or give "
+                "--in FILE");
+  rc = apply_diff(fd, name, to, apply_header, (void *)to, &st, err,
+                  sizeof err);
+  if (in)
+    close(fd);
+  if (rc < 0)
+    return fail("apply-diff: %s", err);
+  printf("applied in %.3f s: %" PRIu64 " records, %" PRIu64 " bytes "
+         "written, %" PRIu64 " bytes zeroed, %" PRIu64 " stream bytes; %s "
+         "holds snapshot %" PRIu64 " now\n",
+         (double)(util_now_ms() - t0) / 1000, st.records, st.data_bytes,
+         st.zero_bytes, st.stream_bytes, to, st.hdr.to_id);
   return 0;
 }
 
@@ -436,13 +581,16 @@ main(int argc, char **argv)
     { "name", required_argument, NULL, 'n' },
     { "nbd", required_argument, NULL, 'N' },
     { "pidfile", required_argument, NULL, 'p' },
+    { "stream", no_argument, NULL, 'S' },
+    { "out", required_argument, NULL, 'o' },
+    { "in", required_argument, NULL, 'i' },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, 'V' },
     { NULL, 0, NULL, 0 },
   };
   const char *dir = NULL, *to = NULL, *name = NULL, *cmd;
-  const char *nbd = NULL, *pidfile = NULL;
-  bool json = false, write_ = false, create = false;
+  const char *nbd = NULL, *pidfile = NULL, *out = NULL, *in = NULL;
+  bool json = false, write_ = false, create = false, stream = false;
   struct endpoint ep;
   struct store *s = NULL;
   uint64_t a = 0, b = 0;
@@ -460,6 +608,9 @@ main(int argc, char **argv)
     case 'n': name = optarg; break;
     case 'N': nbd = optarg; break;
     case 'p': pidfile = optarg; break;
+    case 'S': stream = true; break;
+    case 'o': out = optarg; break;
+    case 'i': in = optarg; break;
     case 'h': usage(stdout); return 0;
     case 'V': printf("duplex-store %s\n", DUPLEX_VERSION); return 0;
     case ':':
@@ -472,10 +623,29 @@ main(int argc, char **argv)
       return EXIT_USAGE;
     }
   }
+  /* apply-diff runs where there is no store, only the stream and the
+   * target. */
+  if (optind < argc && strcmp(argv[optind], "apply-diff") == 0) {
+    const char *bad = dir ? "--store" : json ? "--json" : stream ? "--stream"
+                      : out ? "--out" : name ? "--name" : nbd ? "--nbd"
+                      : pidfile ? "--pidfile" : NULL;
+    if (argc - optind > 1 || !to) {
+      fprintf(stderr, "duplex-store: apply-diff: expected --to PATH [--in "
+              "FILE] and no other arguments\n");
+      return EXIT_USAGE;
+    }
+    if (bad) {
+      fprintf(stderr, "duplex-store: apply-diff: %s is not an option of "
+              "apply-diff (it needs no store: only the stream and --to "
+              "PATH)\n", bad);
+      return EXIT_USAGE;
+    }
+    return cmd_apply_diff(to, in);
+  }
   if (!dir || optind >= argc) {
     fprintf(stderr, "duplex-store: %s\n", !dir ? "--store DIR is required"
             : "a command is required (list, restore, diff, verify, delete, "
-              "import, gc, serve)");
+              "import, gc, serve, apply-diff)");
     return EXIT_USAGE;
   }
   cmd = argv[optind];
@@ -499,11 +669,29 @@ main(int argc, char **argv)
       }
     } else if (strcmp(cmd, "diff") == 0) {
       WANT(2, "two snapshot ids");
-      if (parse_id(pos[0], &a) == -1 || parse_id(pos[1], &b) == -1) {
+      /* ID1 0: from an empty volume, every block of ID2 (streams only) */
+      if ((!(stream && strcmp(pos[0], "0") == 0) &&
+           parse_id(pos[0], &a) == -1) || parse_id(pos[1], &b) == -1) {
         fprintf(stderr, "duplex-store: diff: snapshot ids are positive "
-                "numbers (see list)\n");
+                "numbers (see list)%s\n", stream ? "; ID1 may be 0 (every "
+                "block of ID2)" : "");
         return EXIT_USAGE;
       }
+      if (stream && json) {
+        fprintf(stderr, "duplex-store: diff: --stream and --json exclude "
+                "each other\n");
+        return EXIT_USAGE;
+      }
+      if (out && !stream) {
+        fprintf(stderr, "duplex-store: diff: --out FILE goes with "
+                "--stream\n");
+        return EXIT_USAGE;
+      }
+      if (stream && !out && isatty(STDOUT_FILENO))
+        return fail("diff --stream: refusing to write a binary stream to a "
+                    "terminal: pipe it (| duplex-store apply-diff --to PATH, "
+                    "| ssh HOST duplex-store apply-diff ...), redirect it, "
+                    "or give --out FILE");
     } else if (strcmp(cmd, "verify") == 0) {
       if (np > 1 || (np == 1 && parse_id(pos[0], &a) == -1)) {
         fprintf(stderr, "duplex-store: verify: expected at most one "
@@ -543,7 +731,17 @@ main(int argc, char **argv)
       }
     } else {
       fprintf(stderr, "duplex-store: unknown command \"%s\" (list, restore, "
-              "diff, verify, delete, import, gc, serve)\n", cmd);
+              "diff, verify, delete, import, gc, serve, apply-diff)\n", cmd);
+      return EXIT_USAGE;
+    }
+    if ((stream || out) && strcmp(cmd, "diff") != 0) {
+      fprintf(stderr, "duplex-store: %s: --stream and --out are options of "
+              "diff\n", cmd);
+      return EXIT_USAGE;
+    }
+    if (in) {
+      fprintf(stderr, "duplex-store: %s: --in is an option of apply-diff\n",
+              cmd);
       return EXIT_USAGE;
     }
     if ((nbd || pidfile) && strcmp(cmd, "serve") != 0) {
@@ -559,6 +757,8 @@ main(int argc, char **argv)
     rc = cmd_list(s, json);
   else if (strcmp(cmd, "restore") == 0)
     rc = cmd_restore(s, a, to);
+  else if (strcmp(cmd, "diff") == 0 && stream)
+    rc = cmd_diff_stream(s, a, b, out);
   else if (strcmp(cmd, "diff") == 0)
     rc = cmd_diff(s, a, b, json);
   else if (strcmp(cmd, "verify") == 0)
