@@ -22,11 +22,11 @@
 
 #define APPLY_READ (1u << 20)       /* bytes per read of the stream */
 
-struct apply {
+struct apply_diff_target {
   const char *path;
   int fd;
   bool blockdev;
-  bool touched;                 /* the target was changed (resized or written) */
+  bool touched;                 /* changed: resized or written */
   struct apply_diff_stats *st;
 };
 
@@ -34,8 +34,8 @@ struct apply {
  * is grown (or, when it has the from snapshot's size, shrunk); a device
  * must hold the volume. */
 static int
-apply_open(struct apply *a, const struct diffstream_header *h, char *err,
-           size_t errlen)
+apply_diff_open(struct apply_diff_target *a,
+                const struct diffstream_header *h, char *err, size_t errlen)
 {
   int flags = O_RDWR | O_CLOEXEC | (h->from_id == 0 ? O_CREAT : 0);
   struct stat sb;
@@ -102,8 +102,8 @@ apply_open(struct apply *a, const struct diffstream_header *h, char *err,
 }
 
 static int
-apply_record(struct apply *a, const struct diffstream_rec *r, char *err,
-             size_t errlen)
+apply_diff_record(struct apply_diff_target *a,
+                  const struct diffstream_rec *r, char *err, size_t errlen)
 {
   int rc;
 
@@ -126,7 +126,7 @@ apply_diff(int in_fd, const char *in_name, const char *path,
            apply_diff_header_fn on_header, void *arg,
            struct apply_diff_stats *st, char *err, size_t errlen)
 {
-  struct apply a = { .path = path, .fd = -1, .st = st };
+  struct apply_diff_target a = { .path = path, .fd = -1, .st = st };
   struct diffstream_dec *d = diffstream_dec_new();
   const struct diffstream_header *h = NULL;
   uint8_t *buf = malloc(APPLY_READ);
@@ -172,13 +172,13 @@ apply_diff(int in_fd, const char *in_name, const char *path,
         else
           snprintf(what, sizeof what, "stream of snapshot %" PRIu64
                    " (from an empty volume)", h->to_id);
-        if ((rc = apply_open(&a, h, sub, sizeof sub)) < 0)
+        if ((rc = apply_diff_open(&a, h, sub, sizeof sub)) < 0)
           break;
         if (on_header)
           on_header(h, arg);
         break;
       case DIFFSTREAM_RECORD:
-        rc = apply_record(&a, &rec, sub, sizeof sub);
+        rc = apply_diff_record(&a, &rec, sub, sizeof sub);
         break;
       case DIFFSTREAM_DONE:
         done = true;

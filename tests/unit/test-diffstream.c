@@ -483,7 +483,11 @@ stream_with(struct bb *b, const struct diffstream_header *h, records_fn fn,
 }
 
 static void r_past_end(struct bb *b) { raw_data(b, VOL, vol_data, BS); }
-static void r_straddle(struct bb *b) { raw_data(b, VOL - BS, vol_data, 2 * BS); }
+static void
+r_straddle(struct bb *b)
+{
+  raw_data(b, VOL - BS, vol_data, 2 * BS);
+}
 static void r_zero_huge(struct bb *b) { raw_zero(b, 0, UINT64_MAX - BS + 1); }
 static void r_zero_wrap(struct bb *b) { raw_zero(b, UINT64_MAX - BS + 1, BS); }
 static void r_zero_far(struct bb *b) { raw_zero(b, 1ull << 62, BS); }
