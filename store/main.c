@@ -227,7 +227,7 @@ snap_label(uint64_t id, uint64_t created_ns, char *out, size_t outlen)
 {
   char when[32];
 
-  rfc3339(created_ns, when, sizeof when);
+  snaplist_rfc3339(created_ns, when, sizeof when);
   snprintf(out, outlen, "snapshot %" PRIu64 " (taken %s)", id, when);
 }
 
