@@ -19,40 +19,14 @@
 #include <string.h>
 
 #include <cmocka.h>
+
+#include "bytebuf.h"
 #include <openssl/evp.h>
 
 #include "crc32c.h"
 #include "diffstream.h"
 
 /* ---- an independent encoder (docs/STORE.md) ---- */
-
-struct bb {
-  uint8_t *p;
-  size_t len, cap;
-};
-
-static void
-bb_bytes(struct bb *b, const void *src, size_t n)
-{
-  if (b->len + n > b->cap) {
-    b->cap = (b->len + n) * 2 + 64;
-    b->p = realloc(b->p, b->cap);
-    assert_non_null(b->p);
-  }
-  if (n)
-    memcpy(b->p + b->len, src, n);
-  b->len += n;
-}
-
-static void
-bb_le(struct bb *b, uint64_t v, unsigned n)
-{
-  uint8_t x[8];
-
-  for (unsigned i = 0; i < n; i++)
-    x[i] = (uint8_t)(v >> (8 * i));
-  bb_bytes(b, x, n);
-}
 
 /* The CRC-32C of the bytes from `from` on, appended. */
 static void

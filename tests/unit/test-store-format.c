@@ -17,38 +17,13 @@
 
 #include <cmocka.h>
 
+#include "bytebuf.h"
+
 #include "crc32c.h"
 #include "format.h"
 #include "util.h"
 
 /* ---- an independent encoder (docs/STORE.md) ---- */
-
-struct bb {
-  uint8_t *p;
-  size_t len, cap;
-};
-
-static void
-bb_bytes(struct bb *b, const void *src, size_t n)
-{
-  if (b->len + n > b->cap) {
-    b->cap = (b->len + n) * 2 + 64;
-    b->p = realloc(b->p, b->cap);
-    assert_non_null(b->p);
-  }
-  memcpy(b->p + b->len, src, n);
-  b->len += n;
-}
-
-static void
-bb_le(struct bb *b, uint64_t v, unsigned n)
-{
-  uint8_t x[8];
-
-  for (unsigned i = 0; i < n; i++)
-    x[i] = (uint8_t)(v >> (8 * i));
-  bb_bytes(b, x, n);
-}
 
 static void
 put_le32(uint8_t *p, uint32_t v)
