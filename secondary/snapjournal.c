@@ -2,8 +2,11 @@
  * of the secondary, beside the metadata file:
  *
  *   META.snapjobs     the snapshots being copied: id, metadata and the set
- *                     of blocks each holds (rewritten atomically: temp,
- *                     fsync, rename, fsync of the directory)
+ *                     of blocks each holds, as runs of set bits or as raw
+ *                     bitmap words, whichever is smaller (a full snapshot
+ *                     of 64 GiB is one run, not 2 MiB); rewritten
+ *                     atomically: temp, fsync, rename, fsync of the
+ *                     directory
  *   META.snapjournal  old contents of blocks in such a set that the apply
  *                     path overwrote, appended and fdatasync'ed before the
  *                     overwriting write is started
@@ -26,7 +29,10 @@
 
 #include "crc32c.h"
 
-#define JOBS_MAGIC "DXSJOBS1"
+#define JOBS_MAGIC "DXSJOBS2"
+#define JOBS_MAGIC_V1 "DXSJOBS1"       /* raw words only: still read */
+#define SET_RAW 0
+#define SET_RUNS 1
 #define REC_MAGIC 0x5344584au       /* "JXDS" */
 #define REC_HDR 24u                 /* magic, crc, id, block */
 
@@ -85,6 +91,56 @@ get64(const uint8_t *p)
 
 /* ---- the job list ---- */
 
+/* The runs of set bits of a bitmap image: with out NULL only counted. */
+static size_t
+set_runs(const uint64_t *w, size_t n_words, uint8_t *out)
+{
+  size_t runs = 0;
+  uint64_t bit = 0, nbits = (uint64_t)n_words * 64, start = 0;
+  bool in = false;
+
+  while (bit < nbits) {
+    uint64_t word = w[bit / 64];
+    if (bit % 64 == 0 && (word == 0 || word == ~0ull)) {
+      bool one = word != 0;
+      if (one && !in) {
+        in = true;
+        start = bit;
+      } else if (!one && in) {
+        if (out) {
+          put64(out + runs * 16, start);
+          put64(out + runs * 16 + 8, bit - start);
+        }
+        runs++;
+        in = false;
+      }
+      bit += 64;
+      continue;
+    }
+    bool one = (word >> (bit % 64)) & 1;
+    if (one && !in) {
+      in = true;
+      start = bit;
+    } else if (!one && in) {
+      if (out) {
+        put64(out + runs * 16, start);
+        put64(out + runs * 16 + 8, bit - start);
+      }
+      runs++;
+      in = false;
+    }
+    bit++;
+  }
+  if (in) {
+    if (out) {
+      put64(out + runs * 16, start);
+      put64(out + runs * 16 + 8, bit - start);
+    }
+    runs++;
+  }
+  return runs;
+}
+
 int
 snapjournal_save_jobs(struct snapjournal *j, const struct snapjournal_job *v,
                       size_t n, char *err, size_t errlen)
@@ -95,9 +151,15 @@ snapjournal_save_jobs(struct snapjournal *j, const struct snapjournal_job *v,
   uint32_t crc;
   int fd, dfd, rc = 0;
 
-  for (size_t i = 0; i < n; i++)
-    len += 8 + 8 + 8 + 8 + 8 + 1 + 1 + 1 + STORE_NAME_MAX + 1 + 16 + 8 +
-           v[i].n_words * 8;
+  size_t *runs = calloc(n ? n : 1, sizeof *runs);
+
+  if (!runs)
+    abort();
+  for (size_t i = 0; i < n; i++) {
+    runs[i] = set_runs(v[i].set_words, v[i].n_words, NULL);
+    len += 8 + 8 + 8 + 8 + 8 + 1 + 1 + 1 + STORE_NAME_MAX + 1 + 16 + 8 + 1 +
+           MIN(8 + runs[i] * 16, v[i].n_words * 8);
+  }
   len += 4;
   buf = calloc(1, len);
   if (!buf)
@@ -123,9 +185,19 @@ snapjournal_save_jobs(struct snapjournal *j, const struct snapjournal_job *v,
     off += 16;
     put64(buf + off, x->n_words);
     off += 8;
-    for (size_t w = 0; w < x->n_words; w++, off += 8)
-      put64(buf + off, x->set_words[w]);
+    if (8 + runs[i] * 16 < x->n_words * 8) {
+      buf[off++] = SET_RUNS;
+      put64(buf + off, runs[i]);
+      off += 8;
+      set_runs(x->set_words, x->n_words, buf + off);
+      off += runs[i] * 16;
+    } else {
+      buf[off++] = SET_RAW;
+      for (size_t w = 0; w < x->n_words; w++, off += 8)
+        put64(buf + off, x->set_words[w]);
+    }
   }
+  free(runs);
   crc = crc32c(0, buf, off);
   memcpy(buf + off, &crc, 4);
   off += 4;
@@ -165,6 +237,7 @@ snapjournal_load_jobs(struct snapjournal *j, struct snapjournal_job **out,
   size_t off, n;
   uint32_t crc;
   struct snapjournal_job *v;
+  bool v1;
   int fd = open(j->jobs_path, O_RDONLY | O_CLOEXEC);
 
   *out = NULL;
@@ -188,7 +261,8 @@ snapjournal_load_jobs(struct snapjournal *j, struct snapjournal_job **out,
   }
   close(fd);
   memcpy(&crc, buf + st.st_size - 4, 4);
-  if (memcmp(buf, JOBS_MAGIC, 8) != 0 ||
+  v1 = memcmp(buf, JOBS_MAGIC_V1, 8) == 0;
+  if ((!v1 && memcmp(buf, JOBS_MAGIC, 8) != 0) ||
       crc32c(0, buf, (size_t)st.st_size - 4) != crc) {
     free(buf);
     snprintf(err, errlen, "%s: damaged (bad magic or checksum)",
@@ -202,7 +276,8 @@ snapjournal_load_jobs(struct snapjournal *j, struct snapjournal_job **out,
   off = 16;
   for (size_t i = 0; i < n; i++) {
     struct snapjournal_job *x = &v[i];
-    if (off + 43 + STORE_NAME_MAX + 1 + 16 + 8 > (size_t)st.st_size - 4)
+    uint8_t enc;
+    if (off + 43 + STORE_NAME_MAX + 1 + 16 + 8 + 1 > (size_t)st.st_size - 4)
       goto bad;
     x->id = get64(buf + off);
     x->meta.created_ns = get64(buf + off + 8);
@@ -220,13 +295,40 @@ snapjournal_load_jobs(struct snapjournal *j, struct snapjournal_job **out,
     off += 16;
     x->n_words = get64(buf + off);
     off += 8;
-    if (x->n_words > ((size_t)st.st_size - 4 - off) / 8)
+    enc = v1 ? SET_RAW : buf[off++];
+    if (enc == SET_RUNS) {
+      uint64_t nruns, prev_end = 0;
+      /* the words: as many as the volume's size needs */
+      if (x->n_words != ((x->size + STORE_BLOCK - 1) / STORE_BLOCK + 63) / 64 ||
+          off + 8 > (size_t)st.st_size - 4)
+        goto bad;
+      nruns = get64(buf + off);
+      off += 8;
+      if (nruns > ((size_t)st.st_size - 4 - off) / 16)
+        goto bad;
+      x->set_words = calloc(x->n_words ? x->n_words : 1, 8);
+      if (!x->set_words)
+        abort();
+      for (uint64_t r = 0; r < nruns; r++, off += 16) {
+        uint64_t start = get64(buf + off), count = get64(buf + off + 8);
+        if (start < prev_end || count == 0 ||
+            count > (uint64_t)x->n_words * 64 - start)
+          goto bad;
+        for (uint64_t b = start; b < start + count; b++)
+          x->set_words[b / 64] |= 1ull << (b % 64);
+        prev_end = start + count;
+      }
+    } else if (enc == SET_RAW) {
+      if (x->n_words > ((size_t)st.st_size - 4 - off) / 8)
+        goto bad;
+      x->set_words = malloc((x->n_words ? x->n_words : 1) * 8);
+      if (!x->set_words)
+        abort();
+      for (size_t w = 0; w < x->n_words; w++, off += 8)
+        x->set_words[w] = get64(buf + off);
+    } else {
       goto bad;
-    x->set_words = malloc((x->n_words ? x->n_words : 1) * 8);
-    if (!x->set_words)
-      abort();
-    for (size_t w = 0; w < x->n_words; w++, off += 8)
-      x->set_words[w] = get64(buf + off);
+    }
     x->meta.id = x->id;
   }
   free(buf);
