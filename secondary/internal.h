@@ -327,6 +327,7 @@ void snap_replica_ready(struct snapmgr *m);  /* the replica was opened */
 void snap_tick(struct snapmgr *m);           /* schedule, retries */
 bool snap_enabled(const struct snapmgr *m);
 bool snap_busy(const struct snapmgr *m);
+void snap_status_text(const struct snapmgr *m, struct evbuffer *out);
 void snap_status_json(const struct snapmgr *m, struct json *j);
 /* Complete snapshots, then copying ones; *out malloc'd. */
 size_t snap_list(const struct snapmgr *m, struct snap_info **out);

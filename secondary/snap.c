@@ -1366,6 +1366,39 @@ snap_status_json(const struct snapmgr *m, struct json *j)
   json_obj_end(j);
 }
 
+/* One line of `status`: "snapshots:   ..." (nothing without a store). */
+void
+snap_status_text(const struct snapmgr *m, struct evbuffer *out)
+{
+  const struct snap_job *job;
+  char bytes[32], when[32] = "none yet";
+  unsigned copying = 0;
+
+  if (!snap_enabled(m)) {
+    evbuffer_add_printf(out, "snapshots:   off (no --snapshot-store)\n");
+    return;
+  }
+  util_format_bytes(m->store_bytes, bytes, sizeof bytes);
+  if (m->last_ms_wall) {
+    time_t t = (time_t)(m->last_ms_wall / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  }
+  TAILQ_FOREACH(job, &m->jobs, q)
+    copying += snapjob_live(job);
+  evbuffer_add_printf(out, "snapshots:   %zu, store %s (%s), last taken "
+                      "%s", m->n_list, m->store_dir, bytes, when);
+  job = TAILQ_FIRST(&m->jobs);
+  if (job && snapjob_live(job))
+    evbuffer_add_printf(out, "; copying %u (snapshot %" PRIu64 ": %" PRIu64
+                        " of %" PRIu64 " blocks)", copying, job->id,
+                        job->stored, job->total);
+  if (m->failed)
+    evbuffer_add_printf(out, "; %" PRIu64 " failed", m->failed);
+  evbuffer_add_printf(out, "\n");
+}
+
 /* The snapshots for `snapshot list`: those in the store, then those still
  * copying. */
 size_t

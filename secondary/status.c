@@ -249,6 +249,7 @@ status_human(const struct secondary *s, const struct status_view *v,
   evbuffer_add_printf(out, "traffic:     %s sent, %s received\n", sent,
                       recv);
   status_human_gen(s, out);
+  snap_status_text(s->snap, out);
   evbuffer_add_printf(out, "last error:  %s\n",
                       st->last_error[0] != '\0' ? st->last_error : "none");
 }

@@ -96,6 +96,11 @@ PY
         "[ \"\$(status_json $SEC | jq '.snapshots.copying')\" = 0 ]"
     status_json "$SEC" | jq -e '.snapshots.count == 8' >/dev/null ||
         fail "$mode: the secondary lists $(status_json "$SEC" | jq .snapshots.count) snapshots, 8 expected"
+    # the text status says the same: count, store, last time
+    "$DUPLEXCTL" --control "$TESTDIR/$SEC.ctl" status >status.txt ||
+        fail "$mode: status failed"
+    grep -Eq "^snapshots: +8, store $TESTDIR/S.* \([0-9.]+ [KMG]iB\), last taken 20[0-9-]+T[0-9:]+Z$" status.txt ||
+        fail "$mode: the text status does not show the snapshots: $(grep snapshots status.txt)"
     "$DUPLEXCTL" --control "$TESTDIR/$SEC.ctl" snapshot list --json >"$TESTDIR/list.$mode" ||
         fail "$mode: snapshot list failed"
     jq -e 'length == 8 and all(.[]; .state == "complete" and .reason == "manual"
