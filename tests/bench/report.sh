@@ -392,6 +392,13 @@ EOF
         report_resync
         report_cpu
         report_memory
+        # The snapshot benchmark is a script of its own
+        # (tests/bench/bench-snapshot.sh); its section, written by hand
+        # from that script's output, survives regeneration here.
+        if [ -s "$DUPLEX_SRC/docs/benchmarks-snapshot.md" ]; then
+            printf '\n'
+            cat "$DUPLEX_SRC/docs/benchmarks-snapshot.md"
+        fi
         # Hand-written explanations (e.g. why a target is not met on this
         # machine) survive regeneration in a file of their own.
         if [ -s "$DUPLEX_SRC/docs/benchmarks-notes.md" ]; then
