@@ -60,8 +60,8 @@
 #define SNAP_COPY_INFLIGHT 8u
 #define SNAP_QUEUE_MAX 4096u           /* blocks queued for the store thread */
 
-enum task_kind { T_BEGIN, T_BLOCK, T_COMMIT, T_ABORT, T_DELETE, T_LIST,
-                 T_DIFF, T_STOP };
+enum task_kind { T_BEGIN, T_BLOCK, T_ZERO, T_COMMIT, T_ABORT, T_DELETE,
+                 T_LIST, T_DIFF, T_STOP };
 
 struct snap_job;
 
@@ -69,6 +69,7 @@ struct task {
   enum task_kind kind;
   struct snap_job *job;
   uint64_t block;
+  uint64_t count;               /* T_ZERO: blocks from block on */
   uint64_t id;                  /* T_DELETE */
   uint8_t *data;                /* T_BLOCK: STORE_BLOCK bytes, owned */
   void *req;                    /* T_DELETE: the control reply */
@@ -257,6 +258,12 @@ thr_run(struct snapmgr *m, struct task *t)
     t->rc = store_writer_block(j->w, t->block, t->data, t->err,
                                sizeof t->err);
     break;
+  case T_ZERO:
+    if (!j->w)
+      break;
+    t->rc = store_writer_zero(j->w, t->block, t->count, t->err,
+                              sizeof t->err);
+    break;
   case T_COMMIT:
     if (!j->w) {
       t->rc = -ECANCELED;
@@ -328,7 +335,7 @@ thr_main(void *arg)
       continue;
     }
     retry = t->kind == T_COMMIT || t->kind == T_ABORT ||
-            (t->kind == T_BLOCK && t->rc < 0);
+            ((t->kind == T_BLOCK || t->kind == T_ZERO) && t->rc < 0);
     free(t->data);
     t->data = NULL;
     pthread_mutex_lock(&m->mu);
@@ -518,9 +525,11 @@ snap_done_cb(evutil_socket_t fd, short what, void *arg)
       j->tasks--;
     switch (t->kind) {
     case T_BLOCK:
-      m->queued_blocks--;
+    case T_ZERO:
+      if (t->kind == T_BLOCK)
+        m->queued_blocks--;
       if (j && job_find(m, j)) {
-        j->stored++;
+        j->stored += t->kind == T_ZERO ? t->count : 1;
         if (t->rc < 0 && j->state != JOB_FAILED)
           job_fail(m, j, t->err);
       }
@@ -717,6 +726,53 @@ read_start(struct snapmgr *m, struct snap_read *r)
             r->off, read_done_cb, r);
 }
 
+/* How much of [off, off+len) from off on is a hole of the replica
+ * (SEEK_DATA; 0 where that cannot be told). */
+static uint64_t
+copier_hole(struct snapmgr *m, uint64_t off, uint64_t len)
+{
+  off_t d = lseek(replica_fd(m->s->replica), (off_t)off, SEEK_DATA);
+
+  if (d < 0)
+    return errno == ENXIO ? len : 0;    /* ENXIO: no data after off */
+  if ((uint64_t)d <= off)
+    return 0;
+  return MIN((uint64_t)d - off, len) & ~(uint64_t)(STORE_BLOCK - 1);
+}
+
+/* A hole of the replica in a pending run: claimed and handed to the store
+ * thread as zero ranges, nothing read.  The blocks were not written since
+ * their snapshot was taken (a write claims them first), so they were zero
+ * then too. */
+static void
+copier_take_hole(struct snapmgr *m, uint64_t off, uint64_t len)
+{
+  uint64_t n = len / STORE_BLOCK, i = 0;
+  struct snap_job **owner = calloc(n, sizeof *owner);
+
+  if (!owner)
+    abort();
+  snapjobs_claim(&m->jobs, off, len, owner);
+  while (i < n) {
+    uint64_t k = i + 1;
+    struct task *t;
+    if (!owner[i]) {
+      i++;
+      continue;
+    }
+    while (k < n && owner[k] == owner[i])
+      k++;
+    for (uint64_t x = i; x < k; x++)
+      owner[x]->reads--;
+    t = task_new(T_ZERO, owner[i]);
+    t->block = off / STORE_BLOCK + i;
+    t->count = k - i;
+    task_post(m, t);
+    i = k;
+  }
+  free(owner);
+}
+
 static void
 snap_copier_kick(struct snapmgr *m)
 {
@@ -725,13 +781,22 @@ snap_copier_kick(struct snapmgr *m)
   if (!replica_is_open(m->s->replica))
     return;
   TAILQ_FOREACH(j, &m->jobs, q) {
-    uint64_t off, len;
+    uint64_t off, len, hole;
     if (j->state != JOB_COPYING)
       continue;
+    /* j->copy_from: every pending block before it is claimed (pending
+     * only shrinks), so the search does not start over each time. */
     while (m->copier_reads < SNAP_COPY_INFLIGHT &&
            m->queued_blocks < SNAP_QUEUE_MAX &&
            (!m->copy_rate || m->copy_budget > 0) &&
-           bitmap_next_run(j->pending, 0, SNAP_COPY_CHUNK, &off, &len)) {
+           bitmap_next_run(j->pending, j->copy_from, SNAP_COPY_CHUNK, &off,
+                           &len)) {
+      if ((hole = copier_hole(m, off, len)) > 0) {
+        copier_take_hole(m, off, hole);
+        j->copy_from = off + hole;
+        continue;
+      }
+      j->copy_from = off + len;
       m->copy_budget -= (int64_t)len;
       struct snap_read *r = calloc(1, sizeof *r);
       if (!r)

@@ -173,10 +173,9 @@ bool
 snapjobs_may_commit(const struct snap_jobq *q, const struct snap_job *j)
 {
   const struct snap_job *x;
-  uint64_t off, len;
 
   if (j->state != JOB_COPYING || j->reads > 0 ||
-      bitmap_next_run(j->pending, 0, STORE_BLOCK, &off, &len))
+      bitmap_dirty_bytes(j->pending) != 0)
     return false;
   for (x = TAILQ_FIRST(q); x && x != j; x = TAILQ_NEXT(x, q))
     if (x->state == JOB_COPYING)

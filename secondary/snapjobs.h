@@ -30,6 +30,7 @@ struct snap_job {
   bool resumed;                 /* from before a restart */
   uint64_t total, claimed;      /* blocks */
   uint64_t stored;              /* blocks the store thread took */
+  uint64_t copy_from;           /* the copier's search starts here */
   unsigned reads;               /* claimed reads in flight */
   unsigned tasks;               /* its tasks the store thread has not
                                    given back: it is freed after them */
