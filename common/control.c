@@ -3,7 +3,8 @@
  * and handed to the agent's control_fn; the reply is "OK\n" or "ERR\n" and
  * a body, then the connection is closed once the reply is flushed.  A reply
  * may be deferred (control_defer / control_finish): the client then waits,
- * at most CONTROL_TIMEOUT_SEC, like for any reply. */
+ * at most CONTROL_TIMEOUT_SEC, like for any reply, or as long as the
+ * command said (control_defer_for). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -154,12 +155,29 @@ control_late_cb(evutil_socket_t fd, short what, void *arg)
                 "not respond");
 }
 
+bool
+control_flushing(const struct control *c)
+{
+  const struct control_client *cl;
+
+  LIST_FOREACH(cl, &c->clients, link)
+    if (evbuffer_get_length(bufferevent_get_output(cl->bev)) > 0)
+      return true;
+  return false;
+}
+
 struct control_pending *
 control_defer(struct control *c)
 {
+  return control_defer_for(c, CONTROL_TIMEOUT_SEC);
+}
+
+struct control_pending *
+control_defer_for(struct control *c, unsigned seconds)
+{
   struct control_pending *p = calloc(1, sizeof *p);
   struct control_client *cl = c->running;
-  struct timeval tv = { CONTROL_TIMEOUT_SEC, 0 };
+  struct timeval tv = { (time_t)seconds, 0 };
 
   if (!p || !cl)
     abort();                    /* only inside control_fn */

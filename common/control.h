@@ -23,6 +23,10 @@ struct control_pending;
 /* Inside control_fn only: the reply to the command being run will be given
  * by control_finish.  Never NULL. */
 struct control_pending *control_defer(struct control *c);
+/* The same, for a command that may take up to `seconds` (the client must
+ * wait as long: e.g. duplexctl demote --timeout). */
+struct control_pending *control_defer_for(struct control *c,
+                                          unsigned seconds);
 /* Send the deferred reply (ok: "OK", else "ERR") with body (may be NULL)
  * and free p.  A client that went away meanwhile is not an error. */
 void control_finish(struct control_pending *p, bool ok,
@@ -32,5 +36,8 @@ struct control *control_new(struct event_base *base, const char *path,
                             control_fn fn, void *opaque, char *err,
                             size_t errlen);
 void control_free(struct control *c); /* closes clients, unlinks path */
+/* A reply is still being written to some client (an agent about to exit
+ * lets it go out first). */
+bool control_flushing(const struct control *c);
 
 #endif

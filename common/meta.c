@@ -42,10 +42,12 @@
 #define META_OFF_GRAIN 60
 #define META_OFF_BITS 64
 #define META_OFF_GEN 72 /* current, bitmap, history[] */
+#define META_OFF_HANDOVER (META_OFF_GEN + 8 * (2 + GEN_HISTORY))
 
 #define META_FLAG_CONSISTENT 1u
 #define META_FLAG_CLEAN 2u
 #define META_FLAG_DISCARD_LOCAL 4u
+#define META_FLAG_HANDOVER 8u
 
 #define META_AL_MAGIC "DPXAL001"
 #define META_AL_OFF_CRC 8
@@ -54,7 +56,7 @@
 #define META_AL_OFF_SHIFT 24
 #define META_AL_OFF_EXTENTS 32
 
-_Static_assert(META_OFF_GEN + 8 * (2 + GEN_HISTORY) <= META_SLOT_SIZE,
+_Static_assert(META_OFF_HANDOVER + 8 <= META_SLOT_SIZE,
                "superblock fits its slot");
 _Static_assert(META_AL_OFF_EXTENTS + 8 * META_AL_MAX <= META_SLOT_SIZE,
                "activity log fits its slot");
@@ -121,7 +123,8 @@ meta_sb_encode(const struct meta_sb *sb, uint64_t seq, uint8_t *slot)
 {
   uint32_t flags = (sb->consistent ? META_FLAG_CONSISTENT : 0) |
                    (sb->clean_shutdown ? META_FLAG_CLEAN : 0) |
-                   (sb->discard_local ? META_FLAG_DISCARD_LOCAL : 0);
+                   (sb->discard_local ? META_FLAG_DISCARD_LOCAL : 0) |
+                   (sb->handover ? META_FLAG_HANDOVER : 0);
 
   memset(slot, 0, META_SLOT_SIZE);
   meta_put64(slot + META_OFF_MAGIC, META_MAGIC);
@@ -138,6 +141,7 @@ meta_sb_encode(const struct meta_sb *sb, uint64_t seq, uint8_t *slot)
   meta_put64(slot + META_OFF_GEN + 8, sb->gen.bitmap);
   for (int i = 0; i < GEN_HISTORY; i++)
     meta_put64(slot + META_OFF_GEN + 16 + 8 * i, sb->gen.history[i]);
+  meta_put64(slot + META_OFF_HANDOVER, sb->handover_ms);
   meta_put32(slot + META_OFF_CRC, meta_slot_crc(slot, META_OFF_CRC));
 }
 
@@ -162,12 +166,14 @@ meta_sb_decode(const uint8_t *slot, size_t len, struct meta_sb *sb,
   sb->consistent = flags & META_FLAG_CONSISTENT;
   sb->clean_shutdown = flags & META_FLAG_CLEAN;
   sb->discard_local = flags & META_FLAG_DISCARD_LOCAL;
+  sb->handover = flags & META_FLAG_HANDOVER;
   sb->bitmap_grain = meta_get32(slot + META_OFF_GRAIN);
   sb->bitmap_bits = meta_get64(slot + META_OFF_BITS);
   sb->gen.current = meta_get64(slot + META_OFF_GEN);
   sb->gen.bitmap = meta_get64(slot + META_OFF_GEN + 8);
   for (int i = 0; i < GEN_HISTORY; i++)
     sb->gen.history[i] = meta_get64(slot + META_OFF_GEN + 16 + 8 * i);
+  sb->handover_ms = meta_get64(slot + META_OFF_HANDOVER);
   *seq = meta_get64(slot + META_OFF_SEQ);
   return 0;
 }

@@ -45,6 +45,11 @@ struct meta_sb {
   bool clean_shutdown;
   bool discard_local;      /* operator asked to discard local changes at the
                               next connect */
+  bool handover;           /* a planned switchover (demote) ended with both
+                              sides holding the same data: the primary that
+                              demoted, and the secondary that may now be
+                              promoted with nothing to resync */
+  uint64_t handover_ms;    /* when (Unix ms); kept after the flag clears */
   struct gen_ids gen;
   uint32_t bitmap_grain;   /* volume bytes per bitmap bit */
   uint64_t bitmap_bits;    /* bits in the bitmap area; owned by

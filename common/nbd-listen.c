@@ -175,6 +175,31 @@ fail:
 }
 
 void
+nbd_listen_stop(struct nbd_listen *l)
+{
+  if (l->listener == NULL)
+    return;
+  evconnlistener_free(l->listener);
+  l->listener = NULL;
+  evtimer_del(l->retry);
+  if (l->unix_path[0] != '\0' && unlink(l->unix_path) == -1 &&
+      errno != ENOENT)
+    log_warn("nbd %s: cannot remove the socket: %m", l->where);
+  l->unix_path[0] = '\0';
+}
+
+void
+nbd_listen_foreach(struct nbd_listen *l, void (*fn)(void *conn))
+{
+  struct nbd_listen_conn *lc, *next;
+
+  for (lc = TAILQ_FIRST(&l->conns); lc != NULL; lc = next) {
+    next = TAILQ_NEXT(lc, link);
+    fn(lc->conn);
+  }
+}
+
+void
 nbd_listen_free(struct nbd_listen *l)
 {
   struct nbd_listen_conn *lc;
@@ -182,11 +207,8 @@ nbd_listen_free(struct nbd_listen *l)
 
   if (l == NULL)
     return;
-  evconnlistener_free(l->listener);
+  nbd_listen_stop(l);
   event_free(l->retry);
-  if (l->unix_path[0] != '\0' && unlink(l->unix_path) == -1 &&
-      errno != ENOENT)
-    log_warn("nbd %s: cannot remove the socket: %m", l->where);
   /* Out of the set first: the shutdown may free the connection. */
   while ((lc = TAILQ_FIRST(&l->conns)) != NULL) {
     conn = lc->conn;

@@ -50,6 +50,10 @@ int nbd_listen_new(struct event_base *base, const struct endpoint *ep,
 /* Stop listening, remove a unix socket, and shut down every connection
  * still in the set. */
 void nbd_listen_free(struct nbd_listen *l);
+/* Stop accepting and remove a unix socket; the connections stay. */
+void nbd_listen_stop(struct nbd_listen *l);
+/* fn(conn) for each connection in the set; fn may take its own out. */
+void nbd_listen_foreach(struct nbd_listen *l, void (*fn)(void *conn));
 
 /* Put conn, whose entry is lc, in l's set / take it out (nothing if it
  * is not in one: a connection closing after nbd_listen_free). */

@@ -208,7 +208,7 @@ util_parse_endpoint(const char *s, struct endpoint *out, char *err,
   return util_parse_port(colon + 1, s, out, err, errlen);
 }
 
-static void
+void
 util_endpoint_str(const struct endpoint *ep, char *out, size_t outlen)
 {
   if (ep->is_unix)
@@ -423,6 +423,25 @@ util_local_port(int fd)
 }
 
 uint64_t
+util_wall_ns(void)
+{
+  struct timespec ts;
+
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void
+util_rfc3339(uint64_t wall_ns, char *out, size_t outlen)
+{
+  time_t t = (time_t)(wall_ns / 1000000000ull);
+  struct tm tm;
+
+  gmtime_r(&t, &tm);
+  strftime(out, outlen, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+uint64_t
 util_now_ns(void)
 {
   struct timespec ts;
@@ -535,10 +554,11 @@ util_tune_malloc(void)
 }
 
 int
-util_write_pidfile(const char *path)
+util_write_file_atomic(const char *path, const char *text)
 {
-  char tmp[4096], line[32];
-  int fd, n, saved;
+  char tmp[4096];
+  size_t len = strlen(text);
+  int fd, saved;
   ssize_t r;
 
   if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path,
@@ -549,9 +569,8 @@ util_write_pidfile(const char *path)
   fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd == -1)
     return -1;
-  n = snprintf(line, sizeof line, "%ld\n", (long)getpid());
-  r = write(fd, line, (size_t)n);
-  if (r != n) {
+  r = write(fd, text, len);
+  if (r != (ssize_t)len) {
     if (r >= 0)
       errno = EIO;
     goto err;
@@ -572,6 +591,15 @@ err:
   unlink(tmp);
   errno = saved;
   return -1;
+}
+
+int
+util_write_pidfile(const char *path)
+{
+  char line[32];
+
+  snprintf(line, sizeof line, "%ld\n", (long)getpid());
+  return util_write_file_atomic(path, line);
 }
 
 void

@@ -28,6 +28,8 @@ struct endpoint {
 };
 int util_parse_endpoint(const char *s, struct endpoint *out, char *err,
                         size_t errlen);
+/* "unix:/path", "host:port" or "[v6]:port", for messages. */
+void util_endpoint_str(const struct endpoint *ep, char *out, size_t outlen);
 
 /* Listening / connecting sockets for an endpoint, non-blocking, CLOEXEC.
  * util_listen unlinks a stale unix socket first.  Both return an fd or -1
@@ -40,6 +42,10 @@ int util_local_port(int fd);
 
 uint64_t util_now_ms(void);  /* CLOCK_MONOTONIC */
 uint64_t util_now_ns(void);
+uint64_t util_wall_ns(void); /* CLOCK_REALTIME: ns since the Unix epoch */
+/* RFC 3339 UTC to the second, "2026-11-27T03:04:05Z", of a wall time in
+ * ns since the Unix epoch (out: at least 21 bytes). */
+void util_rfc3339(uint64_t wall_ns, char *out, size_t outlen);
 
 void util_uuid_generate(uint8_t out[16]);
 void util_uuid_format(const uint8_t uuid[16], char out[37]);
@@ -59,6 +65,8 @@ void util_tune_malloc(void);
 
 /* Write "pid\n" to path atomically (tmp + rename).  0 or -1 (errno). */
 int util_write_pidfile(const char *path);
+/* Write text to path atomically (tmp + rename).  0 or -1 (errno). */
+int util_write_file_atomic(const char *path, const char *text);
 
 /* Format bytes as "1.5 GiB" into out. */
 void util_format_bytes(uint64_t bytes, char *out, size_t outlen);

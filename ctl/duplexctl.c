@@ -18,6 +18,7 @@
 #endif
 
 #define DUPLEXCTL_TIMEOUT_MS 10000
+#define DEMOTE_DEFAULT_TIMEOUT_MS 60000 /* as duplex-primary's demote */
 #define DUPLEXCTL_MAX_LINE 4096
 #define DUPLEXCTL_MAX_REPLY (16u * 1024 * 1024)
 
@@ -48,8 +49,35 @@ duplexctl_usage(FILE *out)
           "                        changes; the next connection resyncs it\n"
           "  resume                secondary: apply again after a replica I/O\n"
           "                        error or full disk was fixed\n"
+          "  demote [--timeout DURATION]\n"
+          "                        primary, planned switchover: stop serving NBD\n"
+          "                        (in-flight requests are answered first), wait\n"
+          "                        until the secondary has everything (default\n"
+          "                        60s), mark both sides' metadata and exit; then\n"
+          "                        start each node in the other role: nothing is\n"
+          "                        resynced\n"
           "\n"
           "Other commands are passed to the agent as they are.\n");
+}
+
+/* How long to wait for the answer: DUPLEXCTL_TIMEOUT_MS, or for a
+ * command that waits on purpose (demote --timeout D) that long and a
+ * margin.  The agent checks the arguments; a bad value here just means
+ * the usual wait. */
+static long long
+duplexctl_wait_ms(int argc, char **argv)
+{
+  uint64_t ms = DEMOTE_DEFAULT_TIMEOUT_MS;
+  char err[128];
+  int i;
+
+  if (argc < 1 || strcmp(argv[0], "demote") != 0)
+    return DUPLEXCTL_TIMEOUT_MS;
+  for (i = 1; i + 1 < argc; i++)
+    if (strcmp(argv[i], "--timeout") == 0 &&
+        util_parse_duration_ms(argv[i + 1], &ms, err, sizeof err) == -1)
+      ms = DEMOTE_DEFAULT_TIMEOUT_MS;
+  return (long long)ms + DUPLEXCTL_TIMEOUT_MS;
 }
 
 static int
@@ -247,7 +275,7 @@ main(int argc, char **argv)
     { NULL, 0, NULL, 0 },
   };
   const char *control = NULL;
-  long long deadline;
+  long long deadline, wait_ms;
   char *line, *reply;
   ssize_t n;
   int c, fd, rc;
@@ -291,14 +319,15 @@ main(int argc, char **argv)
   if (!line)
     return EXIT_USAGE;
 
-  deadline = (long long)util_now_ms() + DUPLEXCTL_TIMEOUT_MS;
+  wait_ms = duplexctl_wait_ms(argc - optind, argv + optind);
+  deadline = (long long)util_now_ms() + wait_ms;
   fd = duplexctl_connect(control, deadline);
   if (duplexctl_send(fd, line, strlen(line), deadline) == -1 ||
       (n = duplexctl_recv(fd, &reply, deadline)) < 0) {
     if (errno == ETIMEDOUT)
       fprintf(stderr, "duplexctl: no answer from %s within %d s; the agent "
               "may be stuck, check its log\n", control,
-              DUPLEXCTL_TIMEOUT_MS / 1000);
+              (int)(wait_ms / 1000));
     else
       fprintf(stderr, "duplexctl: talking to %s: %m\n", control);
     free(line);

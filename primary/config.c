@@ -13,7 +13,7 @@ enum {
   OPT_VOLUME = 256, OPT_META, OPT_NBD, OPT_PEER, OPT_MODE, OPT_ASYNC_BUFFER,
   OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA, OPT_PEER_NAME, OPT_CONTROL,
   OPT_PIDFILE, OPT_FOREGROUND, OPT_PEER_TIMEOUT, OPT_BITMAP_GRAIN,
-  OPT_ON_CONGESTION, OPT_RESYNC_CHECKSUMS, OPT_CONNECT_INTERVAL,
+  OPT_ON_CONGESTION, OPT_RESYNC_CHECKSUMS, OPT_CONNECT_INTERVAL, OPT_LISTEN,
 };
 
 static const struct option config_options[] = {
@@ -21,6 +21,7 @@ static const struct option config_options[] = {
   { "meta", required_argument, NULL, OPT_META },
   { "nbd", required_argument, NULL, OPT_NBD },
   { "peer", required_argument, NULL, OPT_PEER },
+  { "listen", required_argument, NULL, OPT_LISTEN },
   { "mode", required_argument, NULL, OPT_MODE },
   { "async-buffer", required_argument, NULL, OPT_ASYNC_BUFFER },
   { "tls-cert", required_argument, NULL, OPT_TLS_CERT },
@@ -46,7 +47,8 @@ config_usage(FILE *out)
 {
   fprintf(out,
 "Usage: duplex-primary --volume PATH --meta PATH --nbd unix:PATH|HOST:PORT\n"
-"                      --peer HOST:PORT --mode sync|async [--async-buffer SIZE]\n"
+"                      --peer HOST:PORT|--listen HOST:PORT\n"
+"                      --mode sync|async [--async-buffer SIZE]\n"
 "                      --tls-cert PEM --tls-key PEM --tls-ca PEM --peer-name NAME\n"
 "                      [--on-congestion block|pull-ahead]\n"
 "                      [--peer-timeout SECONDS] [--connect-interval DURATION]\n"
@@ -62,7 +64,11 @@ config_usage(FILE *out)
 "  --meta PATH          metadata file (created if missing)\n"
 "  --nbd ENDPOINT       NBD listener, unix:/path/sock or HOST:PORT; may be\n"
 "                       given up to %d times\n"
-"  --peer HOST:PORT     the secondary's replication address\n"
+"  --peer HOST:PORT     dial the secondary at its replication address\n"
+"  --listen HOST:PORT   or let the secondary dial this address instead\n"
+"                       (duplex-secondary --peer; port 0: any free port,\n"
+"                       written to PIDFILE.port); a newly verified\n"
+"                       connection replaces the current one\n"
 "  --mode sync|async    sync: a write is answered when it is on both sides;\n"
 "                       async: answered when local, the replica lags behind\n"
 "  --async-buffer SIZE  async mode: bytes that may be unacknowledged by the\n"
@@ -75,7 +81,8 @@ config_usage(FILE *out)
 "                       continue locally and are resynced later (default 10);\n"
 "                       the secondary adopts it from the primary's hello\n"
 "  --connect-interval DURATION\n"
-"                       longest wait between attempts to reach the secondary\n"
+"                       --peer: longest wait between attempts to reach the\n"
+"                       secondary\n"
 "                       (e.g. 500ms, 5s; default 500ms): a lost link is\n"
 "                       retried after 100 ms, then at doubling intervals\n"
 "                       up to this one while attempts fail\n"
@@ -143,16 +150,26 @@ config_parse(int argc, char **argv, struct config *cfg, char *err,
       cfg->n_nbd++;
       break;
     case OPT_PEER:
+    case OPT_LISTEN: {
+      const char *flag = c == OPT_PEER ? "--peer" : "--listen";
+      if (have_peer) {
+        snprintf(err, errlen, "%s %s: --peer or --listen, once (the "
+                 "primary either dials its secondary or waits for it)",
+                 flag, optarg);
+        return -1;
+      }
       if (util_parse_endpoint(optarg, &cfg->peer, sub, sizeof sub) == -1) {
-        snprintf(err, errlen, "--peer %s: %s", optarg, sub);
+        snprintf(err, errlen, "%s %s: %s", flag, optarg, sub);
         return -1;
       }
       if (cfg->peer.is_unix) {
-        snprintf(err, errlen, "--peer %s: must be HOST:PORT", optarg);
+        snprintf(err, errlen, "%s %s: must be HOST:PORT", flag, optarg);
         return -1;
       }
+      cfg->listen = c == OPT_LISTEN;
       have_peer = true;
       break;
+    }
     case OPT_MODE:
       if (strcmp(optarg, "sync") == 0)
         cfg->mode = REPL_SYNC;
@@ -260,7 +277,7 @@ config_parse(int argc, char **argv, struct config *cfg, char *err,
   REQUIRE(cfg->volume, "--volume");
   REQUIRE(cfg->meta, "--meta");
   REQUIRE(cfg->n_nbd > 0, "--nbd");
-  REQUIRE(have_peer, "--peer");
+  REQUIRE(have_peer, "--peer (or --listen)");
   REQUIRE(cfg->mode, "--mode");
   REQUIRE(cfg->tls.cert, "--tls-cert");
   REQUIRE(cfg->tls.key, "--tls-key");

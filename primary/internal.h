@@ -32,7 +32,8 @@ struct config {
   const char *meta;
   struct endpoint nbd[NBD_MAX_ENDPOINTS];
   int n_nbd;
-  struct endpoint peer;
+  struct endpoint peer;         /* --peer (dial), or --listen */
+  bool listen;                  /* --listen: the secondary dials us */
   enum repl_mode mode;
   uint64_t async_buffer;
   unsigned peer_timeout_ms;
@@ -88,6 +89,8 @@ struct primary {
   int n_nbd;
   struct stats stats;
   TAILQ_HEAD(, req) waiting;    /* writes waiting for async buffer space */
+  uint64_t reqs_active;         /* submitted to vol.c, not yet answered */
+  struct demote *demote;        /* `duplexctl demote` in progress, or NULL */
   struct control *control;      /* duplexctl's socket, or NULL */
   bool stopping;
   char meta_error[512];         /* why the last superblock write failed;
@@ -103,6 +106,8 @@ int primary_new_generation(struct primary *p);
 /* Persist p->gen (a resync finished); a failure is logged and shown in
  * status, p->gen is kept for the next superblock write. */
 void primary_save_generation(struct primary *p);
+/* Stop the agent as SIGTERM does (clean stop, exit 0). */
+void primary_stop(struct primary *p);
 
 /* ---- vol.c: the request engine (local I/O + replication) ---- */
 enum req_type { REQ_READ, REQ_WRITE, REQ_FLUSH, REQ_TRIM, REQ_ZERO };
@@ -206,9 +211,7 @@ void epoch_advance(struct epochs *e);
 
 /* ---- repl.c: the link to the secondary ---- */
 enum repl_state {
-  REPL_IDLE,        /* waiting for the reconnect timer */
-  REPL_CONNECTING,  /* TCP connect in progress */
-  REPL_HANDSHAKE,   /* TLS handshake */
+  REPL_IDLE,        /* no link: the connector dials or listens */
   REPL_HELLO,       /* Hello sent, waiting for HelloReply */
   REPL_BITMAP,      /* receiving the secondary's bitmap (split brain
                        resolved by discarding its changes) */
@@ -258,6 +261,11 @@ void repl_send_sync_state(struct repl *r, bool in_sync, uint64_t total,
 void repl_close_epoch(struct repl *r, uint64_t epoch);
 uint64_t repl_inflight_bytes(const struct repl *r);
 const char *repl_state_name(enum repl_state s);
+/* For status and messages: the state, or while IDLE the connector's
+ * ("dialing", "waiting", "tls-handshake", "listening"). */
+const char *repl_link_state(const struct repl *r);
+/* --listen: the port the secondary dials (useful with port 0), else -1. */
+int repl_listen_port(const struct repl *r);
 /* Ask the secondary for block hashes of [off, off+len); op->acked runs
  * with op->verify_result set when they arrive.  0 or -1 (not connected). */
 int repl_send_verify(struct repl *r, struct repl_op *op, uint64_t off,
@@ -267,8 +275,9 @@ int repl_send_verify(struct repl *r, struct repl_op *op, uint64_t off,
  * connected). */
 int repl_send_snapshot(struct repl *r, struct repl_op *op, const char *name);
 /* Resync finished: tell the secondary it holds our generation; `op` is
- * acknowledged once it has adopted it durably. */
-int repl_send_sync_done(struct repl *r, struct repl_op *op);
+ * acknowledged once it has adopted it durably.  handover (demote): the
+ * secondary also records that it may be promoted. */
+int repl_send_sync_done(struct repl *r, struct repl_op *op, bool handover);
 bool repl_split_brain(const struct repl *r);
 const char *repl_decision(const struct repl *r); /* NULL before a handshake */
 /* Why the link last failed, or NULL. */
@@ -322,10 +331,25 @@ int nbd_server_new(struct primary *p, const struct endpoint *ep,
                    struct nbd_server **out, char *err, size_t errlen);
 void nbd_server_free(struct nbd_server *s);  /* closes clients */
 unsigned nbd_server_clients(const struct nbd_server *s);
+/* Planned switchover: stop accepting; each client's requests in flight
+ * are answered, then its connection is closed (nbd_server_clients drops
+ * to 0). */
+void nbd_server_quiesce(struct nbd_server *s);
 
 /* ---- snapctl.c: `snapshot create` (the secondary takes it) ---- */
 int snapctl_command(struct primary *p, int argc, char **argv,
                     struct evbuffer *out);
+
+/* ---- demote.c: planned switchover (`duplexctl demote`) ---- */
+struct demote;
+/* The control command: CONTROL_LATER (answered once handed over or at
+ * its --timeout), or -1 with the reason in out. */
+int demote_command(struct primary *p, int argc, char **argv,
+                   struct evbuffer *out);
+bool demote_active(const struct primary *p);
+void demote_status_json(const struct primary *p, struct json *j);
+void demote_status_text(const struct primary *p, struct evbuffer *out);
+void demote_free(struct demote *d);
 
 /* ---- status.c: control socket commands ---- */
 int status_control(void *opaque, int argc, char **argv, struct evbuffer *out);

@@ -76,9 +76,21 @@ main_open_meta(struct primary *p)
                   "created with %u bytes per bit; use that or a new "
                   "metadata file (a full resync follows)",
                   p->cfg.bitmap_grain, p->cfg.meta, sb.bitmap_grain);
-    if (sb.role == META_ROLE_SECONDARY)
+    if (sb.handover && sb.role == META_ROLE_SECONDARY)
+      log_info("primary: promoted after a planned switchover: metadata %s "
+               "holds everything the old primary had when it handed over; "
+               "start the old primary as duplex-secondary (nothing will be "
+               "resynced)", p->cfg.meta);
+    else if (sb.handover)
+      log_warn("primary: metadata %s: this node handed over (demote) and "
+               "serves again as primary; if the other node was promoted "
+               "meanwhile, both will have written: their next connection is "
+               "refused as a split brain, nothing is overwritten",
+               p->cfg.meta);
+    else if (sb.role == META_ROLE_SECONDARY)
       log_info("primary: metadata %s was last used by a secondary; serving "
                "its data as primary", p->cfg.meta);
+    sb.handover = false;
     if (sb.gen.current == 0)
       sb.gen.current = main_random_id();
   }
@@ -212,6 +224,28 @@ primary_save_generation(struct primary *p)
 }
 
 /* Once a second: retire idle activity-log extents, flush bitmap pages. */
+/* --listen: the port the secondary dials, as text for the start line;
+ * with --pidfile also in PIDFILE.port (for port 0), removed at exit. */
+static char main_port_text[16];
+static char main_port_path[4096];
+
+static void
+main_write_port_file(struct primary *p)
+{
+  if (!p->cfg.listen)
+    return;
+  snprintf(main_port_text, sizeof main_port_text, "%d",
+           repl_listen_port(p->repl));
+  if (!p->cfg.pidfile || strcmp(p->cfg.peer.port, "0") != 0)
+    return;
+  char text[32];
+  snprintf(main_port_path, sizeof main_port_path, "%s.port", p->cfg.pidfile);
+  snprintf(text, sizeof text, "%s\n", main_port_text);
+  if (util_write_file_atomic(main_port_path, text) == -1)
+    daemon_fail(2, "duplex-primary: --pidfile %s: cannot write %s: %s",
+                p->cfg.pidfile, main_port_path, strerror(errno));
+}
+
 static void
 main_tick(evutil_socket_t fd, short what, void *opaque)
 {
@@ -228,8 +262,10 @@ main_stop_poll(evutil_socket_t fd, short what, void *opaque)
   struct primary *p = opaque;
   (void)fd;
   (void)what;
-  /* Let local I/O in flight finish so nothing is left half-submitted. */
-  if (aio_inflight(p->aio) == 0 ||
+  /* Let local I/O in flight finish so nothing is left half-submitted,
+   * and a last control reply (demote's) reach its client. */
+  if ((aio_inflight(p->aio) == 0 &&
+       (control == NULL || !control_flushing(control))) ||
       util_now_ms() - stop_started_ms > STOP_DEADLINE_MS)
     event_base_loopbreak(p->base);
 }
@@ -238,13 +274,22 @@ static void
 main_signal(evutil_socket_t sig, short what, void *opaque)
 {
   struct primary *p = opaque;
-  struct timeval tv = { 0, 20 * 1000 };
-  int i;
 
   (void)what;
   if (p->stopping)
     return;
   log_info("primary: %s received, stopping", strsignal((int)sig));
+  primary_stop(p);
+}
+
+void
+primary_stop(struct primary *p)
+{
+  struct timeval tv = { 0, 20 * 1000 };
+  int i;
+
+  if (p->stopping)
+    return;
   p->stopping = true;
   stop_started_ms = util_now_ms();
   for (i = 0; i < p->n_nbd; i++) {
@@ -326,12 +371,15 @@ main(int argc, char **argv)
   }
 
   repl_start(p->repl);
+  main_write_port_file(p);
   if (p->cfg.pidfile && util_write_pidfile(p->cfg.pidfile) == -1)
     daemon_fail(2, "duplex-primary: --pidfile %s: %s", p->cfg.pidfile,
                 strerror(errno));
-  log_info("primary: serving %s (%llu bytes) over NBD, replicating to %s:%s "
+  log_info("primary: serving %s (%llu bytes) over NBD, replicating %s %s:%s "
            "in %s mode", p->vol.path, (unsigned long long)p->vol.size,
-           p->cfg.peer.host, p->cfg.peer.port,
+           p->cfg.listen ? "to the secondary that dials" : "to",
+           p->cfg.peer.host,
+           p->cfg.listen ? main_port_text : p->cfg.peer.port,
            p->cfg.mode == REPL_SYNC ? "sync" : "async");
   daemon_ready();
 
@@ -345,6 +393,8 @@ main(int argc, char **argv)
   clean = aio_inflight(p->aio) == 0;
   repl_free(p->repl);
   p->repl = NULL;
+  demote_free(p->demote);
+  p->demote = NULL;
   if (control)
     control_free(control);
   if (clean)
@@ -368,6 +418,8 @@ main(int argc, char **argv)
   meta_close(p->meta);
   if (p->cfg.pidfile)
     unlink(p->cfg.pidfile);
+  if (main_port_path[0])
+    unlink(main_port_path);
   if (clean) {
     /* Everything is idle: free it, so leak checkers see a clean exit. */
     resync_free(p->resync);

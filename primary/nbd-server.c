@@ -63,6 +63,7 @@ struct nbd_server {
   struct nbd_export exp;
   char exp_name[256];
   char exp_desc[NBD_MAX_STRING];
+  bool quiescing;               /* nbd_server_quiesce: no new requests */
 };
 
 struct nbd_conn {
@@ -569,6 +570,28 @@ nbd_conn_eof(struct nbd_conn *c, struct evbuffer *in)
                    "middle of negotiation");
 }
 
+#define NBD_QUIESCE_REASON "the primary is demoting (planned switchover)"
+
+/* The server takes no new requests: between messages, a client in
+ * negotiation is closed and one in transmission drains (what is in flight
+ * is answered, then the connection closes).  true: the state changed. */
+static bool
+nbd_conn_quiesce(struct nbd_conn *c)
+{
+  switch (c->state) {
+  case NBD_CONN_CLIENT_FLAGS:
+  case NBD_CONN_OPT_HDR:
+    nbd_conn_close(c, LOG_LVL_INFO, NBD_QUIESCE_REASON);
+    return true;
+  case NBD_CONN_REQ_HDR:
+    c->drain_reason = NBD_QUIESCE_REASON;
+    c->state = NBD_CONN_DRAINING;
+    return true;
+  default:
+    return false;               /* a message is arriving: finish it */
+  }
+}
+
 /* Advance the state machine until it would block. */
 static void
 nbd_conn_run(struct nbd_conn *c)
@@ -578,6 +601,8 @@ nbd_conn_run(struct nbd_conn *c)
 
   while (step == NBD_STEP_AGAIN) {
     if (c->state == NBD_CONN_DRAINING || c->state == NBD_CONN_CLOSED)
+      return;
+    if (c->srv != NULL && c->srv->quiescing && nbd_conn_quiesce(c))
       return;
     in = bufferevent_get_input(c->bev);
     switch (c->state) {
@@ -826,6 +851,24 @@ nbd_server_free(struct nbd_server *s)
     return;
   nbd_listen_free(s->l);  /* closes the clients */
   free(s);
+}
+
+static void
+nbd_server_quiesce_conn(void *conn)
+{
+  nbd_conn_kick(conn);
+}
+
+void
+nbd_server_quiesce(struct nbd_server *s)
+{
+  if (s->quiescing)
+    return;
+  s->quiescing = true;
+  log_info("nbd %s: no new clients or requests: %s", nbd_listen_where(s->l),
+           NBD_QUIESCE_REASON);
+  nbd_listen_stop(s->l);
+  nbd_listen_foreach(s->l, nbd_server_quiesce_conn);
 }
 
 unsigned

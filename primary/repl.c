@@ -1,10 +1,14 @@
-/* The primary's replication link: connects to the secondary over TLS,
- * handshakes, sends operations in order and matches acknowledgements.
+/* The primary's replication link: takes a verified TLS stream from the
+ * connector (common/connector.c: it dials the secondary, --peer, or
+ * accepts it, --listen), handshakes, sends operations in order and
+ * matches acknowledgements.
  *
- * States (enum repl_state): IDLE -> CONNECTING -> HANDSHAKE -> HELLO ->
- * CONNECTED, and back to IDLE on any error.  A lost link is retried
- * after REPL_RETRY_FIRST_MS, then at doubling intervals up to
+ * States (enum repl_state): IDLE (the connector is at work) -> HELLO ->
+ * [BITMAP ->] CONNECTED, and back to IDLE on any error.  A lost link is
+ * dialled again after 100 ms, then at doubling intervals up to
  * --connect-interval while attempts fail (a refused one waits longer).
+ * When listening, a newly verified connection replaces the current one
+ * (the secondary restarted before this side noticed the old one die).
  *
  * Liveness: from HELLO on, both sides send a heartbeat whenever they have
  * been quiet for a quarter of --peer-timeout (the secondary learns it from
@@ -27,25 +31,22 @@
 #include "evbuf.h"
 #include "frame.h"
 #include "internal.h"
+#include "connector.h"
 #include "log.h"
 #include "tls-stream.h"
 
 #define REPL_HEARTBEAT_MAX_MS 2000
-#define REPL_RETRY_FIRST_MS 100
 #define REPL_REFUSED_RETRY_MS 5000
 
 struct repl {
   struct primary *p;
   enum repl_state state;
-  SSL_CTX *ssl_ctx;
-  int fd;                        /* CONNECTING */
-  struct event *connect_ev;
-  struct tls_stream *ts;         /* HANDSHAKE.. */
-  struct event *timer;           /* reconnects, heartbeats, timeouts */
+  struct connector *conn;
+  struct tls_stream *ts;         /* HELLO.. */
+  struct event *timer;           /* heartbeats, timeouts */
   uint64_t state_since_ms;
   uint64_t last_rx_ms, last_tx_ms;
-  uint64_t next_attempt_ms;
-  unsigned backoff_ms;
+  unsigned redial_min_ms;        /* the next redial waits at least this */
   char peer_desc[300];
   char last_error[512];
 
@@ -77,8 +78,6 @@ repl_state_name(enum repl_state s)
 {
   switch (s) {
   case REPL_IDLE: return "idle";
-  case REPL_CONNECTING: return "connecting";
-  case REPL_HANDSHAKE: return "tls-handshake";
   case REPL_HELLO: return "hello";
   case REPL_BITMAP: return "bitmap-exchange";
   case REPL_CONNECTED: return "connected";
@@ -96,35 +95,60 @@ repl_set_state(struct repl *r, enum repl_state s)
   r->state_since_ms = util_now_ms();
 }
 
+static void repl_stream_cb(struct tls_stream *ts, const char *addr,
+                           const char *cn, void *arg);
+
 struct repl *
 repl_new(struct primary *p, char *err, size_t errlen)
 {
   struct repl *r = calloc(1, sizeof *r);
   struct timeval tv = { 0, 100 * 1000 };
+  struct connector_config cc = {
+    .listen = p->cfg.listen,
+    .peer = p->cfg.peer,
+    .listen_fd = -1,
+    .tls = &p->cfg.tls,
+    .who = "primary",
+    .handshake_timeout_ms = p->cfg.peer_timeout_ms,
+    .retry_max_ms = p->cfg.connect_interval_ms,
+  };
+  char sub[256];
 
   if (!r)
     abort();
   r->p = p;
-  r->fd = -1;
   epoch_init(&r->epochs);
   r->head_seq = r->next_seq = 1;
   r->cap = 1024;
   r->ring = calloc(r->cap, sizeof *r->ring);
   if (!r->ring)
     abort();
-  snprintf(r->peer_desc, sizeof r->peer_desc, "%s:%s (%s)",
-           p->cfg.peer.host, p->cfg.peer.port, p->cfg.tls.peer_name);
-  r->ssl_ctx = tls_ctx_new(&p->cfg.tls, false, err, errlen);
-  if (!r->ssl_ctx) {
-    free(r->ring);
-    free(r);
-    return NULL;
+  if (p->cfg.listen) {
+    snprintf(r->peer_desc, sizeof r->peer_desc, "(%s)", p->cfg.tls.peer_name);
+    cc.listen_fd = util_listen(&p->cfg.peer, sub, sizeof sub);
+    if (cc.listen_fd == -1) {
+      snprintf(err, errlen, "--listen %s:%s: %s", p->cfg.peer.host,
+               p->cfg.peer.port, sub);
+      goto fail;
+    }
+  } else {
+    snprintf(r->peer_desc, sizeof r->peer_desc, "%s:%s (%s)",
+             p->cfg.peer.host, p->cfg.peer.port, p->cfg.tls.peer_name);
   }
+  if (connector_new(p->base, &cc, repl_stream_cb, r, &r->conn, err,
+                    errlen) == -1)
+    goto fail;
   r->timer = event_new(p->base, -1, EV_PERSIST, repl_timer_cb, r);
   if (!r->timer)
     abort();
   event_add(r->timer, &tv);
   return r;
+
+fail:
+  epoch_fini(&r->epochs);
+  free(r->ring);
+  free(r);
+  return NULL;
 }
 
 /* ---- pending ops ---- */
@@ -386,7 +410,7 @@ repl_gen_from_msg(const Duplex__GenIds *m, struct gen_ids *gen)
 }
 
 int
-repl_send_sync_done(struct repl *r, struct repl_op *op)
+repl_send_sync_done(struct repl *r, struct repl_op *op, bool handover)
 {
   Duplex__SyncState m = DUPLEX__SYNC_STATE__INIT;
   Duplex__GenIds g;
@@ -397,6 +421,7 @@ repl_send_sync_done(struct repl *r, struct repl_op *op)
   op->epoch = r->epochs.current;
   ring_push(r, op);
   m.in_sync = true;
+  m.handover = handover;
   m.seq = op->seq;
   repl_gen_to_msg(&r->p->gen, &g, hist);
   m.gen = &g;
@@ -438,14 +463,6 @@ repl_send_hello(struct repl *r)
 static void
 repl_close(struct repl *r)
 {
-  if (r->connect_ev) {
-    event_free(r->connect_ev);
-    r->connect_ev = NULL;
-  }
-  if (r->fd >= 0) {
-    close(r->fd);
-    r->fd = -1;
-  }
   if (r->ts) {
     tls_stream_free(r->ts);
     r->ts = NULL;
@@ -475,8 +492,9 @@ repl_drop(struct repl *r, const char *fmt, ...)
    * every few hundred ms, each would start another one). */
   if (was_connected)
     r->p->need_new_gen = true;
-  r->next_attempt_ms = util_now_ms() + r->backoff_ms;
-  r->backoff_ms = MIN(r->backoff_ms * 2, r->p->cfg.connect_interval_ms);
+  if (!r->p->stopping)
+    connector_redial(r->conn, r->redial_min_ms);
+  r->redial_min_ms = 0;
   epoch_advance(&r->epochs);
   if (was_connected) {
     resync_abort(r->p->resync);
@@ -491,7 +509,7 @@ static void
 repl_connected_begin(struct repl *r, bool full)
 {
   repl_set_state(r, REPL_CONNECTED);
-  r->backoff_ms = REPL_RETRY_FIRST_MS;
+  connector_reset_backoff(r->conn);
   r->ctr.connects++;
   r->last_error[0] = '\0';
   r->split_brain = false;
@@ -510,9 +528,8 @@ repl_refuse(struct repl *r, const char *why)
 {
   if (strcmp(r->last_error, why) != 0)
     log_error("primary: %s", why);
+  r->redial_min_ms = MAX(REPL_REFUSED_RETRY_MS, r->p->cfg.connect_interval_ms);
   repl_drop(r, "%s", why);
-  r->next_attempt_ms = util_now_ms() +
-                       MAX(REPL_REFUSED_RETRY_MS, r->p->cfg.connect_interval_ms);
   return -1;
 }
 
@@ -757,69 +774,34 @@ repl_event_cb(struct tls_stream *ts, int what, void *opaque)
   char why[512];
 
   (void)ts;
-  if (what & TLS_STREAM_CONNECTED) {
-    char cn[256];
-    tls_stream_peer_cn(r->ts, cn, sizeof cn);
-    log_debug("primary: TLS to %s established, peer %s", r->peer_desc, cn);
-    repl_set_state(r, REPL_HELLO);
-    r->last_rx_ms = util_now_ms();
-    repl_send_hello(r);
-    return;
-  }
   if (what & (TLS_STREAM_ERROR | TLS_STREAM_EOF)) {
     tls_stream_describe(r->ts, why, sizeof why);
-    if (r->state == REPL_HANDSHAKE)
-      log_warn("primary: TLS handshake with %s failed: %s", r->peer_desc,
-               why);
     repl_drop(r, "%s", (what & TLS_STREAM_EOF) && !why[0]
                            ? "connection closed by peer" : why);
   }
 }
 
+/* The connector has a verified stream to the secondary: say hello.  When
+ * listening, it replaces the link this side still holds. */
 static void
-repl_connected_cb(evutil_socket_t fd, short what, void *opaque)
+repl_stream_cb(struct tls_stream *ts, const char *addr, const char *cn,
+               void *arg)
 {
-  struct repl *r = opaque;
-  int soerr = 0;
-  socklen_t sl = sizeof soerr;
+  struct repl *r = arg;
 
-  (void)what;
-  event_free(r->connect_ev);
-  r->connect_ev = NULL;
-  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == -1)
-    soerr = errno;
-  if (soerr) {
-    repl_drop(r, "connect: %s", strerror(soerr));
+  if (r->p->stopping) {
+    tls_stream_free(ts);
     return;
   }
-  r->fd = -1; /* owned by the stream from here */
-  r->ts = tls_stream_new(r->p->base, r->ssl_ctx, fd, false,
-                         r->p->cfg.tls.peer_name);
-  if (!r->ts) {
-    /* tls_stream_new closed fd. */
-    repl_drop(r, "cannot set up TLS");
-    return;
-  }
-  tls_stream_setcb(r->ts, repl_read_cb, NULL, repl_event_cb, r);
-  repl_set_state(r, REPL_HANDSHAKE);
-}
-
-static void
-repl_connect(struct repl *r)
-{
-  char err[256];
-  int fd = util_connect_start(&r->p->cfg.peer, err, sizeof err);
-
-  if (fd == -1) {
-    repl_drop(r, "connect: %s", err);
-    return;
-  }
-  r->fd = fd;
-  r->connect_ev = event_new(r->p->base, fd, EV_WRITE, repl_connected_cb, r);
-  if (!r->connect_ev)
-    abort();
-  event_add(r->connect_ev, NULL);
-  repl_set_state(r, REPL_CONNECTING);
+  if (r->state != REPL_IDLE)
+    repl_drop(r, "replaced by a new connection from %s", addr);
+  if (connector_listening(r->conn))
+    snprintf(r->peer_desc, sizeof r->peer_desc, "%s (%s)", addr, cn);
+  r->ts = ts;
+  tls_stream_setcb(ts, repl_read_cb, NULL, repl_event_cb, r);
+  repl_set_state(r, REPL_HELLO);
+  r->last_rx_ms = util_now_ms();
+  repl_send_hello(r);
 }
 
 /* A heartbeat goes out after this long without sending anything. */
@@ -842,13 +824,6 @@ repl_timer_cb(evutil_socket_t fd, short what, void *opaque)
     return;
   switch (r->state) {
   case REPL_IDLE:
-    if (now >= r->next_attempt_ms)
-      repl_connect(r);
-    break;
-  case REPL_CONNECTING:
-  case REPL_HANDSHAKE:
-    if (now - r->state_since_ms > r->p->cfg.peer_timeout_ms)
-      repl_drop(r, "timed out in state %s", repl_state_name(r->state));
     break;
   case REPL_HELLO:
   case REPL_BITMAP:
@@ -869,18 +844,18 @@ repl_timer_cb(evutil_socket_t fd, short what, void *opaque)
 void
 repl_start(struct repl *r)
 {
-  r->backoff_ms = REPL_RETRY_FIRST_MS;
-  r->next_attempt_ms = 0;
   repl_set_state(r, REPL_IDLE);
-  /* The first attempt at once, not at the timer's next tick. */
-  repl_connect(r);
+  /* Dialling: the first attempt at once, not at a timer's next tick. */
+  connector_start(r->conn);
 }
 
 void
 repl_shutdown(struct repl *r)
 {
-  if (r->state != REPL_IDLE || r->ts || r->fd >= 0)
+  if (r->state != REPL_IDLE || r->ts)
     repl_drop(r, "agent stopping");
+  connector_free(r->conn);
+  r->conn = NULL;
 }
 
 void
@@ -893,7 +868,7 @@ repl_free(struct repl *r)
   ring_fail_all(r);
   if (r->timer)
     event_free(r->timer);
-  SSL_CTX_free(r->ssl_ctx);
+  connector_free(r->conn);
   epoch_fini(&r->epochs);
   free(r->ring);
   free(r);
@@ -938,5 +913,21 @@ repl_decision(const struct repl *r)
 const char *
 repl_last_error(const struct repl *r)
 {
-  return r->last_error[0] ? r->last_error : NULL;
+  if (r->last_error[0])
+    return r->last_error;
+  return r->conn != NULL ? connector_last_error(r->conn) : NULL;
+}
+
+const char *
+repl_link_state(const struct repl *r)
+{
+  if (r->state == REPL_IDLE && r->conn != NULL)
+    return connector_state(r->conn);
+  return repl_state_name(r->state);
+}
+
+int
+repl_listen_port(const struct repl *r)
+{
+  return r->conn != NULL ? connector_port(r->conn) : -1;
 }

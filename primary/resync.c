@@ -579,7 +579,7 @@ resync_check_done(struct resync *rs)
       abort();
     op->acked = resync_done_acked;
     op->opaque = rs;
-    if (repl_send_sync_done(rs->p->repl, op) == -1)
+    if (repl_send_sync_done(rs->p->repl, op, false) == -1)
       free(op);
   }
 }

@@ -81,7 +81,7 @@ snapctl_command(struct primary *p, int argc, char **argv,
   if (!repl_connected(p->repl)) {
     evbuffer_add_printf(out, "snapshot not taken: the secondary is not "
                         "connected (link %s)\n",
-                        repl_state_name(repl_state(p->repl)));
+                        repl_link_state(p->repl));
     return -1;
   }
   if (p->ahead || resync_active(p->resync)) {

@@ -62,8 +62,12 @@ status_json(struct primary *p, struct evbuffer *out)
   json_u64(&j, "size_bytes", p->vol.size);
   json_str(&j, "mode", p->cfg.mode == REPL_SYNC ? "sync" : "async");
   json_str(&j, "connection", v.connection);
-  json_str(&j, "link_state", repl_state_name(repl_state(p->repl)));
+  json_str(&j, "link_state", repl_link_state(p->repl));
   json_str(&j, "peer_name", p->cfg.tls.peer_name);
+  /* Who dials whom: a deployment choice, not a role. */
+  json_str(&j, "direction", p->cfg.listen ? "listen" : "dial");
+  if (p->cfg.listen)
+    json_u64(&j, "listen_port", (uint64_t)repl_listen_port(p->repl));
   json_str(&j, "sync", v.sync);
   json_u64(&j, "out_of_sync_bytes", v.oos_bytes);
   json_double(&j, "sync_done_percent", v.done_percent);
@@ -158,6 +162,7 @@ status_json(struct primary *p, struct evbuffer *out)
   else
     json_null(&j, "metadata_error");
   json_u64(&j, "metadata_write_errors", p->meta_write_errors);
+  demote_status_json(p, &j);
   json_end(&j);
 }
 
@@ -165,7 +170,7 @@ static void
 status_human(struct primary *p, struct evbuffer *out)
 {
   struct status_view v;
-  char size[32], oos[32], lag[32], sent[32], recv[32];
+  char size[32], oos[32], lag[32], sent[32], recv[32], link[400];
   const char *err = repl_last_error(p->repl);
 
   status_collect(p, &v);
@@ -174,19 +179,26 @@ status_human(struct primary *p, struct evbuffer *out)
   util_format_bytes(v.lag, lag, sizeof lag);
   util_format_bytes(v.rc.bytes_sent, sent, sizeof sent);
   util_format_bytes(v.rc.bytes_received, recv, sizeof recv);
+  if (p->cfg.listen)
+    snprintf(link, sizeof link, "%s, listening on port %d for the "
+             "secondary (%s)", v.connection, repl_listen_port(p->repl),
+             p->cfg.tls.peer_name);
+  else
+    snprintf(link, sizeof link, "%s to %s:%s (%s)", v.connection,
+             p->cfg.peer.host, p->cfg.peer.port, p->cfg.tls.peer_name);
   evbuffer_add_printf(out,
                       "role:         primary (%s mode)\n"
                       "volume:       %s (%s)\n"
-                      "connection:   %s to %s:%s (%s)\n"
+                      "connection:   %s\n"
                       "sync:         %s, %.1f%% done, %s out of sync\n"
                       "lag:          %s unacknowledged by the secondary\n"
                       "traffic:      %s sent, %s received\n"
                       "writes:       %" PRIu64 " acknowledged\n",
                       p->cfg.mode == REPL_SYNC ? "sync" : "async",
-                      p->vol.path, size, v.connection, p->cfg.peer.host,
-                      p->cfg.peer.port, p->cfg.tls.peer_name, v.sync,
+                      p->vol.path, size, link, v.sync,
                       v.done_percent, oos, lag, sent, recv,
                       p->stats.writes_acked);
+  demote_status_text(p, out);
   if (verify_state(p->verify) != VERIFY_IDLE)
     evbuffer_add_printf(out, "verify:       %s\n",
                         verify_state_name(verify_state(p->verify)));
@@ -222,6 +234,8 @@ status_control(void *opaque, int argc, char **argv, struct evbuffer *out)
   }
   if (argc >= 1 && strcmp(argv[0], "snapshot") == 0)
     return snapctl_command(p, argc, argv, out);
+  if (argc >= 1 && strcmp(argv[0], "demote") == 0)
+    return demote_command(p, argc, argv, out);
   if (argc >= 1 && strcmp(argv[0], "verify") == 0) {
     char err[256];
     bool repair = argc == 2 && strcmp(argv[1], "--repair") == 0;
@@ -250,6 +264,7 @@ status_control(void *opaque, int argc, char **argv, struct evbuffer *out)
     return -1;
   }
   evbuffer_add_printf(out, "unknown command '%s'; try: status [--json], "
-                      "verify [--repair]\n", argc ? argv[0] : "");
+                      "verify [--repair], snapshot ..., demote "
+                      "[--timeout DURATION]\n", argc ? argv[0] : "");
   return -1;
 }

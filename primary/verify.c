@@ -244,7 +244,7 @@ verify_start(struct verify *v, bool repair, char *err, size_t errlen)
   }
   if (!repl_connected(v->p->repl)) {
     snprintf(err, errlen, "not connected to the secondary (link: %s); "
-             "verify needs the replica", repl_state_name(repl_state(v->p->repl)));
+             "verify needs the replica", repl_link_state(v->p->repl));
     return -1;
   }
   v->state = VERIFY_RUNNING;

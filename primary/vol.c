@@ -117,6 +117,7 @@ req_deferred_done(evutil_socket_t fd, short what, void *opaque)
   struct req *r = opaque;
   (void)fd;
   (void)what;
+  r->p->reqs_active--;
   r->done(r, r->err);
 }
 
@@ -607,6 +608,7 @@ vol_submit(struct req *r)
   struct primary *p = r->p;
 
   p->stats.requests++;
+  p->reqs_active++;
   if (r->type == REQ_WRITE &&
       (!TAILQ_EMPTY(&p->waiting) || !vol_has_room(p, req_buffer_bytes(r)))) {
     if (p->cfg.pull_ahead && TAILQ_EMPTY(&p->waiting)) {

@@ -13,13 +13,15 @@ enum {
   OPT_VOLUME = 256, OPT_META, OPT_LISTEN, OPT_TLS_CERT, OPT_TLS_KEY,
   OPT_TLS_CA, OPT_PEER_NAME, OPT_CONTROL, OPT_PIDFILE, OPT_FOREGROUND,
   OPT_HELP, OPT_VERSION, OPT_SNAPSHOT_STORE, OPT_SNAPSHOT_EVERY, OPT_KEEP,
-  OPT_KEEP_MANUAL, OPT_SNAPSHOT_COPY_RATE,
+  OPT_KEEP_MANUAL, OPT_SNAPSHOT_COPY_RATE, OPT_PEER, OPT_CONNECT_INTERVAL,
 };
 
 static const struct option config_options[] = {
   { "volume", required_argument, NULL, OPT_VOLUME },
   { "meta", required_argument, NULL, OPT_META },
   { "listen", required_argument, NULL, OPT_LISTEN },
+  { "peer", required_argument, NULL, OPT_PEER },
+  { "connect-interval", required_argument, NULL, OPT_CONNECT_INTERVAL },
   { "tls-cert", required_argument, NULL, OPT_TLS_CERT },
   { "tls-key", required_argument, NULL, OPT_TLS_KEY },
   { "tls-ca", required_argument, NULL, OPT_TLS_CA },
@@ -42,12 +44,14 @@ void
 config_usage(FILE *out)
 {
   fprintf(out,
-"usage: duplex-secondary --volume PATH --meta PATH --listen HOST:PORT\n"
+"usage: duplex-secondary --volume PATH --meta PATH\n"
+"                        --listen HOST:PORT|--peer HOST:PORT\n"
 "                        --tls-cert PEM --tls-key PEM --tls-ca PEM\n"
 "                        --peer-name NAME [--control SOCKET]\n"
 "                        [--snapshot-store DIR] [--snapshot-every DURATION]\n"
 "                        [--keep SPEC] [--keep-manual]\n"
 "                        [--snapshot-copy-rate SIZE]\n"
+"                        [--connect-interval DURATION]\n"
 "                        [--pidfile PATH] [--foreground] [-v|--verbose]\n"
 "\n"
 "Receives replicated writes from duplex-primary over TLS 1.3 and applies\n"
@@ -58,6 +62,11 @@ config_usage(FILE *out)
 "  --meta PATH         metadata file (created if missing)\n"
 "  --listen HOST:PORT  where the primary connects (port 0: any free port,\n"
 "                      logged and written to PIDFILE.port)\n"
+"  --peer HOST:PORT    or dial the primary instead (duplex-primary\n"
+"                      --listen), e.g. from behind NAT; a lost link is\n"
+"                      dialled again after 100 ms, then at doubling\n"
+"                      intervals up to --connect-interval (default 500ms)\n"
+"                      while attempts fail\n"
 "  --tls-cert PEM      this agent's certificate (chain)\n"
 "  --tls-key PEM       its private key\n"
 "  --tls-ca PEM        CA the primary's certificate must chain to\n"
@@ -78,7 +87,8 @@ config_usage(FILE *out)
 "                      at most SIZE bytes per second of background snapshot\n"
 "                      copying from the replica (e.g. 50M; default: no\n"
 "                      limit; copy-before-write is never delayed)\n"
-"  --pidfile PATH      written once the listener accepts connections\n"
+"  --pidfile PATH      written once the agent is ready (listening or\n"
+"                      about to dial)\n"
 "  --foreground        stay in the foreground, log to stderr\n"
 "  -v, --verbose       debug logging\n");
 }
@@ -111,9 +121,12 @@ config_parse(int argc, char **argv, struct config *cfg, FILE *out, char *err,
              size_t errlen)
 {
   char e[256];
+  uint64_t ms;
+  bool interval_given = false;
   int c;
 
   memset(cfg, 0, sizeof *cfg);
+  cfg->connect_interval_ms = 500;
   optind = 1;
   opterr = 0;
   /* '+': stop at the first non-option; ':' report missing arguments. */
@@ -128,7 +141,30 @@ config_parse(int argc, char **argv, struct config *cfg, FILE *out, char *err,
     switch (c) {
     case OPT_VOLUME: cfg->volume = optarg; break;
     case OPT_META: cfg->meta = optarg; break;
-    case OPT_LISTEN: cfg->listen_arg = optarg; break;
+    case OPT_LISTEN:
+    case OPT_PEER:
+      if (cfg->listen_arg != NULL) {
+        snprintf(err, errlen, "--%s %s: --listen or --peer, once (the "
+                 "secondary either waits for its primary or dials it)",
+                 config_flag_name(c), optarg);
+        return -1;
+      }
+      cfg->listen_arg = optarg;
+      cfg->dial = c == OPT_PEER;
+      break;
+    case OPT_CONNECT_INTERVAL:
+      if (util_parse_duration_ms(optarg, &ms, e, sizeof e) == -1) {
+        snprintf(err, errlen, "--connect-interval %s: %s", optarg, e);
+        return -1;
+      }
+      if (ms < 100 || ms > 3600 * 1000) {
+        snprintf(err, errlen, "--connect-interval %s: must be 100ms..1h",
+                 optarg);
+        return -1;
+      }
+      cfg->connect_interval_ms = (unsigned)ms;
+      interval_given = true;
+      break;
     case OPT_TLS_CERT: cfg->tls.cert = optarg; break;
     case OPT_TLS_KEY: cfg->tls.key = optarg; break;
     case OPT_TLS_CA: cfg->tls.ca = optarg; break;
@@ -192,7 +228,8 @@ config_parse(int argc, char **argv, struct config *cfg, FILE *out, char *err,
 
   if (config_required(cfg->volume, "volume", err, errlen) == -1 ||
       config_required(cfg->meta, "meta", err, errlen) == -1 ||
-      config_required(cfg->listen_arg, "listen", err, errlen) == -1 ||
+      config_required(cfg->listen_arg, "listen (or --peer)", err,
+                      errlen) == -1 ||
       config_required(cfg->tls.cert, "tls-cert", err, errlen) == -1 ||
       config_required(cfg->tls.key, "tls-key", err, errlen) == -1 ||
       config_required(cfg->tls.ca, "tls-ca", err, errlen) == -1 ||
@@ -200,12 +237,23 @@ config_parse(int argc, char **argv, struct config *cfg, FILE *out, char *err,
     return -1;
 
   if (util_parse_endpoint(cfg->listen_arg, &cfg->listen, e, sizeof e) == -1) {
-    snprintf(err, errlen, "--listen %s: %s", cfg->listen_arg, e);
+    snprintf(err, errlen, "--%s %s: %s", cfg->dial ? "peer" : "listen",
+             cfg->listen_arg, e);
     return -1;
   }
   if (cfg->listen.is_unix) {
-    snprintf(err, errlen, "--listen %s: expected HOST:PORT (the primary "
-             "connects over TCP)", cfg->listen_arg);
+    snprintf(err, errlen, "--%s %s: expected HOST:PORT (replication runs "
+             "over TCP)", cfg->dial ? "peer" : "listen", cfg->listen_arg);
+    return -1;
+  }
+  if (cfg->dial && strcmp(cfg->listen.port, "0") == 0) {
+    snprintf(err, errlen, "--peer %s: port 0 can only be listened on",
+             cfg->listen_arg);
+    return -1;
+  }
+  if (interval_given && !cfg->dial) {
+    snprintf(err, errlen, "--connect-interval: only with --peer (a "
+             "listening secondary waits for its primary to dial)");
     return -1;
   }
   if (cfg->tls.peer_name[0] == '\0') {

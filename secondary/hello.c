@@ -52,6 +52,9 @@ hello_meta_adopt(struct secondary *s, const Duplex__Hello *h,
   sb.size_bytes = h->size_bytes;
   sb.block_size = BDEV_ALIGN;
   sb.role = META_ROLE_SECONDARY;
+  /* A primary follows again: what this side held at a handover is no
+   * longer the whole story (its status stops offering a promotion). */
+  sb.handover = false;
   /* The primary's bitmap grain, so that a duplex-primary started on this
    * metadata (failover) tracks changes the same way; not while the bitmap
    * still holds bits counted in the old grain. */
@@ -60,7 +63,7 @@ hello_meta_adopt(struct secondary *s, const Duplex__Hello *h,
   if (memcmp(sb.volume_uuid, old->volume_uuid, 16) == 0 &&
       sb.consistent == old->consistent && sb.size_bytes == old->size_bytes &&
       sb.block_size == old->block_size && sb.role == old->role &&
-      sb.bitmap_grain == old->bitmap_grain)
+      sb.bitmap_grain == old->bitmap_grain && sb.handover == old->handover)
     return 0;
   r = meta_write(s->meta, &sb);
   if (r < 0) {

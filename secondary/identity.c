@@ -351,7 +351,7 @@ identity_clear_bitmap(struct secondary *s)
 
 int
 identity_sync_done(struct secondary *s, const struct gen_ids *source,
-                   bool consistent)
+                   bool consistent, bool handover)
 {
   const struct meta_sb *old = meta_get(s->meta);
   struct meta_sb sb = *old;
@@ -377,10 +377,15 @@ identity_sync_done(struct secondary *s, const struct gen_ids *source,
     log_info("secondary: metadata %s: bitmap cleared (the resync covered "
              "the blocks changed here)", s->cfg.meta);
   }
+  if (handover && sb.consistent) {
+    sb.handover = true;
+    sb.handover_ms = util_wall_ns() / 1000000;
+  }
 write:
   if (memcmp(&sb.gen, &old->gen, sizeof sb.gen) == 0 &&
       sb.consistent == old->consistent &&
-      sb.discard_local == old->discard_local)
+      sb.discard_local == old->discard_local &&
+      sb.handover == old->handover)
     return 0;
   gen_format(sb.gen.current, cur);
   if (old->discard_local)
@@ -398,6 +403,12 @@ write:
                  "disk holding it", s->cfg.meta, strerror(-r));
     return -1;
   }
+  if (sb.handover && !old->handover)
+    log_info("secondary: the primary handed over (planned switchover) with "
+             "everything on replica %s, generation %s: this node may be "
+             "promoted now (start duplex-primary on this volume and "
+             "metadata; nothing will be resynced)", replica_path(s->replica),
+             cur);
   return 0;
 }
 

@@ -34,7 +34,8 @@
 #define SEC_HEARTBEAT_MAX_MS 2000u       /* or a quarter of the timeout */
 #define SEC_TICK_MS 200u                 /* timeouts and heartbeats */
 #define SEC_CLOSE_TIMEOUT_MS 2000u       /* flushing a last ERROR frame */
-#define SEC_MAX_HANDSHAKES 8u            /* unverified connections at once */
+#define SEC_REFUSED_RETRY_MS 5000u       /* --peer: dialling again after
+                                            the generations refused */
 #define SEC_ACK_BATCH 1024u
 #define SEC_STOP_TIMEOUT_MS 4000u        /* in-flight I/O at SIGTERM */
 
@@ -42,8 +43,10 @@
 struct config {
   const char *volume;
   const char *meta;
-  const char *listen_arg;       /* as given, for messages */
-  struct endpoint listen;
+  const char *listen_arg;       /* --listen or --peer as given */
+  struct endpoint listen;       /* --listen, or --peer (dial) */
+  bool dial;                    /* --peer: this side dials the primary */
+  unsigned connect_interval_ms; /* --peer: longest wait between attempts */
   struct tls_config tls;
   const char *control;
   const char *pidfile;
@@ -65,7 +68,7 @@ void config_usage(FILE *out);
 struct apply;
 struct replica;
 struct link;
-struct listener;
+struct connector;
 struct control;
 
 enum sec_sync { SEC_SYNC_UNKNOWN, SEC_SYNC_INITIAL, SEC_SYNC_RESYNC,
@@ -97,23 +100,30 @@ struct sec_status {
 struct secondary {
   struct event_base *base;
   struct config cfg;
-  SSL_CTX *tls;
   struct meta *meta;
   struct replica *replica;
   struct apply *apply;
   struct snapmgr *snap;
-  struct listener *listener;
+  struct connector *conn;       /* dials the primary or accepts it */
   struct control *control;
   struct link *link;            /* the verified primary, or NULL */
-  TAILQ_HEAD(, link) links;     /* every connection, handshaking included */
+  TAILQ_HEAD(, link) links;     /* the active link and closing ones */
   struct event *tick;           /* SEC_TICK_MS: timeouts, heartbeats */
   struct sec_status st;
   char node_name[256];
-  int listen_port;
+  int listen_port;              /* --listen; -1 when dialling */
   bool bitmap_dirty;            /* the metadata's bitmap has bits set (a
                                    primary ran on this volume) */
   bool stopping;
 };
+
+/* ---- conn.c: the connection, in either direction ---- */
+/* s->conn for --listen (listen_fd from util_listen, owned from here) or
+ * --peer (listen_fd -1).  0, or -1 with a message in err. */
+int conn_new(struct secondary *s, int listen_fd, char *err, size_t errlen);
+/* link.c: a link is gone; accepted: the primary got past the hello with
+ * it.  When dialling, the primary is dialled again. */
+void conn_link_freed(struct secondary *s, bool accepted);
 
 /* ---- apply.c: ordered application of replicated operations ----
  *
@@ -284,10 +294,11 @@ size_t identity_image_len(uint64_t bits);
 /* A resync to this side completed and everything before it is durable:
  * mark the replica consistent (unless a newer resync has started
  * meanwhile) and, given the source's generation, adopt it, clear
- * discard_local and the local bitmap.  0, or -1 with status's last_error
- * set. */
+ * discard_local and the local bitmap.  handover (the primary demotes):
+ * also record that this side may be promoted with nothing to resync.  0,
+ * or -1 with status's last_error set. */
 int identity_sync_done(struct secondary *s, const struct gen_ids *source,
-                       bool consistent);
+                       bool consistent, bool handover);
 /* `resolve --discard-local`: persist the choice.  0, or -1 with the reason
  * in err. */
 int identity_discard_local(struct secondary *s, char *err, size_t errlen);
@@ -377,23 +388,17 @@ int snapjournal_reset(struct snapjournal *j);  /* nothing is copying */
 int snapctl_command(struct secondary *s, int argc, char **argv,
                     struct evbuffer *out);
 
-/* ---- listener.c: TCP listener, TLS handshakes ---- */
-/* fd: from util_listen, owned from now on. */
-int listener_new(struct secondary *s, int fd, struct listener **out,
-                 char *err, size_t errlen);
-void listener_free(struct listener *l);
-
 /* ---- link.c: one connection from a primary ---- */
 enum link_state {
-  LINK_TLS_HANDSHAKE,   /* TLS handshake and peer verification */
   LINK_WAIT_HELLO,      /* verified; the first frame must be HELLO */
   LINK_REPLICATING,     /* applying WRITE/ZERO/FLUSH, sending ACKs */
   LINK_CLOSING,         /* flushing a last frame, then freed */
 };
 
-/* Takes ownership of ts (TLS, not yet handshaken). */
+/* Takes ownership of ts (verified by the connector; cn: the primary's
+ * name) and makes it the active link, replacing the old one. */
 struct link *link_new(struct secondary *s, struct tls_stream *ts,
-                      const char *peer_addr);
+                      const char *peer_addr, const char *cn);
 /* Log reason (warn if error, else info), send nothing more, free soon. */
 void link_close(struct link *l, bool error, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -410,7 +415,6 @@ int link_send_frame(struct link *l, enum frame_type type,
 void link_hello_done(struct link *l, uint64_t size_bytes, bool consistent,
                      bool refused);
 enum link_state link_state(const struct link *l);
-unsigned link_count(const struct secondary *s, enum link_state st);
 const char *link_state_name(enum link_state st);
 const char *link_peer_cn(const struct link *l);
 const char *link_peer_addr(const struct link *l);

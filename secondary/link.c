@@ -1,5 +1,6 @@
-/* One replication connection from a primary: TLS handshake, HELLO (checked
- * and answered by hello.c), then a stream of WRITE/ZERO/FLUSH frames handed
+/* One replication connection with a primary, verified by the connector
+ * (common/connector.c: the primary dialled us, --listen, or we dialled it,
+ * --peer): HELLO (checked and answered by hello.c), then a stream of WRITE/ZERO/FLUSH frames handed
  * to the apply module, ACKs back.  A link whose HELLO the generations
  * refused stays open for the primary to see why, but any data frame on it
  * closes it.
@@ -37,6 +38,7 @@
 struct link_mark {
   struct gen_ids gen;
   bool have_gen;
+  bool handover;                /* the primary demotes (SyncState.handover) */
   uint64_t resyncs;             /* link->resyncs when queued */
 };
 
@@ -63,6 +65,8 @@ struct link {
   bool consistent_at_hello;
   bool refused;                 /* the generations refuse this primary's
                                    data: any data frame closes the link */
+  bool accepted;                /* a frame after the hello came (not a
+                                   refusal) */
   uint64_t resyncs;             /* SYNC_STATE in_sync=false received */
   unsigned marks_pending;       /* in_sync MARKs queued, not yet done */
   struct link_mark last_mark;   /* the last one queued */
@@ -78,6 +82,7 @@ struct link {
 };
 
 static void link_read_cb(struct tls_stream *ts, void *arg);
+static void link_process(struct link *l);
 static void link_write_cb(struct tls_stream *ts, void *arg);
 static void link_event_cb(struct tls_stream *ts, int what, void *arg);
 static void link_defer_cb(evutil_socket_t fd, short what, void *arg);
@@ -96,7 +101,6 @@ const char *
 link_state_name(enum link_state st)
 {
   switch (st) {
-  case LINK_TLS_HANDSHAKE: return "tls-handshake";
   case LINK_WAIT_HELLO: return "wait-hello";
   case LINK_REPLICATING: return "replicating";
   case LINK_CLOSING: return "closing";
@@ -122,20 +126,9 @@ link_peer_addr(const struct link *l)
   return l->addr;
 }
 
-unsigned
-link_count(const struct secondary *s, enum link_state st)
-{
-  const struct link *l;
-  unsigned n = 0;
-
-  TAILQ_FOREACH(l, &s->links, entry)
-    if (l->state == st)
-      n++;
-  return n;
-}
-
 struct link *
-link_new(struct secondary *s, struct tls_stream *ts, const char *peer_addr)
+link_new(struct secondary *s, struct tls_stream *ts, const char *peer_addr,
+         const char *cn)
 {
   struct link *l = calloc(1, sizeof *l);
 
@@ -143,11 +136,11 @@ link_new(struct secondary *s, struct tls_stream *ts, const char *peer_addr)
     return NULL;
   l->s = s;
   l->ts = ts;
-  l->state = LINK_TLS_HANDSHAKE;
+  l->state = LINK_WAIT_HELLO;
   l->last_rx_ms = l->last_tx_ms = util_now_ms();
   l->peer_timeout_ms = SEC_PEER_TIMEOUT_MS;
   snprintf(l->addr, sizeof l->addr, "%s", peer_addr);
-  snprintf(l->cn, sizeof l->cn, "(unverified)");
+  snprintf(l->cn, sizeof l->cn, "%s", cn);
   l->serial = ++link_serials;
   l->defer_ev = event_new(s->base, -1, 0, link_defer_cb, l);
   l->free_ev = event_new(s->base, -1, 0, link_free_cb, l);
@@ -165,6 +158,11 @@ link_new(struct secondary *s, struct tls_stream *ts, const char *peer_addr)
   tls_stream_set_read_limit(ts, FRAME_HDR_LEN + FRAME_MAX_MSG +
                                     FRAME_MAX_PAYLOAD);
   l->reading = true;
+  if (s->link != NULL)
+    link_close(s->link, false, "replaced by a new connection from %s",
+               l->addr);
+  s->link = l;
+  link_process(l);
   return l;
 }
 
@@ -181,6 +179,7 @@ link_free(struct link *l)
     apply_abort(s->apply);
   }
   TAILQ_REMOVE(&s->links, l, entry);
+  conn_link_freed(s, l->accepted);
   tls_stream_free(l->ts);
   free(l->rx_mem);              /* after the stream that was filling it */
   event_free(l->defer_ev);
@@ -192,10 +191,7 @@ link_free(struct link *l)
 static const char *
 link_who(const struct link *l, char *buf, size_t len)
 {
-  if (l->state == LINK_TLS_HANDSHAKE)
-    snprintf(buf, len, "connection from %s", l->addr);
-  else
-    snprintf(buf, len, "primary %s (%s)", l->cn, l->addr);
+  snprintf(buf, len, "primary %s (%s)", l->cn, l->addr);
   return buf;
 }
 
@@ -208,9 +204,6 @@ link_update(struct link *l)
   bool want = false;
 
   switch (l->state) {
-  case LINK_TLS_HANDSHAKE:
-    want = true;
-    break;
   case LINK_WAIT_HELLO:
     /* I/O of a previous primary still in flight: hold this one's frames. */
     want = !apply_busy(s->apply);
@@ -248,7 +241,7 @@ link_send_frame(struct link *l, enum frame_type type,
   size_t len = frame_packed_len(msg);
   int rc = 0;
 
-  if (l->state == LINK_CLOSING || l->state == LINK_TLS_HANDSHAKE)
+  if (l->state == LINK_CLOSING)
     return -1;
   if (len > sizeof small) {
     buf = malloc(len);
@@ -309,12 +302,10 @@ link_close(struct link *l, bool error, const char *fmt, ...)
 {
   struct secondary *s = l->s;
   char reason[512], who[400];
-  enum link_state was;
   va_list ap;
 
   if (l->state == LINK_CLOSING)
     return;
-  was = l->state;
   va_start(ap, fmt);
   vsnprintf(reason, sizeof reason, fmt, ap);
   va_end(ap);
@@ -330,11 +321,6 @@ link_close(struct link *l, bool error, const char *fmt, ...)
   }
   l->state = LINK_CLOSING;
   l->closing_ms = util_now_ms();
-  if (was == LINK_TLS_HANDSHAKE) {
-    /* Nothing was ever sent on it. */
-    event_active(l->free_ev, 0, 0);
-    return;
-  }
   link_update(l);
   /* Let a last ERROR frame drain, then half-close (see link_write_cb). */
   if (evbuffer_get_length(tls_stream_output(l->ts)) == 0)
@@ -582,9 +568,14 @@ link_on_in_sync(struct link *l, const Duplex__SyncState *ss)
 {
   struct secondary *s = l->s;
   const struct meta_sb *sb = meta_get(s->meta);
-  struct link_mark mk = { .resyncs = l->resyncs };
+  struct link_mark mk = { .resyncs = l->resyncs,
+                          .handover = ss->handover };
   struct apply_op *op;
 
+  if (ss->handover && (ss->gen == NULL || ss->seq == 0)) {
+    link_close(l, true, "a handover SYNC_STATE without generation or seq");
+    return -1;
+  }
   if (ss->gen != NULL) {
     identity_from_wire(ss->gen, &mk.gen);
     mk.have_gen = true;
@@ -735,6 +726,10 @@ link_dispatch(struct link *l, const struct frame *f, char **memp)
                gen_decision_name(l->s->st.decision));
     return -1;
   }
+  /* The primary got past the hello with us (a dialling secondary retries
+   * quickly after losing such a link, slowly after a refusal). */
+  if (f->type != FRAME_ERROR)
+    l->accepted = true;
   switch (f->type) {
   case FRAME_WRITE:
     return link_on_write(l, f, memp);
@@ -857,7 +852,7 @@ link_process(struct link *l)
       return;
     }
     link_update(l);
-    if (l->state == LINK_TLS_HANDSHAKE || !l->reading)
+    if (!l->reading)
       return;
     if (link_read_frame(l) != 1)
       return;
@@ -896,34 +891,11 @@ static void
 link_event_cb(struct tls_stream *ts, int what, void *arg)
 {
   struct link *l = arg;
-  struct secondary *s = l->s;
-  char why[256], who[400];
+  char why[256];
 
-  if (what & TLS_STREAM_CONNECTED) {
-    tls_stream_peer_cn(ts, l->cn, sizeof l->cn);
-    if (s->stopping) {
-      link_free(l);
-      return;
-    }
-    if (s->link != NULL && s->link != l)
-      link_close(s->link, false, "replaced by a new connection from %s",
-                 l->addr);
-    s->link = l;
-    l->state = LINK_WAIT_HELLO;
-    l->last_rx_ms = util_now_ms();
-    log_info("secondary: primary %s (%s): TLS verified", l->cn, l->addr);
-    link_process(l);
-    return;
-  }
   if (!(what & (TLS_STREAM_EOF | TLS_STREAM_ERROR)))
     return;
   if (l->state == LINK_CLOSING) {
-    link_free(l);
-    return;
-  }
-  if (l->state == LINK_TLS_HANDSHAKE) {
-    tls_stream_describe(ts, why, sizeof why);
-    log_warn("secondary: %s refused: %s", link_who(l, who, sizeof who), why);
     link_free(l);
     return;
   }
@@ -971,8 +943,7 @@ link_tick(struct link *l, uint64_t now_ms)
       event_active(l->free_ev, 0, 0);
     return;
   }
-  if (l->state != LINK_TLS_HANDSHAKE &&
-      now_ms - l->last_tx_ms >= link_heartbeat_ms(l)) {
+  if (now_ms - l->last_tx_ms >= link_heartbeat_ms(l)) {
     hb.nonce = now_ms;
     link_send(l, FRAME_HEARTBEAT, &hb.base);
   }
@@ -1016,7 +987,8 @@ link_mark_done(struct link *l, const struct apply_op *op)
   /* A resync that started after the MARK keeps the replica inconsistent;
    * the generation it reached is still this side's. */
   if (identity_sync_done(l->s, mk.have_gen ? &mk.gen : NULL,
-                         mk.resyncs == l->resyncs) == -1) {
+                         mk.resyncs == l->resyncs,
+                         mk.handover && mk.resyncs == l->resyncs) == -1) {
     link_refuse(l, EIO, "%s", l->s->st.last_error);
     return;
   }

@@ -22,6 +22,7 @@
 #include <event2/event.h>
 
 #include "internal.h"
+#include "connector.h"
 
 #include "control.h"
 #include "daemon.h"
@@ -139,14 +140,19 @@ main_check_tls(struct secondary *s)
   const struct tls_config *t = &s->cfg.tls;
   const char *flag = "tls-cert", *path = t->cert;
   char err[512] = "";
+  SSL_CTX *ctx;
 
   if (main_check_readable("tls-cert", t->cert) ||
       main_check_readable("tls-key", t->key) ||
       main_check_readable("tls-ca", t->ca))
     return EXIT_USAGE;
-  s->tls = tls_ctx_new(t, true, err, sizeof err);
-  if (s->tls != NULL)
+  /* Loaded once here for a clear message before daemonizing; the
+   * connector loads them again for its connections. */
+  ctx = tls_ctx_new(t, !s->cfg.dial, err, sizeof err);
+  if (ctx != NULL) {
+    SSL_CTX_free(ctx);
     return 0;
+  }
   /* tls_ctx_new names the file that failed; map it back to its flag. */
   if (strstr(err, t->key) != NULL && strcmp(t->key, t->cert) != 0) {
     flag = "tls-key";
@@ -241,28 +247,6 @@ main_daemonize(void)
   log_init("duplex-secondary", false);
   if (chdir("/") == -1)
     log_warn("secondary: chdir /: %m");
-}
-
-/* Write "text" to path atomically. */
-static int
-main_write_file(const char *path, const char *text)
-{
-  char tmp[PATH_MAX + 8];
-  int fd, saved;
-  size_t len = strlen(text);
-
-  snprintf(tmp, sizeof tmp, "%s.tmp", path);
-  fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd == -1)
-    return -1;
-  if (write(fd, text, len) != (ssize_t)len || close(fd) == -1 ||
-      rename(tmp, path) == -1) {
-    saved = errno;
-    unlink(tmp);
-    errno = saved;
-    return -1;
-  }
-  return 0;
 }
 
 /* ---- apply events, forwarded to the active link ---- */
@@ -363,8 +347,8 @@ main_signal_cb(evutil_socket_t sig, short what, void *arg)
   }
   s->stopping = true;
   log_info("secondary: %s received, stopping", strsignal((int)sig));
-  listener_free(s->listener);
-  s->listener = NULL;
+  connector_free(s->conn);
+  s->conn = NULL;
   link_free_all(s);             /* aborts the apply queue */
   if (!apply_busy(s->apply)) {
     event_base_loopexit(s->base, NULL);
@@ -384,9 +368,9 @@ main_cleanup(struct secondary *s, struct aio_ctx *aio, struct event **sigs,
   size_t i;
   int r;
 
+  connector_free(s->conn);
+  s->conn = NULL;
   link_free_all(s);
-  listener_free(s->listener);
-  s->listener = NULL;
   if (s->control != NULL)
     control_free(s->control);
   s->control = NULL;
@@ -430,8 +414,6 @@ main_cleanup(struct secondary *s, struct aio_ctx *aio, struct event **sigs,
   }
   if (s->meta != NULL)
     meta_close(s->meta);
-  if (s->tls != NULL)
-    SSL_CTX_free(s->tls);
   if (idle && s->base != NULL)
     event_base_free(s->base);
   if (main_running)
@@ -488,8 +470,9 @@ main_run(struct secondary *s, int listen_fd)
     code = main_fail(1, "out of memory");
     goto out;
   }
-  if (listener_new(s, listen_fd, &s->listener, err, sizeof err) == -1) {
-    code = main_fail(EXIT_USAGE, "--listen %s: %s", s->cfg.listen_arg, err);
+  if (conn_new(s, listen_fd, err, sizeof err) == -1) {
+    code = main_fail(EXIT_USAGE, "--%s %s: %s",
+                     s->cfg.dial ? "peer" : "listen", s->cfg.listen_arg, err);
     goto out;
   }
   if (s->cfg.control != NULL) {
@@ -515,11 +498,11 @@ main_run(struct secondary *s, int listen_fd)
   }
 
   if (s->cfg.pidfile != NULL) {
-    if (strcmp(s->cfg.listen.port, "0") == 0) {
+    if (!s->cfg.dial && strcmp(s->cfg.listen.port, "0") == 0) {
       snprintf(main_paths.portfile, sizeof main_paths.portfile, "%s.port",
                s->cfg.pidfile);
       snprintf(port, sizeof port, "%d\n", s->listen_port);
-      if (main_write_file(main_paths.portfile, port) == -1) {
+      if (util_write_file_atomic(main_paths.portfile, port) == -1) {
         code = main_fail(EXIT_USAGE, "--pidfile %s: cannot write %s: %s",
                          s->cfg.pidfile, main_paths.portfile,
                          strerror(errno));
@@ -541,10 +524,15 @@ main_run(struct secondary *s, int listen_fd)
     daemon_ready();
     main_daemonized = false;
   }
-  log_info("secondary: listening on %s port %d for primary %s; replica %s",
-           s->cfg.listen.host[0] != '\0' ? s->cfg.listen.host : "*",
-           s->listen_port, s->cfg.tls.peer_name, s->cfg.volume);
+  if (s->cfg.dial)
+    log_info("secondary: dialling primary %s at %s; replica %s",
+             s->cfg.tls.peer_name, s->cfg.listen_arg, s->cfg.volume);
+  else
+    log_info("secondary: listening on %s port %d for primary %s; replica %s",
+             s->cfg.listen.host[0] != '\0' ? s->cfg.listen.host : "*",
+             s->listen_port, s->cfg.tls.peer_name, s->cfg.volume);
   main_running = true;
+  connector_start(s->conn);
 
   event_base_dispatch(s->base);
   code = 0;
@@ -585,11 +573,15 @@ main(int argc, char **argv)
       (r = main_check_volume(s.cfg.volume)) != 0 ||
       (r = main_open_meta(&s)) != 0)
     return r;
-  fd = util_listen(&s.cfg.listen, err, sizeof err);
-  if (fd == -1)
-    return main_fail(EXIT_USAGE, "--listen %s: %s", s.cfg.listen_arg,
-                     main_reason(err, s.cfg.listen_arg));
-  s.listen_port = util_local_port(fd);
+  fd = -1;
+  s.listen_port = -1;
+  if (!s.cfg.dial) {
+    fd = util_listen(&s.cfg.listen, err, sizeof err);
+    if (fd == -1)
+      return main_fail(EXIT_USAGE, "--listen %s: %s", s.cfg.listen_arg,
+                       main_reason(err, s.cfg.listen_arg));
+    s.listen_port = util_local_port(fd);
+  }
   if (gethostname(s.node_name, sizeof s.node_name - 1) == -1)
     snprintf(s.node_name, sizeof s.node_name, "unknown");
 

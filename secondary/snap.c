@@ -892,15 +892,6 @@ snap_backend_start(void *opaque, struct apply *a, struct apply_op *op)
 
 /* ---- taking a snapshot ---- */
 
-static uint64_t
-wall_ns(void)
-{
-  struct timespec ts;
-
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* At the barrier of a snapshot MARK: nothing before it is in flight,
  * nothing after it has started. */
 static void
@@ -921,7 +912,7 @@ snap_take(struct snapmgr *m, struct apply_op *op)
   }
   j = snapjob_new(m->next_id++, size);
   snprintf(j->meta.name, sizeof j->meta.name, "%s", req->name);
-  j->meta.created_ns = wall_ns();
+  j->meta.created_ns = util_wall_ns();
   if (!req->epoch) {
     struct apply_stats st;
     apply_get_stats(m->s->apply, &st);
@@ -1406,11 +1397,8 @@ snap_status_json(const struct snapmgr *m, struct json *j)
     json_u64(j, "taken", m->taken);
     json_u64(j, "failed", m->failed);
     if (m->last_ms_wall) {
-      time_t t = (time_t)(m->last_ms_wall / 1000);
-      struct tm tm;
       char when[32];
-      gmtime_r(&t, &tm);
-      strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+      util_rfc3339(m->last_ms_wall * 1000000, when, sizeof when);
       json_str(j, "last", when);
     } else {
       json_null(j, "last");
@@ -1444,12 +1432,8 @@ snap_status_text(const struct snapmgr *m, struct evbuffer *out)
     return;
   }
   util_format_bytes(m->store_bytes, bytes, sizeof bytes);
-  if (m->last_ms_wall) {
-    time_t t = (time_t)(m->last_ms_wall / 1000);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  }
+  if (m->last_ms_wall)
+    util_rfc3339(m->last_ms_wall * 1000000, when, sizeof when);
   TAILQ_FOREACH(job, &m->jobs, q)
     copying += snapjob_live(job);
   evbuffer_add_printf(out, "snapshots:   %zu, store %s (%s), last taken "

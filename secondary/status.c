@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "connector.h"
 
 #include "duplex.pb-c.h"
 #include "json.h"
@@ -77,7 +78,7 @@ status_collect(const struct secondary *s, struct status_view *v)
     v->done_percent = 100.0 * (double)st->done_bytes /
                       (double)st->total_bytes;
   apply_get_stats(s->apply, &v->ap);
-  if (s->link != NULL && link_state(s->link) != LINK_TLS_HANDSHAKE) {
+  if (s->link != NULL) {
     v->peer = link_peer_cn(s->link);
     v->peer_addr = link_peer_addr(s->link);
   }
@@ -121,13 +122,52 @@ status_json_gen(struct json *j, const char *key, const struct gen_ids *g)
   json_obj_end(j);
 }
 
+/* Whether this node may be promoted (started as duplex-primary on its
+ * volume and metadata), and what it would mean: "handover" (the primary
+ * demoted with everything here: nothing to resync), "demote-first" (a
+ * primary is connected), "unsafe" (the replica is not consistent) or
+ * "failover" (the primary is away: its unreplicated writes are resolved
+ * when it rejoins as a secondary). */
+static const char *
+status_promotion(const struct secondary *s, char *hint, size_t hintlen)
+{
+  const struct meta_sb *sb = meta_get(s->meta);
+  char when[32];
+
+  if (sb->handover) {
+    util_rfc3339(sb->handover_ms * 1000000, when, sizeof when);
+    snprintf(hint, hintlen, "safe: the primary handed over at %s with "
+             "everything here; start duplex-primary on this volume and "
+             "metadata (nothing is resynced), then the old primary as "
+             "duplex-secondary", when);
+    return "handover";
+  }
+  if (s->link != NULL && link_state(s->link) == LINK_REPLICATING) {
+    snprintf(hint, hintlen, "not now: a primary is connected; for a "
+             "planned switchover run `duplexctl demote` on it first");
+    return "demote-first";
+  }
+  if (!sb->consistent) {
+    snprintf(hint, hintlen, "unsafe: the replica is not consistent (a sync "
+             "to it did not finish); it does not hold any one state of the "
+             "primary's volume");
+    return "unsafe";
+  }
+  snprintf(hint, hintlen, "failover: the primary is not connected; "
+           "promoting this node makes it the primary, and the old one must "
+           "rejoin as duplex-secondary (`resolve --discard-local` there "
+           "drops what it wrote that never arrived here)");
+  return "failover";
+}
+
 static void
 status_json(const struct secondary *s, const struct status_view *v,
             struct evbuffer *out)
 {
   const struct sec_status *st = &s->st;
   const struct meta_sb *sb = meta_get(s->meta);
-  char uuid[37];
+  char uuid[37], hint[512], when[32];
+  const char *promotion;
   struct json j;
 
   util_uuid_format(sb->volume_uuid, uuid);
@@ -161,7 +201,27 @@ status_json(const struct secondary *s, const struct status_view *v,
     json_str(&j, "last_error", st->last_error);
   else
     json_null(&j, "last_error");
-  json_u64(&j, "listen_port", (uint64_t)s->listen_port);
+  promotion = status_promotion(s, hint, sizeof hint);
+  json_str(&j, "promotion", promotion);
+  json_str(&j, "promotion_hint", hint);
+  if (sb->handover_ms != 0) {
+    util_rfc3339(sb->handover_ms * 1000000, when, sizeof when);
+    json_str(&j, "last_handover", when);
+  } else {
+    json_null(&j, "last_handover");
+  }
+  /* Who dials whom: a deployment choice, not a role. */
+  json_str(&j, "direction", s->cfg.dial ? "dial" : "listen");
+  if (s->cfg.dial) {
+    json_null(&j, "listen_port");
+    json_str(&j, "primary_address", s->cfg.listen_arg);
+  } else {
+    json_u64(&j, "listen_port", (uint64_t)s->listen_port);
+  }
+  if (s->conn != NULL)
+    json_str(&j, "link_state", s->link != NULL
+                                   ? link_state_name(link_state(s->link))
+                                   : connector_state(s->conn));
   json_str(&j, "volume_uuid", uuid);
   json_bool(&j, "consistent", sb->consistent);
   json_u64(&j, "connects", st->connects);
@@ -217,7 +277,7 @@ status_human(const struct secondary *s, const struct status_view *v,
 {
   const struct sec_status *st = &s->st;
   char size[32], oos[32], lag[32], applied[32], zeroed[32], sent[32],
-      recv[32];
+      recv[32], hint[512];
 
   util_format_bytes(v->size_bytes, size, sizeof size);
   util_format_bytes(st->sync == SEC_SYNC_IN_SYNC ? 0 : st->out_of_sync_bytes,
@@ -229,12 +289,18 @@ status_human(const struct secondary *s, const struct status_view *v,
   util_format_bytes(st->bytes_received, recv, sizeof recv);
 
   evbuffer_add_printf(out, "role:        secondary\n");
+  (void)status_promotion(s, hint, sizeof hint);
+  evbuffer_add_printf(out, "promote:     %s\n", hint);
   evbuffer_add_printf(out, "volume:      %s (%s)%s\n",
                       replica_path(s->replica), size,
                       meta_get(s->meta)->consistent ? ", consistent" : "");
   if (v->peer != NULL)
     evbuffer_add_printf(out, "connection:  %s to primary %s (%s), %s mode\n",
                         v->connection, v->peer, v->peer_addr, v->mode);
+  else if (s->cfg.dial)
+    evbuffer_add_printf(out, "connection:  %s, dialling the primary at %s "
+                        "(%s)\n", v->connection, s->cfg.listen_arg,
+                        s->conn != NULL ? connector_state(s->conn) : "-");
   else
     evbuffer_add_printf(out, "connection:  %s, listening on port %d\n",
                         v->connection, s->listen_port);

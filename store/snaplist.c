@@ -52,11 +52,7 @@ snaplist_line(struct snaplist *l, const char *id, const char *created,
 void
 snaplist_rfc3339(uint64_t ns, char *out, size_t outlen)
 {
-  time_t t = (time_t)(ns / 1000000000ull);
-  struct tm tm;
-
-  gmtime_r(&t, &tm);
-  strftime(out, outlen, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  util_rfc3339(ns, out, outlen);
 }
 
 void

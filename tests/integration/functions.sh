@@ -263,25 +263,34 @@ start_agent() {
     log "$name started (pid $pid)"
 }
 
+# _agent_port NAME VAR: an agent listening on port 0 wrote NAME.pid.port;
+# sets ${NAME}_port and VAR from it (nothing when there is no such file).
+_agent_port() {
+    local name=$1 var=$2 port
+    [ -s "$TESTDIR/$name.pid.port" ] || return 0
+    port=$(cat "$TESTDIR/$name.pid.port")
+    [[ "$port" =~ ^[0-9]+$ ]] && [ "$port" -gt 0 ] ||
+        fail "$name.pid.port holds '$port', not a port"
+    printf -v "${name//[^A-Za-z0-9_]/_}_port" '%s' "$port"
+    printf -v "$var" '%s' "$port"
+}
+
 # start_secondary NAME ARGS...  (sets ${NAME}_port from NAME.pid.port when
 # listening on port 0; also in $SECONDARY_PORT)
 start_secondary() {
     local name=$1
     shift
     start_agent "$name" "$SECONDARY_BIN" "$@"
-    if [ -s "$TESTDIR/$name.pid.port" ]; then
-        SECONDARY_PORT=$(cat "$TESTDIR/$name.pid.port")
-        [[ "$SECONDARY_PORT" =~ ^[0-9]+$ ]] && [ "$SECONDARY_PORT" -gt 0 ] ||
-            fail "$name.pid.port holds '$SECONDARY_PORT', not a port"
-        printf -v "${name//[^A-Za-z0-9_]/_}_port" '%s' "$SECONDARY_PORT"
-    fi
+    _agent_port "$name" SECONDARY_PORT
 }
 
-# start_primary NAME ARGS...
+# start_primary NAME ARGS...  (with --listen on port 0: sets ${NAME}_port
+# and $PRIMARY_PORT from NAME.pid.port, the port its secondary dials)
 start_primary() {
     local name=$1
     shift
     start_agent "$name" "$PRIMARY_BIN" "$@"
+    _agent_port "$name" PRIMARY_PORT
 }
 
 _alive() {
@@ -550,32 +559,53 @@ CERTS=$TESTDIR/certs
 # secondary $SEC (default "sec") on 127.0.0.1:0 with replica.img/replica.meta,
 # then a primary $PRI (default "pri") on unix:$PRI.sock with
 # primary.img/primary.meta (the caller creates primary.img).  Extra
-# arguments go to the primary; the array SEC_EXTRA_ARGS to the secondary.  Sets NBD_SOCK and NBD_URI.  With
-# PAIR_PROXY=1 the primary reaches the secondary through a link proxy named
-# "px" (start_proxy; PROXY_PORT), e.g. for proxy_cmd px cut.
+# arguments go to the primary; the array SEC_EXTRA_ARGS to the secondary.
+# Sets NBD_SOCK and NBD_URI.  With PAIR_PROXY=1 the dialling side reaches
+# the other through a link proxy named "px" (start_proxy; PROXY_PORT),
+# e.g. for proxy_cmd px cut.  With PAIR_DIRECTION=reverse the primary
+# listens (--listen 127.0.0.1:0, started first) and the secondary dials it
+# (--peer).
 PRI=pri
 SEC=sec
 start_pair() {
-    local mode=$1 peer_port
+    local mode=$1 port
     shift
     [ -f "$CERTS/primary.pem" ] || make_certs "$CERTS" primary secondary
+    if [ "${PAIR_DIRECTION:-}" = reverse ]; then
+        _pair_primary "$mode" --listen 127.0.0.1:0 "$@"
+        _pair_via "$PRIMARY_PORT"
+        _pair_secondary --peer "127.0.0.1:$PAIR_PORT"
+    else
+        _pair_secondary --listen 127.0.0.1:0
+        _pair_via "$SECONDARY_PORT"
+        _pair_primary "$mode" --peer "127.0.0.1:$PAIR_PORT" "$@"
+    fi
+    NBD_SOCK=$TESTDIR/$PRI.sock
+    NBD_URI="nbd+unix:///?socket=$NBD_SOCK"
+}
+# _pair_via PORT: PAIR_PORT=PORT, or the port of a link proxy to it.
+_pair_via() {
+    PAIR_PORT=$1
+    if [ "${PAIR_PROXY:-0}" = 1 ]; then
+        start_proxy px "$1"
+        PAIR_PORT=$PROXY_PORT
+    fi
+}
+_pair_secondary() {
     start_secondary "$SEC" --volume "$TESTDIR/replica.img" \
-        --meta "$TESTDIR/replica.meta" --listen 127.0.0.1:0 \
+        --meta "$TESTDIR/replica.meta" "$@" \
         --tls-cert "$CERTS/secondary.pem" --tls-key "$CERTS/secondary.key" \
         --tls-ca "$CERTS/ca.pem" --peer-name primary \
         ${SEC_EXTRA_ARGS[@]+"${SEC_EXTRA_ARGS[@]}"}
-    peer_port=$SECONDARY_PORT
-    if [ "${PAIR_PROXY:-0}" = 1 ]; then
-        start_proxy px "$SECONDARY_PORT"
-        peer_port=$PROXY_PORT
-    fi
+}
+_pair_primary() {
+    local mode=$1
+    shift
     start_primary "$PRI" --volume "$TESTDIR/primary.img" \
         --meta "$TESTDIR/primary.meta" --nbd "unix:$TESTDIR/$PRI.sock" \
-        --peer "127.0.0.1:$peer_port" --mode "$mode" \
+        --mode "$mode" \
         --tls-cert "$CERTS/primary.pem" --tls-key "$CERTS/primary.key" \
         --tls-ca "$CERTS/ca.pem" --peer-name secondary "$@"
-    NBD_SOCK=$TESTDIR/$PRI.sock
-    NBD_URI="nbd+unix:///?socket=$NBD_SOCK"
 }
 
 # ---- data ----
@@ -660,25 +690,37 @@ PY
 
 PAIR_MODE=
 declare -a PAIR_PRI_ARGS=()
-PAIR_SEC_PORT=
+PAIR_LISTEN_PORT=
 PAIR_PEER_PORT=
 declare -A _outage_restarts=()
 
-# start_outage_pair MODE [PRIMARY ARGS...]: start_pair (PAIR_PROXY as
-# usual), remembering the mode, the extra primary arguments and the ports,
-# so that restart_secondary and restart_primary use the same command lines.
+# start_outage_pair MODE [PRIMARY ARGS...]: start_pair (PAIR_PROXY and
+# PAIR_DIRECTION as usual), remembering the mode, the extra primary
+# arguments and the ports (PAIR_LISTEN_PORT: the listening agent's;
+# PAIR_PEER_PORT: what the other dials, the proxy's or the same), so that
+# restart_secondary and restart_primary use the same command lines.
 start_outage_pair() {
     PAIR_MODE=$1
     shift
     PAIR_PRI_ARGS=("$@")
     start_pair "$PAIR_MODE" "$@"
-    PAIR_SEC_PORT=$SECONDARY_PORT
-    if [ "${PAIR_PROXY:-0}" = 1 ]; then
-        PAIR_PEER_PORT=$PROXY_PORT
+    PAIR_PEER_PORT=$PAIR_PORT
+    if [ "${PAIR_DIRECTION:-}" = reverse ]; then
+        PAIR_LISTEN_PORT=$PRIMARY_PORT
     else
-        PAIR_PEER_PORT=$SECONDARY_PORT
+        PAIR_LISTEN_PORT=$SECONDARY_PORT
     fi
     cleanup_fn _outage_show_old_logs
+}
+
+# What the restarted agent is given: its old port to listen on, or the
+# address it dials.
+_outage_conn_args() {
+    if [ "$1" = listen ]; then
+        echo "--listen 127.0.0.1:$PAIR_LISTEN_PORT"
+    else
+        echo "--peer 127.0.0.1:$PAIR_PEER_PORT"
+    fi
 }
 
 # Keep the log of an agent's earlier run as NAME.log.N (start_agent
@@ -714,11 +756,17 @@ _outage_forget() {
 # restart_secondary: start $SEC again (it must be stopped or killed) with
 # start_pair's command line, on the same port.
 restart_secondary() {
+    local -a conn
     [ -z "${_agent_pid[$SEC]:-}" ] || fail "restart_secondary: $SEC is still running"
     _outage_rotate_log "$SEC"
     _outage_forget "$SEC"
+    if [ "${PAIR_DIRECTION:-}" = reverse ]; then
+        read -r -a conn <<<"$(_outage_conn_args dial)"
+    else
+        read -r -a conn <<<"$(_outage_conn_args listen)"
+    fi
     start_secondary "$SEC" --volume "$TESTDIR/replica.img" \
-        --meta "$TESTDIR/replica.meta" --listen "127.0.0.1:$PAIR_SEC_PORT" \
+        --meta "$TESTDIR/replica.meta" "${conn[@]}" \
         --tls-cert "$CERTS/secondary.pem" --tls-key "$CERTS/secondary.key" \
         --tls-ca "$CERTS/ca.pem" --peer-name primary \
         ${SEC_EXTRA_ARGS[@]+"${SEC_EXTRA_ARGS[@]}"}
@@ -727,15 +775,39 @@ restart_secondary() {
 # restart_primary [EXTRA ARGS...]: start $PRI again with start_pair's
 # command line, mode $PAIR_MODE and the remembered extra arguments.
 restart_primary() {
+    local -a conn
     [ -z "${_agent_pid[$PRI]:-}" ] || fail "restart_primary: $PRI is still running"
     _outage_rotate_log "$PRI"
     _outage_forget "$PRI"
+    if [ "${PAIR_DIRECTION:-}" = reverse ]; then
+        read -r -a conn <<<"$(_outage_conn_args listen)"
+    else
+        read -r -a conn <<<"$(_outage_conn_args dial)"
+    fi
     start_primary "$PRI" --volume "$TESTDIR/primary.img" \
         --meta "$TESTDIR/primary.meta" --nbd "unix:$TESTDIR/$PRI.sock" \
-        --peer "127.0.0.1:$PAIR_PEER_PORT" --mode "$PAIR_MODE" \
+        "${conn[@]}" --mode "$PAIR_MODE" \
         --tls-cert "$CERTS/primary.pem" --tls-key "$CERTS/primary.key" \
         --tls-ca "$CERTS/ca.pem" --peer-name secondary \
         "${PAIR_PRI_ARGS[@]}" "$@"
+}
+
+# agent_exit NAME [TIMEOUT_S]: the agent is expected to exit by itself
+# (e.g. after demote): the harness stops watching it, waits (default
+# 30 s) and sets AGENT_EXIT to its exit status; fails if it does not exit.
+agent_exit() {
+    local name=$1 t=${2:-30} pid deadline
+    pid=${_agent_pid[$name]:-}
+    [ -n "$pid" ] || fail "agent_exit: $name is not running"
+    _agent_pid[$name]=
+    deadline=$((SECONDS + t * SLOW))
+    while _alive "$pid"; do
+        [ "$SECONDS" -lt "$deadline" ] ||
+            fail "$name (pid $pid) did not exit within $((t * SLOW)) s"
+        sleep 0.05
+    done
+    wait "$pid" 2>/dev/null && AGENT_EXIT=0 || AGENT_EXIT=$?
+    log "$name (pid $pid) exited with status $AGENT_EXIT"
 }
 
 # kill9_agent NAME: SIGKILL the agent, wait until it is gone and make the

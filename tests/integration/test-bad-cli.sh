@@ -66,6 +66,11 @@ mk sec_ok --tls-cert "$TESTDIR/missing.pem"; expect_2 "$TESTDIR/missing.pem" "$S
 mk sec_ok --tls-key "$TESTDIR/missing.key";  expect_2 "$TESTDIR/missing.key" "$S" "${A[@]}"
 mk sec_ok --tls-ca "$TESTDIR/garbage.pem";   expect_2 "$TESTDIR/garbage.pem" "$S" "${A[@]}"
 expect_2 -- "$S"
+# One direction each: listen or dial, not both; dialling needs a port.
+expect_2 '--peer|--listen or --peer' "$S" "${sec_ok[@]}" --peer 127.0.0.1:7
+mk sec_ok --listen; expect_2 '--peer|port 0' "$S" "${A[@]}" --peer 127.0.0.1:0
+expect_2 '--connect-interval|only with --peer' "$S" "${sec_ok[@]}" --connect-interval 1s
+mk sec_ok --listen; expect_2 '--connect-interval|50ms' "$S" "${A[@]}" --peer 127.0.0.1:7 --connect-interval 50ms
 
 mk pri_ok --peer;   expect_2 --peer "$P" "${A[@]}"
 mk pri_ok --nbd;    expect_2 --nbd "$P" "${A[@]}"
@@ -77,6 +82,10 @@ mk pri_ok --peer 127.0.0.1:99999; expect_2 '--peer|99999' "$P" "${A[@]}"
 expect_2 '--async-buffer|12Q' "$P" "${pri_ok[@]}" --async-buffer 12Q
 expect_2 --frobnicate "$P" "${pri_ok[@]}" --frobnicate
 expect_2 -- "$P"
+expect_2 '--listen|--peer or --listen' "$P" "${pri_ok[@]}" --listen 127.0.0.1:0
+mk pri_ok --peer; expect_2 '--listen|unix:' "$P" "${A[@]}" --listen "unix:$TESTDIR/r.sock"
+# An address this host does not have: refused before serving anything.
+mk pri_ok --peer; expect_2 '--listen|203.0.113.7' "$P" "${A[@]}" --listen 203.0.113.7:7788
 mk pri_ok --volume "$TESTDIR/missing.img";   expect_2 "$TESTDIR/missing.img" "$P" "${A[@]}"
 mk pri_ok --tls-cert "$TESTDIR/garbage.pem"; expect_2 "$TESTDIR/garbage.pem" "$P" "${A[@]}"
 mk pri_ok --tls-ca "$TESTDIR/missing-ca.pem"; expect_2 "$TESTDIR/missing-ca.pem" "$P" "${A[@]}"

@@ -16,6 +16,11 @@
 #   3. The primary's op counters agree once it is idle (ops_acked used to
 #      run one ahead of ops_sent after an initial sync).
 #
+# PAIR_DIRECTION=reverse (ctest integration/test-connect-time-reverse):
+# the primary listens and the secondary dials it; fresh pairs start the
+# primary first and count from the secondary's start, the proxy sits in
+# front of the primary.
+#
 # Prints FIGURES lines with the distributions (min/median/max).
 source "$(dirname "$0")/functions.sh"
 requires_python_nbd
@@ -73,16 +78,16 @@ slow=()
 for ((i = 1; i <= STARTS; i++)); do
     rm -f replica.img replica.meta primary.meta
     SEC=sec$i PRI=pri$i
-    start_secondary "$SEC" --volume "$TESTDIR/replica.img" \
-        --meta "$TESTDIR/replica.meta" --listen 127.0.0.1:0 \
-        --tls-cert "$CERTS/secondary.pem" --tls-key "$CERTS/secondary.key" \
-        --tls-ca "$CERTS/ca.pem" --peer-name primary
-    t0=$(now_ms)
-    start_primary "$PRI" --volume "$TESTDIR/primary.img" \
-        --meta "$TESTDIR/primary.meta" --nbd "unix:$TESTDIR/$PRI.sock" \
-        --peer "127.0.0.1:$SECONDARY_PORT" --mode sync \
-        --tls-cert "$CERTS/primary.pem" --tls-key "$CERTS/primary.key" \
-        --tls-ca "$CERTS/ca.pem" --peer-name secondary
+    # The listening side first; the clock starts with the dialling one.
+    if [ "${PAIR_DIRECTION:-}" = reverse ]; then
+        _pair_primary sync --listen 127.0.0.1:0
+        t0=$(now_ms)
+        _pair_secondary --peer "127.0.0.1:$PRIMARY_PORT"
+    else
+        _pair_secondary --listen 127.0.0.1:0
+        t0=$(now_ms)
+        _pair_primary sync --peer "127.0.0.1:$SECONDARY_PORT"
+    fi
     ms=$(wait_connected_ms "$PRI" "$t0" "$LIMIT_MS")
     times+=("$ms")
     log "start $i: connected after $ms ms"
