@@ -440,6 +440,13 @@ connector_redial(struct connector *c, unsigned min_delay_ms)
 }
 
 void
+connector_redial_now(struct connector *c)
+{
+  if (!c->cfg.listen && c->started && c->state == DIAL_WAIT)
+    c->next_attempt_ms = util_now_ms();
+}
+
+void
 connector_reset_backoff(struct connector *c)
 {
   c->backoff_ms = CONNECTOR_RETRY_FIRST_MS;

@@ -63,6 +63,9 @@ void connector_start(struct connector *c);
  * least min_delay_ms from now (a peer that refused us).  Listen: nothing
  * to do, the peer dials again. */
 void connector_redial(struct connector *c, unsigned min_delay_ms);
+/* Dial: waiting to dial again: dial at the next tick (the reason to wait,
+ * e.g. a refusal, is gone). */
+void connector_redial_now(struct connector *c);
 /* The owner's session got going: the next loss retries quickly. */
 void connector_reset_backoff(struct connector *c);
 

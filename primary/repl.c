@@ -593,6 +593,13 @@ repl_decide(struct repl *r, const Duplex__HelloReply *h)
   if (h->discard_local)
     log_warn("primary: secondary %s discards its own changes (operator's "
              "decision); resyncing it from this side", r->peer_desc);
+  if (h->discard_local && h->bitmap_bytes > 0 && h->bitmap_needs_checksums) {
+    /* Its bitmap includes the regions it was writing when it crashed as
+     * a primary: compare hashes there, as after our own crash. */
+    log_info("primary: secondary %s crashed as a primary; the regions it "
+             "was writing are compared by checksum", r->peer_desc);
+    r->p->crash_recovery = true;
+  }
   if (h->bitmap_bytes > 0) {
     /* The secondary's changes follow as BITMAP frames. */
     size_t ours = bitmap_word_count(r->p->oos) * sizeof(uint64_t);

@@ -92,6 +92,7 @@ hello_reply_init(struct secondary *s, const struct meta_sb *sb,
   identity_to_wire(&sb->gen, gen, hist);
   rep->gen = gen;
   rep->discard_local = sb->discard_local;
+  rep->bitmap_needs_checksums = s->al_uncertain;
 }
 
 /* The generations say this primary's data must not land here: answer the

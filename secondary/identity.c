@@ -70,6 +70,55 @@ identity_scan_bitmap(struct secondary *s, bool *dirty)
   return r;
 }
 
+/* Metadata left by a primary that did not stop cleanly: the regions in
+ * its activity log may hold writes its bitmap does not show (the bitmap
+ * is written lazily; the log is what covers writes in flight).  Mark them
+ * in the bitmap, as the primary's own recovery does, so that a later
+ * resolve --discard-local resyncs them too, comparing hashes (the log is
+ * kept until then: s->al_uncertain).  Returns the
+ * number of regions marked, or -errno. */
+static int
+identity_fold_activity_log(struct secondary *s)
+{
+  const struct meta_sb *sb = meta_get(s->meta);
+  struct meta_al al;
+  uint64_t bits = sb->bitmap_bits, grain = sb->bitmap_grain, size;
+  size_t len;
+  uint8_t *img;
+  unsigned i;
+  int r;
+
+  r = meta_al_read(s->meta, &al);
+  if (r < 0 || al.n == 0)
+    return r;
+  if (bits == 0 || grain == 0)
+    return -EINVAL;
+  size = sb->size_bytes != 0 ? sb->size_bytes : bits * grain;
+  len = meta_bitmap_image_len(s->meta);
+  img = calloc(1, len > 0 ? len : 1);
+  if (img == NULL)
+    return -ENOMEM;
+  r = meta_bitmap_read(s->meta, img, len);
+  for (i = 0; r == 0 && i < al.n; i++) {
+    uint64_t start = al.extents[i] << al.extent_shift, end, b;
+    if (start >= size)
+      continue;
+    end = MIN(size, start + ((uint64_t)1 << al.extent_shift));
+    for (b = start / grain; b < (end + grain - 1) / grain && b < bits; b++)
+      img[b / 8] |= (uint8_t)(1u << (b % 8));
+  }
+  if (r == 0)
+    r = meta_bitmap_write(s->meta, img, 0, meta_bitmap_pages(s->meta));
+  if (r == 0)
+    r = meta_sync(s->meta);
+  free(img);
+  /* The log stays until a resync to this side completes: it says that
+   * those bits are only possibly changed (the primary compares hashes). */
+  if (r == 0)
+    s->al_uncertain = true;
+  return r < 0 ? r : (int)i;
+}
+
 int
 identity_start(struct secondary *s, char *err, size_t errlen)
 {
@@ -81,7 +130,21 @@ identity_start(struct secondary *s, char *err, size_t errlen)
     log_info("secondary: metadata %s was last used by a primary; taking "
              "the secondary role (its generation and bitmap are kept until "
              "a resync to this side completes)", s->cfg.meta);
+    r = identity_fold_activity_log(s);
+    if (r < 0) {
+      snprintf(err, errlen, "recovering the activity log the primary left: "
+               "%s", strerror(-r));
+      return -1;
+    }
+    if (r > 0)
+      log_warn("secondary: metadata %s: the primary did not stop cleanly; "
+               "the %d regions it was writing are marked as changed here "
+               "(a resolve --discard-local resyncs them)", s->cfg.meta, r);
     sb.role = META_ROLE_SECONDARY;
+    /* A primary's volume always holds a state of its own writes (a
+     * primary is never a resync target): it is a consistent replica, worth
+     * a before-resync snapshot when a resync is about to overwrite it. */
+    sb.consistent = true;
     r = meta_write(s->meta, &sb);
     if (r < 0) {
       snprintf(err, errlen, "write failed: %s", strerror(-r));
@@ -374,6 +437,17 @@ identity_sync_done(struct secondary *s, const struct gen_ids *source,
       return -1;
     }
     s->bitmap_dirty = false;
+    if (s->al_uncertain) {
+      struct meta_al empty = { .extent_shift = 22, .n = 0 };
+      r = meta_al_write(s->meta, &empty);
+      if (r < 0) {
+        status_error(s, "secondary: metadata %s: clearing the activity "
+                     "log: %s; check the disk holding it", s->cfg.meta,
+                     strerror(-r));
+        return -1;
+      }
+      s->al_uncertain = false;
+    }
     log_info("secondary: metadata %s: bitmap cleared (the resync covered "
              "the blocks changed here)", s->cfg.meta);
   }

@@ -114,6 +114,9 @@ struct secondary {
   int listen_port;              /* --listen; -1 when dialling */
   bool bitmap_dirty;            /* the metadata's bitmap has bits set (a
                                    primary ran on this volume) */
+  bool al_uncertain;            /* some of those bits are regions a crashed
+                                   primary was writing: only possibly
+                                   changed (its activity log is kept) */
   bool stopping;
 };
 

@@ -377,6 +377,8 @@ status_cmd_resolve(struct secondary *s, int argc, char **argv,
   if (s->link != NULL)
     link_close(s->link, false, "resolve --discard-local: dropping the link "
                "so that the primary reconnects");
+  else if (s->conn != NULL)
+    connector_redial_now(s->conn);
   evbuffer_add_printf(out, "discard-local set: the next connection resyncs "
                       "this side from the primary (blocks changed on either "
                       "side)\n");

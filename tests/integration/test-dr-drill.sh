@@ -1,0 +1,151 @@
+#!/bin/bash
+# Disaster-recovery drill, unplanned failover and back (DR_MODE=sync or
+# async, default both in turn):
+#
+#   1. A pair replicating (the secondary keeps snapshots); the link is cut
+#      and the primary writes blocks the secondary never receives (what a
+#      site loses in a disaster: async writes in flight, writes during an
+#      outage); then kill -9 of the primary.
+#   2. Failover: duplex-primary on the secondary's volume and metadata
+#      (listening); clients write there.
+#   3. The old primary returns as duplex-secondary on its own volume and
+#      metadata (dialling, with a snapshot store of its own): refused as a
+#      split brain, nothing overwritten; `resolve --discard-local` there;
+#      the resync covers the union of the blocks written on either side
+#      since the failover (plus the regions the crashed primary's activity
+#      log held), never the whole volume: asserted against what the drill
+#      wrote; the returning node's state before the resync is kept as a
+#      before-resync snapshot, byte-exact.
+#   4. Planned switchover back (demote) with 0 bytes resynced; the volumes
+#      byte-identical at every step.
+# Prints FIGURES lines: bytes resynced vs bytes changed.
+source "$(dirname "$0")/functions.sh"
+requires_python_nbd
+
+SIZE_MIB=256
+AL_EXTENT=$((4 * 1024 * 1024))
+
+# offsets SEED COUNT...: the distinct 4 KiB block numbers `scatter SEED
+# COUNT` writes (same generator), for every SEED COUNT pair.
+offsets() {
+    "$PYTHON" - "$((SIZE_MIB * 1024 * 1024))" "$@" <<'PY'
+import random, sys
+size = int(sys.argv[1])
+blocks = set()
+args = sys.argv[2:]
+for i in range(0, len(args), 2):
+    rng = random.Random(int(args[i]))
+    for _ in range(int(args[i + 1])):
+        blocks.add(rng.randrange(size // 4096))
+for b in sorted(blocks):
+    print(b)
+PY
+}
+
+drill() {
+    local mode=$1 lost new union_blocks al_regions s total sent zeroed limit id
+    log "==== drill, $mode mode ===="
+    rm -rf "$TESTDIR"/*.img "$TESTDIR"/*.meta "$TESTDIR"/S-* "$TESTDIR"/px.*
+    make_pattern_image primary.img "$SIZE_MIB" >/dev/null
+    PRI=pri SEC=sec
+    SEC_EXTRA_ARGS=(--snapshot-store "$TESTDIR/S-sec")
+    PAIR_PROXY=1 start_outage_pair "$mode"
+    wait_in_sync pri sec
+    scatter 11 300 flush
+    wait_in_sync pri sec
+
+    # ---- 1: writes the secondary never gets, then the disaster ----
+    proxy_cmd px cut >/dev/null
+    wait_until -t 30 -m "primary notices the cut" \
+        '[ "$(status_field pri connection)" != connected ]'
+    scatter 12 150 flush
+    kill9_agent pri
+    stop_agent sec || fail "the secondary did not stop cleanly"
+    stop_proxy px
+
+    # ---- 2: failover ----
+    start_primary pri2 --volume "$TESTDIR/replica.img" --meta "$TESTDIR/replica.meta" \
+        --nbd "unix:$TESTDIR/pri2.sock" --listen 127.0.0.1:0 --mode "$mode" \
+        --tls-cert "$CERTS/secondary.pem" --tls-key "$CERTS/secondary.key" \
+        --tls-ca "$CERTS/ca.pem" --peer-name primary
+    NBD_SOCK=$TESTDIR/pri2.sock scatter 13 200 flush
+
+    # ---- 3: the old primary returns as a secondary ----
+    cp --sparse=always primary.img returning-before.img
+    start_secondary sec2 --volume "$TESTDIR/primary.img" --meta "$TESTDIR/primary.meta" \
+        --peer "127.0.0.1:$PRIMARY_PORT" --snapshot-store "$TESTDIR/S-old" \
+        --tls-cert "$CERTS/primary.pem" --tls-key "$CERTS/primary.key" \
+        --tls-ca "$CERTS/ca.pem" --peer-name secondary
+    wait_until -t 30 -m "split brain seen by both" \
+        '[ "$(status_field pri2 split_brain)" = true ] && [ "$(status_field sec2 split_brain)" = true ]'
+    cmp -s primary.img returning-before.img ||
+        fail "the returning node's volume changed before anyone resolved"
+    al_regions=$(grep -o 'the [0-9]* regions it was writing' sec2.log | grep -o '[0-9]*' || echo 0)
+    "$DUPLEXCTL" --control "$TESTDIR/sec2.ctl" resolve --discard-local >/dev/null ||
+        fail "resolve --discard-local failed"
+    PRI=pri2 SEC=sec2
+    wait_in_sync pri2 sec2
+    compare_volumes replica.img primary.img
+
+    lost=$(offsets 12 150 | wc -l)
+    new=$(offsets 13 200 | wc -l)
+    union_blocks=$(offsets 12 150 13 200 | wc -l)
+    s=$(status_json pri2)
+    total=$(jq -r .resync_total_bytes <<<"$s")
+    sent=$(jq -r .resync_data_bytes_sent <<<"$s")
+    zeroed=$(jq -r .resync_zero_bytes_sent <<<"$s")
+    # What travels: the union of the blocks written on either side; the
+    # regions the crashed primary's log held are compared by checksum, so
+    # they add only blocks that differ (the ones it wrote: in the union).
+    limit=$((union_blocks * 4096 * 11 / 10))
+    echo "FIGURES: $TEST_NAME $mode: resync sent $sent bytes of block data for $union_blocks distinct blocks changed since the failover ($lost on the old primary, $new on the new one: $((union_blocks * 4096)) bytes): ratio $(awk -v a="$sent" -v b="$((union_blocks * 4096))" 'BEGIN { printf "%.3f", a / b }') (blocks that are zero on the new primary travel as zero ranges: $zeroed bytes); $total bytes were marked ($al_regions activity-log regions of 4 MiB of the crashed primary, compared by checksum)"
+    [ $((sent + zeroed)) -le "$limit" ] ||
+        fail "$mode: $((sent + zeroed)) bytes resynced (data and zero ranges), more than 1.1 x the $((union_blocks * 4096)) bytes changed on either side"
+    [ $((sent + zeroed)) -ge $((union_blocks * 4096)) ] ||
+        fail "$mode: $((sent + zeroed)) bytes resynced, fewer than the $((union_blocks * 4096)) bytes changed on either side"
+    [ "$sent" -ge $((new * 4096)) ] ||
+        fail "$mode: only $sent bytes resynced, fewer than the $new blocks the new primary wrote"
+
+    # The returning node's state before the resync, as a snapshot.
+    "$DUPLEXCTL" --control "$TESTDIR/sec2.ctl" snapshot list --json >list.json
+    id=$(jq -r '[.[] | select(.reason == "before-resync")][0].id' list.json)
+    [ -n "$id" ] && [ "$id" != null ] ||
+        fail "$mode: no before-resync snapshot on the returning node: $(cat list.json)"
+    wait_until -t 120 -m "snapshot $id complete" \
+        "\"\$DUPLEXCTL\" --control \"\$TESTDIR/sec2.ctl\" snapshot list --json | jq -e '.[] | select(.id == $id) | .state == \"complete\"' >/dev/null"
+
+    # ---- 4: planned switchover back ----
+    NBD_SOCK=$TESTDIR/pri2.sock scatter 14 50 flush
+    wait_in_sync pri2 sec2
+    "$DUPLEXCTL" --control "$TESTDIR/pri2.ctl" demote >out.txt 2>&1 ||
+        fail "$mode: demote failed: $(cat out.txt)"
+    agent_exit pri2
+    [ "$AGENT_EXIT" = 0 ] || fail "$mode: pri2 exited with status $AGENT_EXIT"
+    stop_agent sec2 || fail "sec2 did not stop cleanly"
+    "$DUPLEX_BUILD/duplex-store" --store S-old restore "$id" --to before.img >/dev/null ||
+        fail "$mode: restoring the before-resync snapshot failed"
+    compare_volumes before.img returning-before.img
+    _outage_forget pri2; _outage_forget sec2
+    start_secondary sec3 --volume "$TESTDIR/replica.img" --meta "$TESTDIR/replica.meta" \
+        --listen 127.0.0.1:0 \
+        --tls-cert "$CERTS/secondary.pem" --tls-key "$CERTS/secondary.key" \
+        --tls-ca "$CERTS/ca.pem" --peer-name primary
+    start_primary pri3 --volume "$TESTDIR/primary.img" --meta "$TESTDIR/primary.meta" \
+        --nbd "unix:$TESTDIR/pri3.sock" --peer "127.0.0.1:$SECONDARY_PORT" --mode "$mode" \
+        --tls-cert "$CERTS/primary.pem" --tls-key "$CERTS/primary.key" \
+        --tls-ca "$CERTS/ca.pem" --peer-name secondary
+    PRI=pri3 SEC=sec3
+    wait_in_sync pri3 sec3
+    s=$(status_json pri3)
+    jq -e '.resync_total_bytes == 0 and .resync_data_bytes_sent == 0' <<<"$s" >/dev/null ||
+        fail "$mode: the switchover back resynced: $(jq -c '{resync_total_bytes, resync_data_bytes_sent, sync_decision}' <<<"$s")"
+    log "$mode: back on the original primary, 0 bytes resynced"
+    stop_agent pri3 || fail "pri3 did not stop cleanly"
+    stop_agent sec3 || fail "sec3 did not stop cleanly"
+    compare_volumes primary.img replica.img
+    _outage_forget pri3; _outage_forget sec3; _outage_forget pri; _outage_forget sec
+}
+
+for m in ${DR_MODE:-sync async}; do
+    drill "$m"
+done
