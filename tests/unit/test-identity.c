@@ -1,10 +1,13 @@
-/* The secondary's identity module: the verdict per decision, and the
- * conversion of its bitmap image to the primary's grain. */
+/* The secondary's identity module: the verdict per decision, the
+ * conversion of its bitmap image to the primary's grain, and taking over
+ * the metadata a crashed primary left. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -75,6 +78,71 @@ test_convert_clips_to_destination(void **state)
   assert_memory_equal(dst, (uint8_t[8]){ 0 }, 8);
 }
 
+/* duplex-secondary started on the metadata of a primary killed while
+ * writing: the regions of its activity log are marked in the bitmap
+ * (written lazily, it may lack them), the log is kept until a resync
+ * completes, and the volume counts as consistent. */
+static void
+test_start_folds_crashed_primary_log(void **state)
+{
+  char dir[] = "/tmp/test-identity.XXXXXX", path[64], err[256];
+  const uint64_t size = 64ull << 20, grain = 4096, bits = size / grain;
+  struct secondary s;
+  struct meta *m;
+  struct meta_sb sb;
+  struct meta_al al = { .extent_shift = 22, .n = 3,
+                        .extents = { 1, 7, 15 } }, back;
+  uint8_t *img;
+  size_t len;
+  uint64_t i;
+  bool created;
+
+  (void)state;
+  assert_non_null(mkdtemp(dir));
+  snprintf(path, sizeof path, "%s/m", dir);
+  assert_int_equal(meta_open(path, &m, &created, err, sizeof err), 0);
+  memset(&sb, 0, sizeof sb);
+  sb.role = META_ROLE_PRIMARY;
+  sb.size_bytes = size;
+  sb.block_size = 4096;
+  sb.bitmap_grain = (uint32_t)grain;
+  sb.gen.current = 0x1234;
+  assert_int_equal(meta_write(m, &sb), 0);
+  assert_int_equal(meta_bitmap_resize(m, bits), 0);
+  /* One bit the primary did flush: kept. */
+  len = meta_bitmap_image_len(m);
+  img = calloc(1, len);
+  assert_non_null(img);
+  img[0] = 1;
+  assert_int_equal(meta_bitmap_write(m, img, 0, meta_bitmap_pages(m)), 0);
+  assert_int_equal(meta_al_write(m, &al), 0);
+
+  memset(&s, 0, sizeof s);
+  s.meta = m;
+  s.cfg.meta = path;
+  assert_int_equal(identity_start(&s, err, sizeof err), 0);
+  assert_true(s.bitmap_dirty);
+  assert_true(s.al_uncertain);
+  assert_int_equal(meta_get(m)->role, META_ROLE_SECONDARY);
+  assert_true(meta_get(m)->consistent);
+  memset(img, 0, len);
+  assert_int_equal(meta_bitmap_read(m, img, len), 0);
+  for (i = 0; i < bits; i++) {
+    uint64_t extent = i * grain >> 22;
+    bool want = i == 0 || extent == 1 || extent == 7 || extent == 15;
+    if (bit(img, i) != want)
+      fail_msg("bit %llu is %d, expected %d", (unsigned long long)i,
+               bit(img, i), want);
+  }
+  /* The log stays until a resync to this side completes. */
+  assert_int_equal(meta_al_read(m, &back), 0);
+  assert_int_equal(back.n, 3);
+  free(img);
+  meta_close(m);
+  unlink(path);
+  rmdir(dir);
+}
+
 int
 main(void)
 {
@@ -83,6 +151,7 @@ main(void)
     cmocka_unit_test(test_convert_fine_to_coarse),
     cmocka_unit_test(test_convert_coarse_to_fine),
     cmocka_unit_test(test_convert_clips_to_destination),
+    cmocka_unit_test(test_start_folds_crashed_primary_log),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
