@@ -23,7 +23,6 @@ source "$(dirname "$0")/functions.sh"
 requires_python_nbd
 
 SIZE_MIB=256
-AL_EXTENT=$((4 * 1024 * 1024))
 
 # offsets SEED COUNT...: the distinct 4 KiB block numbers `scatter SEED
 # COUNT` writes (same generator), for every SEED COUNT pair.
