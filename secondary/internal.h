@@ -341,6 +341,8 @@ void snap_replica_ready(struct snapmgr *m);  /* the replica was opened */
 void snap_tick(struct snapmgr *m);           /* schedule, retries */
 bool snap_enabled(const struct snapmgr *m);
 bool snap_busy(const struct snapmgr *m);
+/* Replica reads in flight (the copier's, copy-before-write's). */
+bool snap_reading(const struct snapmgr *m);
 void snap_status_text(const struct snapmgr *m, struct evbuffer *out);
 void snap_status_json(const struct snapmgr *m, struct json *j);
 /* Complete snapshots, then copying ones; *out malloc'd. */

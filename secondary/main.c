@@ -297,15 +297,25 @@ main_apply_failed(void *opaque, const struct apply_op *op, int err)
     link_apply_failed(s->link, err, s->st.last_error);
 }
 
+/* Stopping: nothing the kernel may still write into (apply's writes, the
+ * snapshot copier's reads)?  Their buffers must outlive them. */
+static bool
+main_io_idle(const struct secondary *s)
+{
+  return !apply_busy(s->apply) && !snap_reading(s->snap);
+}
+
 static void
 main_apply_idle(void *opaque)
 {
   struct secondary *s = opaque;
 
-  if (s->stopping)
-    event_base_loopexit(s->base, NULL);
-  else if (s->link != NULL)
+  if (s->stopping) {
+    if (main_io_idle(s))
+      event_base_loopexit(s->base, NULL);
+  } else if (s->link != NULL) {
     link_kick(s->link);
+  }
 }
 
 /* ---- life cycle ---- */
@@ -317,6 +327,11 @@ main_tick_cb(evutil_socket_t fd, short what, void *arg)
 
   (void)fd;
   (void)what;
+  if (s->stopping) {
+    if (main_io_idle(s))
+      event_base_loopexit(s->base, NULL);
+    return;
+  }
   link_tick_all(s);
   snap_tick(s->snap);
 }
@@ -350,12 +365,12 @@ main_signal_cb(evutil_socket_t sig, short what, void *arg)
   connector_free(s->conn);
   s->conn = NULL;
   link_free_all(s);             /* aborts the apply queue */
-  if (!apply_busy(s->apply)) {
+  if (main_io_idle(s)) {
     event_base_loopexit(s->base, NULL);
     return;
   }
-  /* In-flight writes finish (their buffers must outlive them); after that
-   * main_apply_idle ends the loop. */
+  /* In-flight writes and copier reads finish (their buffers must outlive
+   * them); then main_apply_idle or the tick ends the loop. */
   event_base_once(s->base, -1, EV_TIMEOUT, main_stop_timeout_cb, s, &tv);
 }
 
@@ -380,7 +395,7 @@ main_cleanup(struct secondary *s, struct aio_ctx *aio, struct event **sigs,
   if (s->tick != NULL)
     event_free(s->tick);
 
-  idle = s->apply == NULL || !apply_busy(s->apply);
+  idle = s->apply == NULL || main_io_idle(s);
   clean = idle;
   if (clean && s->replica != NULL) {
     r = replica_sync(s->replica);

@@ -778,7 +778,8 @@ snap_copier_kick(struct snapmgr *m)
 {
   struct snap_job *j;
 
-  if (!replica_is_open(m->s->replica))
+  /* Stopping: no new reads (those in flight are waited for). */
+  if (!replica_is_open(m->s->replica) || m->s->stopping)
     return;
   TAILQ_FOREACH(j, &m->jobs, q) {
     uint64_t off, len, hole;
@@ -1274,6 +1275,12 @@ snap_replica_ready(struct snapmgr *m)
   if (!m->dirty)
     abort();
   m->first_rescan = true;
+}
+
+bool
+snap_reading(const struct snapmgr *m)
+{
+  return m && !TAILQ_EMPTY(&m->reads);
 }
 
 bool
