@@ -5,7 +5,6 @@
  * over; any failure goes back to WAIT with a longer interval.  Listening
  * keeps a list of handshaking connections instead; the socket is always
  * accepted from.  One timer checks deadlines for both. */
-#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -70,25 +69,6 @@ connector_set_error(struct connector *c, const char *fmt, ...)
   va_start(ap, fmt);
   vsnprintf(c->last_error, sizeof c->last_error, fmt, ap);
   va_end(ap);
-}
-
-/* "192.0.2.1:4242" or "[2001:db8::1]:4242". */
-static void
-connector_format_addr(const struct sockaddr *sa, char *out, size_t outlen)
-{
-  char host[INET6_ADDRSTRLEN] = "?";
-
-  if (sa->sa_family == AF_INET) {
-    const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-    inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-    snprintf(out, outlen, "%s:%u", host, ntohs(in->sin_port));
-  } else if (sa->sa_family == AF_INET6) {
-    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
-    snprintf(out, outlen, "[%s]:%u", host, ntohs(in6->sin6_port));
-  } else {
-    snprintf(out, outlen, "(unknown address)");
-  }
 }
 
 /* ---- pending handshakes ---- */
@@ -215,7 +195,7 @@ accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
 
   (void)evl;
   (void)salen;
-  connector_format_addr(sa, addr, sizeof addr);
+  util_format_sockaddr(sa, addr, sizeof addr);
   /* Acknowledgements are small and latency-bound in sync mode. */
   if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == -1)
     log_debug("%s: %s: TCP_NODELAY: %m", c->cfg.who, addr);

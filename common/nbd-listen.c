@@ -31,30 +31,6 @@ struct nbd_listen {
 };
 
 static void
-nbd_listen_peer_name(const struct sockaddr *sa, char *out, size_t outlen)
-{
-  char host[INET6_ADDRSTRLEN];
-
-  switch (sa->sa_family) {
-  case AF_INET: {
-    const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-    inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-    snprintf(out, outlen, "%s:%u", host, ntohs(in->sin_port));
-    break;
-  }
-  case AF_INET6: {
-    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
-    snprintf(out, outlen, "[%s]:%u", host, ntohs(in6->sin6_port));
-    break;
-  }
-  default:
-    snprintf(out, outlen, "unix");
-    break;
-  }
-}
-
-static void
 nbd_listen_accept_cb(struct evconnlistener *el, evutil_socket_t fd,
                      struct sockaddr *sa, int salen, void *opaque)
 {
@@ -65,7 +41,7 @@ nbd_listen_accept_cb(struct evconnlistener *el, evutil_socket_t fd,
 
   (void)el;
   (void)salen;
-  nbd_listen_peer_name(sa, peer, sizeof peer);
+  util_format_sockaddr(sa, peer, sizeof peer);
   if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6)
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   bev = bufferevent_socket_new(l->base, fd, BEV_OPT_CLOSE_ON_FREE);

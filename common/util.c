@@ -422,15 +422,57 @@ util_local_port(int fd)
   return -1;
 }
 
-uint64_t
-util_wall_ns(void)
+void
+util_format_sockaddr(const struct sockaddr *sa, char *out, size_t outlen)
+{
+  char host[INET6_ADDRSTRLEN] = "?";
+
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+    inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+    snprintf(out, outlen, "%s:%u", host, ntohs(in->sin_port));
+  } else if (sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+    snprintf(out, outlen, "[%s]:%u", host, ntohs(in6->sin6_port));
+  } else {
+    snprintf(out, outlen, "unix");
+  }
+}
+
+int
+util_parse_connect_interval(const char *s, unsigned *out, char *err,
+                            size_t errlen)
+{
+  char why[128];
+  uint64_t ms;
+
+  if (util_parse_duration_ms(s, &ms, why, sizeof why) == -1) {
+    snprintf(err, errlen, "--connect-interval %s: %s", s, why);
+    return -1;
+  }
+  if (ms < 100 || ms > 3600 * 1000) {
+    snprintf(err, errlen, "--connect-interval %s: must be 100ms..1h", s);
+    return -1;
+  }
+  *out = (unsigned)ms;
+  return 0;
+}
+
+static uint64_t
+util_clock_ns(clockid_t clock)
 {
   struct timespec ts;
 
-  clock_gettime(CLOCK_REALTIME, &ts);
+  clock_gettime(clock, &ts);
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+uint64_t
+util_wall_ns(void)
+{
+  return util_clock_ns(CLOCK_REALTIME);
+}
 void
 util_rfc3339(uint64_t wall_ns, char *out, size_t outlen)
 {
@@ -444,10 +486,7 @@ util_rfc3339(uint64_t wall_ns, char *out, size_t outlen)
 uint64_t
 util_now_ns(void)
 {
-  struct timespec ts;
-
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+  return util_clock_ns(CLOCK_MONOTONIC);
 }
 
 uint64_t

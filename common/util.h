@@ -28,6 +28,11 @@ struct endpoint {
 };
 int util_parse_endpoint(const char *s, struct endpoint *out, char *err,
                         size_t errlen);
+struct sockaddr;
+/* A peer's address for messages: "192.0.2.1:4242", "[2001:db8::1]:4242",
+ * "unix" for a unix socket. */
+void util_format_sockaddr(const struct sockaddr *sa, char *out,
+                          size_t outlen);
 /* "unix:/path", "host:port" or "[v6]:port", for messages. */
 void util_endpoint_str(const struct endpoint *ep, char *out, size_t outlen);
 
@@ -43,6 +48,10 @@ int util_local_port(int fd);
 uint64_t util_now_ms(void);  /* CLOCK_MONOTONIC */
 uint64_t util_now_ns(void);
 uint64_t util_wall_ns(void); /* CLOCK_REALTIME: ns since the Unix epoch */
+/* --connect-interval: a duration of 100ms..1h, in ms.  0, or -1 with
+ * "--connect-interval VALUE: why" in err. */
+int util_parse_connect_interval(const char *s, unsigned *out, char *err,
+                                size_t errlen);
 /* RFC 3339 UTC to the second, "2026-11-27T03:04:05Z", of a wall time in
  * ns since the Unix epoch (out: at least 21 bytes). */
 void util_rfc3339(uint64_t wall_ns, char *out, size_t outlen);

@@ -204,20 +204,11 @@ config_parse(int argc, char **argv, struct config *cfg, char *err,
       cfg->peer_timeout_ms = (unsigned)v * 1000;
       break;
     }
-    case OPT_CONNECT_INTERVAL: {
-      uint64_t ms;
-      if (util_parse_duration_ms(optarg, &ms, sub, sizeof sub) == -1) {
-        snprintf(err, errlen, "--connect-interval %s: %s", optarg, sub);
+    case OPT_CONNECT_INTERVAL:
+      if (util_parse_connect_interval(optarg, &cfg->connect_interval_ms, err,
+                                      errlen) == -1)
         return -1;
-      }
-      if (ms < 100 || ms > 3600 * 1000) {
-        snprintf(err, errlen, "--connect-interval %s: must be 100ms..1h",
-                 optarg);
-        return -1;
-      }
-      cfg->connect_interval_ms = (unsigned)ms;
       break;
-    }
     case OPT_BITMAP_GRAIN: {
       uint64_t g;
       if (util_parse_size(optarg, &g, sub, sizeof sub) == -1) {

@@ -121,7 +121,6 @@ config_parse(int argc, char **argv, struct config *cfg, FILE *out, char *err,
              size_t errlen)
 {
   char e[256];
-  uint64_t ms;
   bool interval_given = false;
   int c;
 
@@ -153,16 +152,9 @@ config_parse(int argc, char **argv, struct config *cfg, FILE *out, char *err,
       cfg->dial = c == OPT_PEER;
       break;
     case OPT_CONNECT_INTERVAL:
-      if (util_parse_duration_ms(optarg, &ms, e, sizeof e) == -1) {
-        snprintf(err, errlen, "--connect-interval %s: %s", optarg, e);
+      if (util_parse_connect_interval(optarg, &cfg->connect_interval_ms, err,
+                                      errlen) == -1)
         return -1;
-      }
-      if (ms < 100 || ms > 3600 * 1000) {
-        snprintf(err, errlen, "--connect-interval %s: must be 100ms..1h",
-                 optarg);
-        return -1;
-      }
-      cfg->connect_interval_ms = (unsigned)ms;
       interval_given = true;
       break;
     case OPT_TLS_CERT: cfg->tls.cert = optarg; break;

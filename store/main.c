@@ -364,7 +364,6 @@ cmd_import(struct store *s, const char *path, const char *name)
   struct store_writer_stats st;
   struct store_map prev = { 0 };
   const struct catalog *c = store_catalog(s);
-  struct timespec ts;
   uint8_t block[STORE_BLOCK];
   char err[1024];
   FILE *f;
@@ -380,10 +379,8 @@ cmd_import(struct store *s, const char *path, const char *name)
     return fail("import: %s: its size must be a positive multiple of %u",
                 path, STORE_BLOCK);
   }
-  clock_gettime(CLOCK_REALTIME, &ts);
   snprintf(meta.name, sizeof meta.name, "%s", name ? name : "");
-  meta.created_ns = (uint64_t)ts.tv_sec * 1000000000ull +
-                    (uint64_t)ts.tv_nsec;
+  meta.created_ns = util_wall_ns();
   meta.reason = SNAP_MANUAL;
   meta.size_bytes = size;
   if (c->n_snaps &&

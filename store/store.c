@@ -168,15 +168,12 @@ store_reload(struct store *s, char *err, size_t errlen)
 static int
 store_init_config(struct store *s, char *err, size_t errlen)
 {
-  struct timespec ts;
   uint8_t buf[FORMAT_CONFIG_LEN];
 
-  clock_gettime(CLOCK_REALTIME, &ts);
   s->cfg.format = STORE_FORMAT_VERSION;
   s->cfg.block_size = STORE_BLOCK;
   util_uuid_generate(s->cfg.uuid);
-  s->cfg.created_ns = (uint64_t)ts.tv_sec * 1000000000ull +
-                      (uint64_t)ts.tv_nsec;
+  s->cfg.created_ns = util_wall_ns();
   format_config_encode(&s->cfg, buf);
   return s->b->ops->config_put(s->b, buf, sizeof buf, err, errlen);
 }
