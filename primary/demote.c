@@ -290,12 +290,6 @@ demote_command(struct primary *p, int argc, char **argv, struct evbuffer *out)
   return CONTROL_LATER;
 }
 
-bool
-demote_active(const struct primary *p)
-{
-  return p->demote != NULL;
-}
-
 void
 demote_status_json(const struct primary *p, struct json *j)
 {

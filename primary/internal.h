@@ -240,7 +240,6 @@ void repl_free(struct repl *r);
 void repl_start(struct repl *r);
 /* Close the link (the agent is stopping): pending ops fail. */
 void repl_shutdown(struct repl *r);
-enum repl_state repl_state(const struct repl *r);
 bool repl_connected(const struct repl *r);
 /* Ops are sent in call order.  Each returns 0, or -1 if not connected (then
  * acked and ref_done are never called).  A large write's data is not
@@ -346,7 +345,6 @@ struct demote;
  * its --timeout), or -1 with the reason in out. */
 int demote_command(struct primary *p, int argc, char **argv,
                    struct evbuffer *out);
-bool demote_active(const struct primary *p);
 void demote_status_json(const struct primary *p, struct json *j);
 void demote_status_text(const struct primary *p, struct evbuffer *out);
 void demote_free(struct demote *d);

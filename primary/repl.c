@@ -881,12 +881,6 @@ repl_free(struct repl *r)
   free(r);
 }
 
-enum repl_state
-repl_state(const struct repl *r)
-{
-  return r->state;
-}
-
 bool
 repl_connected(const struct repl *r)
 {
