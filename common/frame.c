@@ -34,12 +34,18 @@ static const struct frame_kind frame_kinds[] = {
   [FRAME_SNAPSHOT] = { "SNAPSHOT", &duplex__snapshot__descriptor },
   [FRAME_SNAPSHOT_DONE] = { "SNAPSHOT_DONE",
                             &duplex__snapshot_done__descriptor },
+  [FRAME_FETCH] = { "FETCH", &duplex__fetch__descriptor },
+  [FRAME_FETCH_DATA] = { "FETCH_DATA", &duplex__fetch_data__descriptor },
+  [FRAME_RESTORE_PLAN] = { "RESTORE_PLAN",
+                           &duplex__restore_plan__descriptor },
+  [FRAME_RESTORE_PLAN_PART] = { "RESTORE_PLAN_PART",
+                                &duplex__restore_plan_part__descriptor },
 };
 
 static bool
 frame_type_valid(uint32_t type)
 {
-  return type >= FRAME_HELLO && type <= FRAME_SNAPSHOT_DONE;
+  return type >= FRAME_HELLO && type <= FRAME_RESTORE_PLAN_PART;
 }
 
 const char *
@@ -107,10 +113,11 @@ frame_parse_header(const uint8_t hdr[FRAME_HDR_LEN], struct frame *out,
              "the limit of %u", name, msg_len, FRAME_MAX_MSG);
     return -1;
   }
-  if (payload_len > 0 && type != FRAME_WRITE && type != FRAME_BITMAP) {
+  if (payload_len > 0 && type != FRAME_WRITE && type != FRAME_BITMAP &&
+      type != FRAME_FETCH_DATA && type != FRAME_RESTORE_PLAN_PART) {
     snprintf(err, errlen, "%s frame: unexpected payload of %" PRIu32
-             " bytes (only WRITE and BITMAP frames carry data)", name,
-             payload_len);
+             " bytes (only WRITE, BITMAP, FETCH_DATA and RESTORE_PLAN_PART "
+             "frames carry data)", name, payload_len);
     return -1;
   }
   if (payload_len > FRAME_MAX_PAYLOAD) {
@@ -247,6 +254,46 @@ frame_check(const struct frame *f, char *err, size_t errlen)
       return -1;
     }
     return 0;
+  case FRAME_FETCH: {
+    const Duplex__Fetch *v = f->m.fetch;
+    if (v->length == 0 || v->length % 4096 || v->offset % 4096 ||
+        v->length > 32u * 1024 * 1024 ||
+        frame_range_overflows(v->offset, v->length)) {
+      snprintf(err, errlen, "FETCH frame: bad range %" PRIu64 "+%" PRIu32,
+               v->offset, v->length);
+      return -1;
+    }
+    return 0;
+  }
+  case FRAME_FETCH_DATA: {
+    const Duplex__FetchData *d = f->m.fetch_data;
+    if (d->error == 0 ? d->length != f->payload_len || d->length == 0
+                      : f->payload_len != 0) {
+      snprintf(err, errlen, "FETCH_DATA frame: length %" PRIu32 ", error %"
+               PRIu32 ", payload %" PRIu32 " bytes", d->length, d->error,
+               f->payload_len);
+      return -1;
+    }
+    return 0;
+  }
+  case FRAME_RESTORE_PLAN:
+    if (f->m.restore_plan->grain == 0 ||
+        f->m.restore_plan->grain % 4096) {
+      snprintf(err, errlen, "RESTORE_PLAN frame: grain %" PRIu32 " is not "
+               "a multiple of 4096", f->m.restore_plan->grain);
+      return -1;
+    }
+    return 0;
+  case FRAME_RESTORE_PLAN_PART: {
+    const Duplex__RestorePlanPart *p = f->m.restore_plan_part;
+    if (p->length != f->payload_len ||
+        frame_range_overflows(p->offset, p->length)) {
+      snprintf(err, errlen, "RESTORE_PLAN_PART frame: length %" PRIu32
+               " but payload %" PRIu32 " bytes", p->length, f->payload_len);
+      return -1;
+    }
+    return 0;
+  }
   case FRAME_FLUSH:
   case FRAME_SYNC_STATE:
   case FRAME_HEARTBEAT:

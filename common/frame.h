@@ -35,6 +35,10 @@ enum frame_type {
   FRAME_VERIFY_RESULT = 12,
   FRAME_SNAPSHOT = 13,
   FRAME_SNAPSHOT_DONE = 14,
+  FRAME_FETCH = 15,
+  FRAME_FETCH_DATA = 16,
+  FRAME_RESTORE_PLAN = 17,
+  FRAME_RESTORE_PLAN_PART = 18,
 };
 
 /* A parsed frame.  Exactly one message pointer is set, matching type.
@@ -59,13 +63,18 @@ struct frame {
     Duplex__VerifyResult *verify_result;
     Duplex__Snapshot *snapshot;
     Duplex__SnapshotDone *snapshot_done;
+    Duplex__Fetch *fetch;
+    Duplex__FetchData *fetch_data;
+    Duplex__RestorePlan *restore_plan;
+    Duplex__RestorePlanPart *restore_plan_part;
     ProtobufCMessage *any;
   } m;
 };
 
 /* Header only: returns 0 and fills type/msg_len/payload_len if the 16 bytes
  * are a valid header (magic, known type, reserved 0, lengths within limits,
- * payload only on WRITE and BITMAP); -1 with a message in err otherwise. */
+ * payload only on WRITE, BITMAP, FETCH_DATA and
+ * RESTORE_PLAN_PART); -1 with a message in err otherwise. */
 int frame_parse_header(const uint8_t hdr[FRAME_HDR_LEN], struct frame *out,
                        char *err, size_t errlen);
 

@@ -56,6 +56,15 @@ duplexctl_usage(FILE *out)
           "                        60s), mark both sides' metadata and exit; then\n"
           "                        start each node in the other role: nothing is\n"
           "                        resynced\n"
+          "  restore --snapshot ID | --replica\n"
+          "                        primary: make this volume the contents of a\n"
+          "                        snapshot of the replica (a before-restore\n"
+          "                        snapshot is taken first: restoring that one\n"
+          "                        undoes it) or of the replica itself (block\n"
+          "                        hashes compared); only blocks that differ\n"
+          "                        travel and the replica follows.  Returns once\n"
+          "                        started; NBD clients are refused until status\n"
+          "                        shows sync: in-sync\n"
           "\n"
           "Other commands are passed to the agent as they are.\n");
 }
@@ -71,6 +80,8 @@ duplexctl_wait_ms(int argc, char **argv)
   char err[128];
   int i;
 
+  if (argc >= 1 && strcmp(argv[0], "restore") == 0)
+    return 60000 + DUPLEXCTL_TIMEOUT_MS;  /* waits for in-sync at most 60 s */
   if (argc < 1 || strcmp(argv[0], "demote") != 0)
     return DUPLEXCTL_TIMEOUT_MS;
   for (i = 1; i + 1 < argc; i++)

@@ -91,6 +91,8 @@ struct primary {
   TAILQ_HEAD(, req) waiting;    /* writes waiting for async buffer space */
   uint64_t reqs_active;         /* submitted to vol.c, not yet answered */
   struct demote *demote;        /* `duplexctl demote` in progress, or NULL */
+  struct restore *restore;      /* `duplexctl restore` (running or the
+                                   last one), or NULL */
   struct control *control;      /* duplexctl's socket, or NULL */
   bool stopping;
   char meta_error[512];         /* why the last superblock write failed;
@@ -233,6 +235,15 @@ struct repl_op {
   /* SNAPSHOT ops: the answer, valid only during the acked callback */
   bool snapshot_wanted;
   const Duplex__SnapshotDone *snapshot_done;
+  /* FETCH ops: the answer and its bytes, valid only during the acked
+   * callback */
+  bool fetch_wanted;
+  const Duplex__FetchData *fetch_data;
+  const uint8_t *fetch_payload;
+  /* RESTORE_PLAN ops: each piece of the answer (the op is acked after the
+   * last one, or with ok=false if the link drops first) */
+  void (*plan_part)(struct repl_op *op, const Duplex__RestorePlanPart *m,
+                    const uint8_t *payload);
 };
 
 struct repl *repl_new(struct primary *p, char *err, size_t errlen);
@@ -272,7 +283,23 @@ int repl_send_verify(struct repl *r, struct repl_op *op, uint64_t off,
 /* Ask the secondary for a snapshot at this point of the stream; op->acked
  * runs with op->snapshot_done set when it answers.  0 or -1 (not
  * connected). */
-int repl_send_snapshot(struct repl *r, struct repl_op *op, const char *name);
+int repl_send_snapshot(struct repl *r, struct repl_op *op, const char *name,
+                       unsigned reason);
+/* Restore: ask for [off, off+len) of snapshot `snapshot` (0: of the
+ * replica); op->acked runs with op->fetch_data (and its payload) set.  A
+ * snapshot's blocks are written to the replica at this point of the
+ * stream too, so the range must not be written meanwhile (hold its range
+ * lock until the answer).  0 or -1 (not connected). */
+int repl_send_fetch(struct repl *r, struct repl_op *op, uint64_t off,
+                    uint32_t len, uint64_t snapshot);
+/* Restore: the regions where snapshots from and to differ (op->plan_part
+ * gets the pieces).  0 or -1 (not connected). */
+int repl_send_restore_plan(struct repl *r, struct repl_op *op, uint64_t from,
+                           uint64_t to);
+/* A restore runs: the secondary shows `restoring` and its progress (and
+ * is inconsistent until the next in-sync SYNC_STATE). */
+void repl_send_restore_state(struct repl *r, uint64_t source, uint64_t total,
+                             uint64_t done);
 /* Resync finished: tell the secondary it holds our generation; `op` is
  * acknowledged once it has adopted it durably.  handover (demote): the
  * secondary also records that it may be promoted. */
@@ -299,6 +326,11 @@ void resync_kick(struct resync *rs);
 /* Bits were added while connected: resync them (start one if idle). */
 void resync_ensure(struct resync *rs);
 bool resync_active(const struct resync *rs);
+/* A restore starts: the secondary no longer holds this side's data. */
+void resync_unconfirm(struct resync *rs);
+/* The secondary acknowledged an in-sync SYNC_STATE carrying our
+ * generation (sent by the resync, or by a restore that finished). */
+void resync_in_sync_acked(struct resync *rs);
 struct resync_counters {
   uint64_t total_bytes, done_bytes;
   uint64_t data_bytes_sent, zero_bytes_sent;
@@ -348,6 +380,56 @@ int demote_command(struct primary *p, int argc, char **argv,
 void demote_status_json(const struct primary *p, struct json *j);
 void demote_status_text(const struct primary *p, struct evbuffer *out);
 void demote_free(struct demote *d);
+
+/* ---- restore-state.c: the record of a restore in progress ---- */
+#define RESTORE_HDR_LEN 4096u
+#define RESTORE_F_REPLICA 1u    /* from the replica (else a snapshot) */
+#define RESTORE_F_PLANNED 2u    /* the bitmap holds the plan (else: all) */
+struct restore_hdr {
+  uint64_t source;              /* snapshot id (0: the replica) */
+  uint64_t safety;              /* the before-restore snapshot, 0: none */
+  uint64_t size;                /* volume bytes */
+  uint32_t grain;               /* bytes per bit */
+  uint32_t flags;               /* RESTORE_F_* */
+  uint64_t started_wall_ms;
+};
+/* No I/O: the 4 KiB header. */
+void restore_hdr_encode(const struct restore_hdr *h,
+                        uint8_t out[RESTORE_HDR_LEN]);
+int restore_hdr_decode(const uint8_t in[RESTORE_HDR_LEN],
+                       struct restore_hdr *h, char *err, size_t errlen);
+/* The file: created whole and durably (0 or -errno, *fd open), opened (0,
+ * 1 if there is none, -1 with err), bitmap pages written in place (the
+ * caller syncs), removed durably. */
+int restore_file_create(const char *path, const struct restore_hdr *h,
+                        const uint64_t *words, size_t nwords, int *fd);
+int restore_file_open(const char *path, struct restore_hdr *h, int *fd,
+                      char *err, size_t errlen);
+int restore_file_read_words(int fd, uint64_t *words, size_t nwords);
+int restore_file_write_header(int fd, const struct restore_hdr *h);
+int restore_file_write_pages(int fd, const uint64_t *words, size_t nwords,
+                             uint64_t first, uint64_t n);
+int restore_file_remove(const char *path, int fd);
+
+/* ---- restore.c: `duplexctl restore` (from a snapshot or the replica) ---- */
+struct restore;
+/* The control command: CONTROL_LATER (answered once the restore started,
+ * or why not), or -1 with the reason in out. */
+int restore_command(struct primary *p, int argc, char **argv,
+                    struct evbuffer *out);
+/* Start-up: a restore recorded beside the metadata goes on.  0 (none, or
+ * resumed), or -1 with err. */
+int restore_resume(struct primary *p, char *err, size_t errlen);
+void restore_free(struct primary *p);
+/* The volume is being restored (until the replica took its generation). */
+bool restore_running(const struct primary *p);
+/* NBD refuses new clients. */
+bool restore_blocks_clients(const struct primary *p);
+/* restore_running: bytes still to restore and percent done. */
+void restore_status(const struct primary *p, uint64_t *remaining,
+                    double *percent);
+void restore_status_json(const struct primary *p, struct json *j);
+void restore_status_text(const struct primary *p, struct evbuffer *out);
 
 /* ---- status.c: control socket commands ---- */
 int status_control(void *opaque, int argc, char **argv, struct evbuffer *out);

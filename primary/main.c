@@ -347,6 +347,11 @@ main(int argc, char **argv)
     daemon_fail(2, "duplex-primary: %s", err);
   p->resync = resync_new(p);
   p->verify = verify_new(p);
+  if (restore_resume(p, err, sizeof err) == -1)
+    daemon_fail(2, "duplex-primary: %s; a restore of %s was interrupted "
+                "and cannot go on: the volume is partly restored. Move the "
+                "record away and restore again (duplexctl restore)", err,
+                p->vol.path);
 
   for (i = 0; i < p->cfg.n_nbd; i++) {
     if (nbd_server_new(p, &p->cfg.nbd[i], &p->nbd[i], err, sizeof err) == -1)
@@ -395,6 +400,7 @@ main(int argc, char **argv)
   p->repl = NULL;
   demote_free(p->demote);
   p->demote = NULL;
+  restore_free(p);
   if (control)
     control_free(control);
   if (clean)

@@ -752,6 +752,12 @@ nbd_server_accept(void *opaque, struct bufferevent *bev, const char *name,
   uint8_t hello[NBD_HANDSHAKE_LEN];
   struct nbd_conn *c;
 
+  if (restore_blocks_clients(s->p)) {
+    snprintf(why, whylen, "the volume is being restored (duplexctl "
+             "restore); clients are accepted again once status shows "
+             "sync: in-sync");
+    return -1;
+  }
   c = calloc(1, sizeof *c);
   if (c == NULL) {
     snprintf(why, whylen, "out of memory");

@@ -329,7 +329,8 @@ repl_send_flush(struct repl *r, struct repl_op *op)
 }
 
 int
-repl_send_snapshot(struct repl *r, struct repl_op *op, const char *name)
+repl_send_snapshot(struct repl *r, struct repl_op *op, const char *name,
+                   unsigned reason)
 {
   Duplex__Snapshot m = DUPLEX__SNAPSHOT__INIT;
 
@@ -342,6 +343,7 @@ repl_send_snapshot(struct repl *r, struct repl_op *op, const char *name)
   m.seq = op->seq;
   m.epoch = op->epoch;
   m.name = (char *)name;
+  m.reason = reason;
   repl_send_frame(r, FRAME_SNAPSHOT, &m.base);
   /* Writes after it belong to a later epoch: the secondary takes the
    * snapshot between the two. */
@@ -368,6 +370,68 @@ repl_send_verify(struct repl *r, struct repl_op *op, uint64_t off,
   /* Nothing after it may be applied before it has read its blocks. */
   epoch_advance(&r->epochs);
   return 0;
+}
+
+int
+repl_send_fetch(struct repl *r, struct repl_op *op, uint64_t off,
+                uint32_t len, uint64_t snapshot)
+{
+  Duplex__Fetch m = DUPLEX__FETCH__INIT;
+
+  if (r->state != REPL_CONNECTED)
+    return -1;
+  /* From a snapshot it is a write on the replica; from the replica a read
+   * that nothing after it may overtake. */
+  op->epoch = snapshot ? epoch_admit(&r->epochs, off, len)
+                       : r->epochs.current;
+  op->fetch_wanted = true;
+  op->fetch_data = NULL;
+  op->fetch_payload = NULL;
+  ring_push(r, op);
+  m.seq = op->seq;
+  m.epoch = op->epoch;
+  m.offset = off;
+  m.length = len;
+  m.snapshot = snapshot;
+  repl_send_frame(r, FRAME_FETCH, &m.base);
+  if (!snapshot)
+    epoch_advance(&r->epochs);
+  return 0;
+}
+
+int
+repl_send_restore_plan(struct repl *r, struct repl_op *op, uint64_t from,
+                       uint64_t to)
+{
+  Duplex__RestorePlan m = DUPLEX__RESTORE_PLAN__INIT;
+
+  if (r->state != REPL_CONNECTED || op->plan_part == NULL)
+    return -1;
+  op->epoch = r->epochs.current;
+  ring_push(r, op);
+  m.seq = op->seq;
+  m.from = from;
+  m.to = to;
+  m.grain = bitmap_grain(r->p->oos);
+  m.size_bytes = r->p->vol.size;
+  repl_send_frame(r, FRAME_RESTORE_PLAN, &m.base);
+  return 0;
+}
+
+void
+repl_send_restore_state(struct repl *r, uint64_t source, uint64_t total,
+                        uint64_t done)
+{
+  Duplex__SyncState m = DUPLEX__SYNC_STATE__INIT;
+
+  if (r->state != REPL_CONNECTED)
+    return;
+  m.restoring = true;
+  m.restore_source = source;
+  m.total_bytes = total;
+  m.done_bytes = done;
+  m.out_of_sync_bytes = total > done ? total - done : 0;
+  repl_send_frame(r, FRAME_SYNC_STATE, &m.base);
 }
 
 void
@@ -716,6 +780,34 @@ repl_handle_frame(struct repl *r, struct frame *f)
       }
       op->snapshot_done = f->m.snapshot_done;
       ring_ack(r, seq);
+      return r->state == REPL_CONNECTED ? 0 : -1;
+    }
+    case FRAME_FETCH_DATA: {
+      uint64_t seq = f->m.fetch_data->seq;
+      struct repl_op *op = seq >= r->head_seq && seq < r->next_seq
+                               ? r->ring[seq & (r->cap - 1)] : NULL;
+      if (!op || !op->fetch_wanted) {
+        repl_drop(r, "protocol error: fetched data for unknown op %" PRIu64,
+                  seq);
+        return -1;
+      }
+      op->fetch_data = f->m.fetch_data;
+      op->fetch_payload = f->payload;
+      ring_ack(r, seq);
+      return r->state == REPL_CONNECTED ? 0 : -1;
+    }
+    case FRAME_RESTORE_PLAN_PART: {
+      const Duplex__RestorePlanPart *pp = f->m.restore_plan_part;
+      struct repl_op *op = pp->seq >= r->head_seq && pp->seq < r->next_seq
+                               ? r->ring[pp->seq & (r->cap - 1)] : NULL;
+      if (!op || !op->plan_part) {
+        repl_drop(r, "protocol error: restore plan for unknown op %" PRIu64,
+                  pp->seq);
+        return -1;
+      }
+      op->plan_part(op, pp, f->payload);
+      if (pp->last)
+        ring_ack(r, pp->seq);
       return r->state == REPL_CONNECTED ? 0 : -1;
     }
     case FRAME_ERROR:

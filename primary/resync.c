@@ -77,21 +77,33 @@ static void resync_check_done(struct resync *rs);
 
 /* The secondary adopted our generation: it is in sync, our bitmap no
  * longer tracks a divergence. */
-static void
-resync_done_acked(struct repl_op *op, bool ok)
+void
+resync_in_sync_acked(struct resync *rs)
 {
-  struct resync *rs = op->opaque;
   struct primary *p = rs->p;
 
-  free(op);
-  if (!ok)
-    return;
   if (p->gen.bitmap) {
     gen_sync_done_source(&p->gen);
     primary_save_generation(p);
   }
   p->crash_recovery = false;
   rs->ctr.in_sync_confirmed = true;
+}
+
+void
+resync_unconfirm(struct resync *rs)
+{
+  rs->ctr.in_sync_confirmed = false;
+}
+
+static void
+resync_done_acked(struct repl_op *op, bool ok)
+{
+  struct resync *rs = op->opaque;
+
+  free(op);
+  if (ok)
+    resync_in_sync_acked(rs);
 }
 
 struct resync *
@@ -573,6 +585,10 @@ resync_check_done(struct resync *rs)
            ms / 1000.0,
            ms ? rs->ctr.total_bytes / 1048576.0 / (ms / 1000.0) : 0.0,
            rs->ctr.data_bytes_sent, rs->ctr.zero_bytes_sent);
+  /* During a restore the replica is in sync only once the restore is
+   * done: restore.c says so then. */
+  if (restore_running(rs->p))
+    return;
   {
     struct repl_op *op = calloc(1, sizeof *op);
     if (!op)

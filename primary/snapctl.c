@@ -84,6 +84,12 @@ snapctl_command(struct primary *p, int argc, char **argv,
                         repl_link_state(p->repl));
     return -1;
   }
+  if (restore_running(p)) {
+    evbuffer_add_printf(out, "snapshot not taken: a restore is in "
+                        "progress and the replica is half restored; try "
+                        "again once status says in-sync\n");
+    return -1;
+  }
   if (p->ahead || resync_active(p->resync)) {
     evbuffer_add_printf(out, "snapshot not taken: the replica is being "
                         "resynced and does not hold a point in time yet; "
@@ -97,7 +103,7 @@ snapctl_command(struct primary *p, int argc, char **argv,
   s->op.acked = snapctl_acked;
   /* Deferred first: the answer may come while the marker is sent. */
   s->reply = control_defer(p->control);
-  if (repl_send_snapshot(p->repl, &s->op, name) == -1)
+  if (repl_send_snapshot(p->repl, &s->op, name, 0) == -1)
     snapctl_acked(&s->op, false);
   return CONTROL_LATER;
 }

@@ -26,7 +26,12 @@ status_collect(struct primary *p, struct status_view *v)
   resync_get_counters(p->resync, &v->rs);
   v->connection = connected ? "connected" : "connecting";
   v->lag = repl_inflight_bytes(p->repl);
-  if (resync_active(p->resync)) {
+  if (restore_running(p)) {
+    /* in-sync only once the volume equals the source and the replica
+     * the volume */
+    v->sync = "restoring";
+    restore_status(p, &v->oos_bytes, &v->done_percent);
+  } else if (resync_active(p->resync)) {
     v->sync = v->rs.full ? "initial-sync" : "resyncing";
     v->oos_bytes = v->rs.total_bytes > v->rs.done_bytes
                        ? v->rs.total_bytes - v->rs.done_bytes : 0;
@@ -163,6 +168,7 @@ status_json(struct primary *p, struct evbuffer *out)
     json_null(&j, "metadata_error");
   json_u64(&j, "metadata_write_errors", p->meta_write_errors);
   demote_status_json(p, &j);
+  restore_status_json(p, &j);
   json_end(&j);
 }
 
@@ -199,6 +205,7 @@ status_human(struct primary *p, struct evbuffer *out)
                       v.done_percent, oos, lag, sent, recv,
                       p->stats.writes_acked);
   demote_status_text(p, out);
+  restore_status_text(p, out);
   if (verify_state(p->verify) != VERIFY_IDLE)
     evbuffer_add_printf(out, "verify:       %s\n",
                         verify_state_name(verify_state(p->verify)));
@@ -234,13 +241,26 @@ status_control(void *opaque, int argc, char **argv, struct evbuffer *out)
   }
   if (argc >= 1 && strcmp(argv[0], "snapshot") == 0)
     return snapctl_command(p, argc, argv, out);
-  if (argc >= 1 && strcmp(argv[0], "demote") == 0)
+  if (argc >= 1 && strcmp(argv[0], "demote") == 0) {
+    if (restore_running(p)) {
+      evbuffer_add_printf(out, "demote: a restore is in progress; demote "
+                          "once status shows sync: in-sync\n");
+      return -1;
+    }
     return demote_command(p, argc, argv, out);
+  }
+  if (argc >= 1 && strcmp(argv[0], "restore") == 0)
+    return restore_command(p, argc, argv, out);
   if (argc >= 1 && strcmp(argv[0], "verify") == 0) {
     char err[256];
     bool repair = argc == 2 && strcmp(argv[1], "--repair") == 0;
     if (argc > 2 || (argc == 2 && !repair)) {
       evbuffer_add_printf(out, "usage: verify [--repair]\n");
+      return -1;
+    }
+    if (restore_running(p)) {
+      evbuffer_add_printf(out, "verify: a restore is in progress; verify "
+                          "once status shows sync: in-sync\n");
       return -1;
     }
     if (verify_start(p->verify, repair, err, sizeof err) == -1) {
@@ -265,6 +285,7 @@ status_control(void *opaque, int argc, char **argv, struct evbuffer *out)
   }
   evbuffer_add_printf(out, "unknown command '%s'; try: status [--json], "
                       "verify [--repair], snapshot ..., demote "
-                      "[--timeout DURATION]\n", argc ? argv[0] : "");
+                      "[--timeout DURATION], restore --snapshot ID | "
+                      "--replica\n", argc ? argv[0] : "");
   return -1;
 }

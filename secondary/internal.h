@@ -72,7 +72,7 @@ struct connector;
 struct control;
 
 enum sec_sync { SEC_SYNC_UNKNOWN, SEC_SYNC_INITIAL, SEC_SYNC_RESYNC,
-                SEC_SYNC_IN_SYNC };
+                SEC_SYNC_RESTORING, SEC_SYNC_IN_SYNC };
 
 /* What status shows; updated by link.c and replica.c. */
 struct sec_status {
@@ -357,6 +357,23 @@ int snap_unexport(struct snapmgr *m, uint64_t id, char *err, size_t errlen);
 typedef void (*snap_diff_fn)(void *arg, const char *text, const char *err);
 int snap_diff(struct snapmgr *m, uint64_t a, uint64_t b, bool json,
               snap_diff_fn done, void *arg, char *err, size_t errlen);
+
+/* Restoring the primary.  The regions of `grain` bytes where snapshots
+ * from and to differ (a bitmap image, identity_image_len bytes), computed
+ * by the store thread once `to` is complete: done(arg, image, len, err)
+ * with image NULL on failure (the image belongs to the caller only during
+ * the call).  0, or -1 with err. */
+typedef void (*snap_plan_fn)(void *arg, const uint8_t *image, size_t len,
+                             const char *err);
+int snap_plan(struct snapmgr *m, uint64_t from, uint64_t to, uint64_t size,
+              uint32_t grain, snap_plan_fn done, void *arg, char *err,
+              size_t errlen);
+/* Read [off, off+len) of complete snapshot id (blocking, on the loop); the
+ * snapshot stays open and retention and deletes wait until
+ * snap_fetch_end.  0, or -1 with err. */
+int snap_fetch(struct snapmgr *m, uint64_t id, uint64_t off, uint32_t len,
+               void *buf, char *err, size_t errlen);
+void snap_fetch_end(struct snapmgr *m);
 
 /* ---- snapjournal.c: snapshots being copied, across a crash ---- */
 struct snapjournal;

@@ -515,6 +515,142 @@ link_verify_done(struct link *l, const struct apply_op *op)
   free(h);
 }
 
+/* FETCH (a restore of the primary): apply ops tagged with this answer with
+ * FETCH_DATA instead of an ACK. */
+#define LINK_FETCH_TAG 0x4645544348ull
+
+static int
+link_fetch_error(struct link *l, uint64_t seq, uint64_t off, uint32_t len,
+                 int code, const char *why)
+{
+  Duplex__FetchData m = DUPLEX__FETCH_DATA__INIT;
+
+  log_warn("secondary: FETCH %llu+%u for the primary's restore: %s",
+           (unsigned long long)off, len, why);
+  m.seq = seq;
+  m.offset = off;
+  m.length = len;
+  m.error = (uint32_t)code;
+  m.message = (char *)why;
+  link_flush_acks(l);
+  link_send(l, FRAME_FETCH_DATA, &m.base);
+  return 0;
+}
+
+/* FETCH: the primary restores [offset, +length) from a snapshot (which the
+ * replica takes on too, as a write at this point of the stream) or from
+ * the replica (a read once everything before it is applied). */
+static int
+link_on_fetch(struct link *l, const Duplex__Fetch *fe)
+{
+  struct apply_op *op;
+  char *buf;
+  char err[700];
+
+  if (link_check_range(l, "FETCH", fe->offset, fe->length, true) == -1 ||
+      link_check_order(l, "FETCH", fe->seq, fe->epoch) == -1)
+    return -1;
+  buf = util_alloc_aligned(fe->length);
+  if (fe->snapshot != 0 &&
+      snap_fetch(l->s->snap, fe->snapshot, fe->offset, fe->length, buf, err,
+                 sizeof err) == -1) {
+    free(buf);
+    return link_fetch_error(l, fe->seq, fe->offset, fe->length, EIO, err);
+  }
+  op = apply_op_new(fe->snapshot != 0 ? APPLY_WRITE : APPLY_VERIFY);
+  if (op == NULL) {
+    free(buf);
+    link_close(l, true, "out of memory");
+    return -1;
+  }
+  op->seq = fe->seq;
+  op->epoch = fe->epoch;
+  op->offset = fe->offset;
+  op->length = fe->length;
+  op->flags = DUPLEX__OP_FLAG__OP_FLAG_RESYNC;
+  op->mem = buf;
+  op->held = fe->length + BDEV_ALIGN;
+  op->tag = LINK_FETCH_TAG;
+  if (fe->snapshot != 0)
+    op->data = buf;
+  return link_queue(l, op);
+}
+
+static void
+link_fetch_done(struct link *l, const struct apply_op *op)
+{
+  Duplex__FetchData m = DUPLEX__FETCH_DATA__INIT;
+
+  m.seq = op->seq;
+  m.offset = op->offset;
+  m.length = (uint32_t)op->length;
+  link_flush_acks(l);
+  (void)link_send_frame(l, FRAME_FETCH_DATA, &m.base, op->mem,
+                        (uint32_t)op->length);
+}
+
+/* RESTORE_PLAN: the regions that differ between two snapshots, sent once
+ * the store has them (the newer one may still be copying). */
+struct link_plan_ctx {
+  struct secondary *s;
+  uint64_t serial, seq;
+};
+
+#define LINK_PLAN_PIECE (8u << 20)
+
+static void
+link_plan_done(void *arg, const uint8_t *img, size_t len, const char *err)
+{
+  struct link_plan_ctx *c = arg;
+  struct link *l = c->s->link;
+  Duplex__RestorePlanPart m = DUPLEX__RESTORE_PLAN_PART__INIT;
+  size_t off = 0;
+
+  if (l == NULL || l->serial != c->serial || l->state != LINK_REPLICATING) {
+    free(c);
+    return;
+  }
+  m.seq = c->seq;
+  if (img == NULL) {
+    log_warn("secondary: no restore plan for the primary: %s", err);
+    m.error = (char *)err;
+    m.last = true;
+    link_send(l, FRAME_RESTORE_PLAN_PART, &m.base);
+    free(c);
+    return;
+  }
+  do {
+    size_t n = MIN(len - off, (size_t)LINK_PLAN_PIECE);
+    m.offset = off;
+    m.length = (uint32_t)n;
+    m.last = off + n == len;
+    if (link_send_frame(l, FRAME_RESTORE_PLAN_PART, &m.base, img + off,
+                        (uint32_t)n) == -1)
+      break;
+    off += n;
+  } while (off < len);
+  free(c);
+}
+
+static int
+link_on_restore_plan(struct link *l, const Duplex__RestorePlan *rp)
+{
+  struct link_plan_ctx *c = calloc(1, sizeof *c);
+  char err[512];
+
+  if (c == NULL) {
+    link_close(l, true, "out of memory");
+    return -1;
+  }
+  c->s = l->s;
+  c->serial = l->serial;
+  c->seq = rp->seq;
+  if (snap_plan(l->s->snap, rp->from, rp->to, rp->size_bytes, rp->grain,
+                link_plan_done, c, err, sizeof err) == -1)
+    link_plan_done(c, NULL, 0, err);
+  return 0;
+}
+
 /* A resync is starting: the replica is a mix from now on. */
 static void
 link_before_resync_done(void *arg, uint64_t id, const char *err)
@@ -529,7 +665,7 @@ link_before_resync_done(void *arg, uint64_t id, const char *err)
 }
 
 static int
-link_set_inconsistent(struct link *l)
+link_set_inconsistent(struct link *l, bool restoring)
 {
   struct secondary *s = l->s;
   struct meta_sb sb = *meta_get(s->meta);
@@ -540,8 +676,9 @@ link_set_inconsistent(struct link *l)
     return 0;
   /* DESIGN.md guarantee 6: a restore point before the replica becomes a
    * resync target.  Taken at this point of the stream; the resync's
-   * writes to its blocks wait until it is in the store. */
-  if (snap_enabled(s->snap) &&
+   * writes to its blocks wait until it is in the store.  A restore of the
+   * primary took its own (before-restore) first. */
+  if (!restoring && snap_enabled(s->snap) &&
       snap_request(s->snap, SNAP_BEFORE_RESYNC, "before-resync", 0,
                    link_before_resync_done, NULL, err, sizeof err) == -1)
     log_warn("secondary: no snapshot before the resync: %s", err);
@@ -553,8 +690,9 @@ link_set_inconsistent(struct link *l)
     link_refuse(l, EIO, "%s", s->st.last_error);
     return -1;
   }
-  log_info("secondary: replica %s is now inconsistent until the resync "
-           "finishes", replica_path(s->replica));
+  log_info("secondary: replica %s is now inconsistent until the %s "
+           "finishes", replica_path(s->replica),
+           restoring ? "primary's restore" : "resync");
   return 0;
 }
 
@@ -629,11 +767,14 @@ link_on_sync_state(struct link *l, const Duplex__SyncState *ss)
   s->st.done_bytes = ss->done_bytes;
   s->st.out_of_sync_bytes = ss->out_of_sync_bytes;
   if (!ss->in_sync) {
-    s->st.sync = l->consistent_at_hello ? SEC_SYNC_RESYNC : SEC_SYNC_INITIAL;
+    s->st.sync = ss->restoring ? SEC_SYNC_RESTORING
+                 : l->consistent_at_hello ? SEC_SYNC_RESYNC
+                                          : SEC_SYNC_INITIAL;
     l->resyncs++;
-    return link_set_inconsistent(l);
+    return link_set_inconsistent(l, ss->restoring);
   }
   s->st.sync = SEC_SYNC_IN_SYNC;
+  snap_fetch_end(s->snap);
   l->consistent_at_hello = true;  /* a later resync is not an initial one */
   return link_on_in_sync(l, ss);
 }
@@ -690,7 +831,9 @@ link_on_snapshot(struct link *l, const Duplex__Snapshot *sn)
   c->s = l->s;
   c->serial = l->serial;
   c->seq = sn->seq;
-  if (snap_request(l->s->snap, SNAP_MANUAL, sn->name, sn->epoch,
+  if (snap_request(l->s->snap, sn->reason == SNAP_BEFORE_RESTORE
+                                   ? SNAP_BEFORE_RESTORE : SNAP_MANUAL,
+                   sn->name, sn->epoch,
                    link_snap_done, c, err, sizeof err) == -1)
     link_snap_done(c, 0, err);
   return 0;
@@ -720,7 +863,8 @@ link_dispatch(struct link *l, const struct frame *f, char **memp)
   }
   if (l->refused && (f->type == FRAME_WRITE || f->type == FRAME_ZERO ||
                      f->type == FRAME_FLUSH || f->type == FRAME_VERIFY ||
-                     f->type == FRAME_SNAPSHOT)) {
+                     f->type == FRAME_SNAPSHOT || f->type == FRAME_FETCH ||
+                     f->type == FRAME_RESTORE_PLAN)) {
     link_close(l, true, "%s frame from a primary whose data is refused "
                "here (%s); nothing applied", frame_type_name(f->type),
                gen_decision_name(l->s->st.decision));
@@ -743,6 +887,10 @@ link_dispatch(struct link *l, const struct frame *f, char **memp)
     return link_on_sync_state(l, f->m.sync_state);
   case FRAME_SNAPSHOT:
     return link_on_snapshot(l, f->m.snapshot);
+  case FRAME_FETCH:
+    return link_on_fetch(l, f->m.fetch);
+  case FRAME_RESTORE_PLAN:
+    return link_on_restore_plan(l, f->m.restore_plan);
   case FRAME_ERROR:
     e = f->m.error;
     link_close(l, true, "the primary reported an error: %s (%s)",
@@ -1005,6 +1153,11 @@ link_apply_done(struct link *l, const struct apply_op *op)
 {
   if (op->type == APPLY_MARK) {
     link_mark_done(l, op);
+    return;
+  }
+  if (op->tag == LINK_FETCH_TAG) {
+    link_fetch_done(l, op);
+    link_kick(l);
     return;
   }
   if (op->type == APPLY_VERIFY) {

@@ -61,7 +61,7 @@
 #define SNAP_QUEUE_MAX 4096u           /* blocks queued for the store thread */
 
 enum task_kind { T_BEGIN, T_BLOCK, T_ZERO, T_COMMIT, T_ABORT, T_DELETE,
-                 T_LIST, T_DIFF, T_STOP };
+                 T_LIST, T_DIFF, T_PLAN, T_STOP };
 
 struct snap_job;
 
@@ -79,6 +79,13 @@ struct task {
   char *text;
   snap_diff_fn diff_done;
   void *diff_arg;
+  /* T_PLAN: regions of plan_grain bytes where id and id2 differ */
+  uint32_t plan_grain;
+  uint64_t plan_size;
+  uint8_t *plan;
+  size_t plan_len;
+  snap_plan_fn plan_done;
+  void *plan_arg;
   /* results, filled by the store thread */
   int rc;
   char err[512];
@@ -138,6 +145,11 @@ struct snap_export {
 struct snapmgr {
   struct secondary *s;
   struct snap_export *exports;
+  /* A restore of the primary reads this snapshot (FETCH): kept open, and
+   * retention waits, until another one is read or the restore ends. */
+  struct snap_source *fetch_src;
+  uint64_t fetch_id;
+  struct taskq plans_waiting;   /* T_PLAN tasks whose `to` is copying */
   struct snapjournal *journal;
   pthread_mutex_t store_lock;   /* every call into the store (thread and
                                    exports) */
@@ -177,6 +189,7 @@ struct snapmgr {
 
 static void snap_copier_kick(struct snapmgr *m);
 static void snap_retry_waiting(struct snapmgr *m);
+static void snap_retry_plans(struct snapmgr *m);
 
 /* ---- the store thread ---- */
 
@@ -209,6 +222,7 @@ task_free(struct task *t)
   free(t->data);
   free(t->list);
   free(t->text);
+  free(t->plan);
   free(t);
 }
 
@@ -292,6 +306,11 @@ thr_run(struct snapmgr *m, struct task *t)
                             t->err, sizeof t->err);
     break;
   }
+  case T_PLAN:
+    t->rc = store_diff_image(m->store, t->id, t->id2, t->plan_size,
+                             t->plan_grain, &t->plan, &t->plan_len, t->err,
+                             sizeof t->err);
+    break;
   case T_STOP:
     break;
   }
@@ -420,6 +439,7 @@ job_fail(struct snapmgr *m, struct snap_job *j, const char *why)
   m->first_rescan = true;
   snap_save_jobs(m);
   snap_retry_waiting(m);
+  snap_retry_plans(m);
 }
 
 /* Jobs that failed and have nothing left in flight are forgotten. */
@@ -458,8 +478,9 @@ snap_apply_retention(struct snapmgr *m)
       !m->keep.weekly && !m->keep.monthly && !m->keep.yearly)
     return;
   /* Deleting reloads the store under the exports' maps: later. */
-  if (m->exports) {
-    log_info("secondary: --keep applies once no snapshot is exported");
+  if (m->exports || m->fetch_src) {
+    log_info("secondary: --keep applies once no snapshot is exported or "
+             "restored from");
     return;
   }
   items = calloc(n ? n : 1, sizeof *items);
@@ -554,6 +575,7 @@ snap_done_cb(evutil_socket_t fd, short what, void *arg)
                (double)(util_now_ms() - j->started_ms) / 1000);
       snap_take_list(m, t);
       snap_retry_waiting(m);    /* a before-resync hold ends */
+      snap_retry_plans(m);
       snap_apply_retention(m);
       break;
     case T_ABORT:
@@ -569,6 +591,10 @@ snap_done_cb(evutil_socket_t fd, short what, void *arg)
       break;
     case T_DIFF:
       t->diff_done(t->diff_arg, t->rc < 0 ? NULL : t->text, t->err);
+      break;
+    case T_PLAN:
+      t->plan_done(t->plan_arg, t->rc < 0 ? NULL : t->plan, t->plan_len,
+                   t->err);
       break;
     case T_STOP:
       break;
@@ -1134,6 +1160,7 @@ snap_new(struct secondary *s, struct aio_ctx *aio, struct snapmgr **out,
   TAILQ_INIT(&m->reqs);
   TAILQ_INIT(&m->todo);
   TAILQ_INIT(&m->done);
+  TAILQ_INIT(&m->plans_waiting);
   m->efd = -1;
   if (!s->cfg.snapshot_store) {
     *out = m;                   /* snapshots off: a pass-through backend */
@@ -1208,9 +1235,16 @@ snap_free(struct snapmgr *m)
 {
   struct snap_job *j;
   struct snap_req *req;
+  struct task *t0;
 
   if (!m)
     return;
+  snap_fetch_end(m);
+  while ((t0 = TAILQ_FIRST(&m->plans_waiting)) != NULL) {
+    TAILQ_REMOVE(&m->plans_waiting, t0, q);
+    t0->plan_done(t0->plan_arg, NULL, 0, "the secondary is stopping");
+    task_free(t0);
+  }
   while (m->exports) {
     struct snap_export *e = m->exports;
     m->exports = e->next;
@@ -1373,6 +1407,12 @@ snap_delete(struct snapmgr *m, uint64_t id, char *err, size_t errlen)
   if (m->exports) {
     snprintf(err, errlen, "snapshots are exported over NBD; unexport them "
              "first (a delete rewrites the store under them)");
+    return -1;
+  }
+  if (m->fetch_src) {
+    snprintf(err, errlen, "the primary is restoring from snapshot %" PRIu64
+             "; delete once the restore is done (a delete rewrites the "
+             "store under it)", m->fetch_id);
     return -1;
   }
   t = task_new(T_DELETE, NULL);
@@ -1609,4 +1649,143 @@ snap_diff(struct snapmgr *m, uint64_t a, uint64_t b, bool json,
   t->diff_arg = arg;
   task_post(m, t);
   return 0;
+}
+
+/* ---- restoring the primary: plans and reads of a snapshot ---- */
+
+static bool
+snap_complete(const struct snapmgr *m, uint64_t id)
+{
+  for (size_t i = 0; i < m->n_list; i++)
+    if (m->list[i].id == id)
+      return true;
+  return false;
+}
+
+static bool
+snap_copying(struct snapmgr *m, uint64_t id)
+{
+  struct snap_job *j;
+
+  TAILQ_FOREACH(j, &m->jobs, q)
+    if (j->id == id && snapjob_live(j))
+      return true;
+  return false;
+}
+
+/* A snapshot was committed or failed: plans waiting for it go on. */
+static void
+snap_retry_plans(struct snapmgr *m)
+{
+  struct task *t, *next;
+
+  for (t = TAILQ_FIRST(&m->plans_waiting); t; t = next) {
+    next = TAILQ_NEXT(t, q);
+    if (snap_complete(m, t->id2)) {
+      TAILQ_REMOVE(&m->plans_waiting, t, q);
+      task_post(m, t);
+    } else if (!snap_copying(m, t->id2)) {
+      char why[160];
+      TAILQ_REMOVE(&m->plans_waiting, t, q);
+      snprintf(why, sizeof why, "snapshot %" PRIu64 " failed before it was "
+               "complete (see the secondary's log)", t->id2);
+      t->plan_done(t->plan_arg, NULL, 0, why);
+      task_free(t);
+    }
+  }
+}
+
+int
+snap_plan(struct snapmgr *m, uint64_t from, uint64_t to, uint64_t size,
+          uint32_t grain, snap_plan_fn done, void *arg, char *err,
+          size_t errlen)
+{
+  struct task *t;
+
+  if (!snap_enabled(m)) {
+    snprintf(err, errlen, "snapshots are not enabled: start duplex-secondary "
+             "with --snapshot-store DIR");
+    return -1;
+  }
+  if (!snap_complete(m, from)) {
+    snprintf(err, errlen, "no complete snapshot %" PRIu64 " (see snapshot "
+             "list)", from);
+    return -1;
+  }
+  if (!snap_complete(m, to) && !snap_copying(m, to)) {
+    snprintf(err, errlen, "no snapshot %" PRIu64 " (see snapshot list)", to);
+    return -1;
+  }
+  for (size_t i = 0; i < m->n_list; i++)
+    if (m->list[i].id == from && m->list[i].size_bytes != size) {
+      snprintf(err, errlen, "snapshot %" PRIu64 " is of a volume of %" PRIu64
+               " bytes, the primary's is %" PRIu64 " bytes", from,
+               m->list[i].size_bytes, size);
+      return -1;
+    }
+  t = task_new(T_PLAN, NULL);
+  t->id = from;
+  t->id2 = to;
+  t->plan_size = size;
+  t->plan_grain = grain;
+  t->plan_done = done;
+  t->plan_arg = arg;
+  if (snap_complete(m, to))
+    task_post(m, t);
+  else
+    TAILQ_INSERT_TAIL(&m->plans_waiting, t, q);
+  return 0;
+}
+
+int
+snap_fetch(struct snapmgr *m, uint64_t id, uint64_t off, uint32_t len,
+           void *buf, char *err, size_t errlen)
+{
+  const struct nbd_export_source *src;
+  char sub[512];
+
+  if (!snap_enabled(m)) {
+    snprintf(err, errlen, "snapshots are not enabled: start duplex-secondary "
+             "with --snapshot-store DIR");
+    return -1;
+  }
+  if (m->fetch_src == NULL || m->fetch_id != id) {
+    if (!snap_complete(m, id)) {
+      snprintf(err, errlen, "no complete snapshot %" PRIu64 " (see snapshot "
+               "list)", id);
+      return -1;
+    }
+    snap_fetch_end(m);
+    if (snap_source_open(m->store, id, &m->store_lock, &m->fetch_src, err,
+                         errlen) < 0)
+      return -1;
+    m->fetch_id = id;
+    log_info("secondary: the primary restores from snapshot %" PRIu64
+             " (retention waits until it is done)", id);
+  }
+  src = snap_source_get(m->fetch_src);
+  if (off > src->size || len > src->size - off) {
+    snprintf(err, errlen, "%" PRIu64 "+%" PRIu32 " is past the end of "
+             "snapshot %" PRIu64 " (%" PRIu64 " bytes)", off, len, id,
+             src->size);
+    return -1;
+  }
+  if (src->read(src->arg, off, len, buf, sub, sizeof sub) < 0) {
+    snprintf(err, errlen, "snapshot %" PRIu64 ": %s", id, sub);
+    return -1;
+  }
+  return 0;
+}
+
+void
+snap_fetch_end(struct snapmgr *m)
+{
+  if (m == NULL || m->fetch_src == NULL)
+    return;
+  snap_source_close(m->fetch_src);
+  m->fetch_src = NULL;
+  log_info("secondary: restore from snapshot %" PRIu64 " finished or "
+           "stopped", m->fetch_id);
+  m->fetch_id = 0;
+  snap_apply_retention(m);
 }

@@ -32,6 +32,7 @@ status_sync_name(enum sec_sync s)
   switch (s) {
   case SEC_SYNC_INITIAL: return "initial-sync";
   case SEC_SYNC_RESYNC: return "resyncing";
+  case SEC_SYNC_RESTORING: return "restoring";
   case SEC_SYNC_IN_SYNC: return "in-sync";
   case SEC_SYNC_UNKNOWN: break;
   }

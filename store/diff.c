@@ -101,6 +101,62 @@ store_diff_text(struct store *s, uint64_t a, uint64_t b, bool json,
   return 0;
 }
 
+/* ---- as a bitmap image (a restore's plan) ---- */
+
+struct diff_image {
+  uint8_t *img;
+  uint64_t bits;
+  uint32_t grain;
+};
+
+static int
+di_range(uint64_t start, uint64_t count, void *arg)
+{
+  struct diff_image *d = arg;
+  uint64_t first = start * STORE_BLOCK / d->grain;
+  uint64_t last = ((start + count) * STORE_BLOCK - 1) / d->grain;
+
+  for (uint64_t i = first; i <= last && i < d->bits; i++)
+    d->img[i / 8] |= (uint8_t)(1u << (i % 8));
+  return 0;
+}
+
+int
+store_diff_image(struct store *s, uint64_t a, uint64_t b, uint64_t size,
+                 uint32_t grain, uint8_t **out, size_t *outlen, char *err,
+                 size_t errlen)
+{
+  struct store_map ma, mb;
+  struct diff_image d = { .grain = grain };
+  size_t len;
+  int rc;
+
+  *out = NULL;
+  *outlen = 0;
+  if (grain == 0 || grain % STORE_BLOCK != 0) {
+    snprintf(err, errlen, "grain %" PRIu32 " is not a multiple of %u",
+             grain, STORE_BLOCK);
+    return -EINVAL;
+  }
+  if ((rc = store_map_resolve(s, a, &ma, err, errlen)) < 0)
+    return rc;
+  if ((rc = store_map_resolve(s, b, &mb, err, errlen)) < 0) {
+    store_map_free(&ma);
+    return rc;
+  }
+  d.bits = (size + grain - 1) / grain;
+  len = (size_t)((d.bits + 63) / 64 * 8);
+  d.img = calloc(1, len ? len : 8);
+  if (!d.img)
+    abort();
+  map_diff(&ma, &mb, di_range, &d);
+  store_map_free(&ma);
+  store_map_free(&mb);
+  *out = d.img;
+  *outlen = len;
+  return 0;
+}
+
 /* ---- as a diff stream ---- */
 
 struct diff_stream {

@@ -86,6 +86,12 @@ int map_diff(const struct store_map *a, const struct store_map *b,
  * *out malloc'd (NUL-terminated). */
 int store_diff_text(struct store *s, uint64_t a, uint64_t b, bool json,
                     char **out, size_t *outlen, char *err, size_t errlen);
+/* The regions of `grain` bytes (a multiple of STORE_BLOCK) of a volume of
+ * `size` bytes where snapshots a and b differ, as a bitmap image: bit i is
+ * bit i % 8 of byte i / 8, the length whole 64-bit words.  *out malloc'd. */
+int store_diff_image(struct store *s, uint64_t a, uint64_t b, uint64_t size,
+                     uint32_t grain, uint8_t **out, size_t *outlen, char *err,
+                     size_t errlen);
 /* The diff stream (docs/STORE.md, "Diff streams") from snapshot a (0: an
  * empty volume; the stream then describes every block) to snapshot b,
  * handed to fn in pieces: fn returns 0 or a negative errno, which stops

@@ -123,6 +123,8 @@ test_every_type_roundtrips(void **state)
   Duplex__Error e = DUPLEX__ERROR__INIT;
   Duplex__Snapshot sn = DUPLEX__SNAPSHOT__INIT;
   Duplex__SnapshotDone sd = DUPLEX__SNAPSHOT_DONE__INIT;
+  Duplex__Fetch fe = DUPLEX__FETCH__INIT;
+  Duplex__RestorePlan rp = DUPLEX__RESTORE_PLAN__INIT;
   uint64_t seqs[1000];
   struct {
     enum frame_type type;
@@ -132,7 +134,8 @@ test_every_type_roundtrips(void **state)
     { FRAME_FLUSH, &fl.base },       { FRAME_ACK, &ack.base },
     { FRAME_SYNC_STATE, &ss.base },  { FRAME_HEARTBEAT, &hb.base },
     { FRAME_ERROR, &e.base },        { FRAME_SNAPSHOT, &sn.base },
-    { FRAME_SNAPSHOT_DONE, &sd.base },
+    { FRAME_SNAPSHOT_DONE, &sd.base }, { FRAME_FETCH, &fe.base },
+    { FRAME_RESTORE_PLAN, &rp.base },
   };
 
   (void)state;
@@ -156,6 +159,15 @@ test_every_type_roundtrips(void **state)
   sn.name = "before upgrade";
   sd.seq = 7;
   sd.id = 3;
+  fe.seq = 8;
+  fe.offset = 1 << 20;
+  fe.length = 1 << 20;
+  fe.snapshot = 3;
+  rp.seq = 9;
+  rp.from = 3;
+  rp.to = 7;
+  rp.grain = 4096;
+  rp.size_bytes = 1 << 30;
 
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     struct frame f;
@@ -184,6 +196,13 @@ test_every_type_roundtrips(void **state)
     case FRAME_SNAPSHOT_DONE:
       assert_int_equal(f.m.snapshot_done->id, 3);
       break;
+    case FRAME_FETCH:
+      assert_int_equal(f.m.fetch->snapshot, 3);
+      assert_int_equal(f.m.fetch->length, 1 << 20);
+      break;
+    case FRAME_RESTORE_PLAN:
+      assert_int_equal(f.m.restore_plan->to, 7);
+      break;
     default:
       break;
     }
@@ -192,6 +211,81 @@ test_every_type_roundtrips(void **state)
   }
   assert_string_equal(frame_type_name(FRAME_SYNC_STATE), "SYNC_STATE");
   assert_string_equal(frame_type_name((enum frame_type)42), "UNKNOWN");
+}
+
+/* The restore frames: FETCH ranges, FETCH_DATA and RESTORE_PLAN_PART
+ * payloads, RESTORE_PLAN grains. */
+static void
+test_restore_frames(void **state)
+{
+  Duplex__Fetch fe = DUPLEX__FETCH__INIT;
+  Duplex__FetchData fd = DUPLEX__FETCH_DATA__INIT;
+  Duplex__RestorePlan rp = DUPLEX__RESTORE_PLAN__INIT;
+  Duplex__RestorePlanPart pp = DUPLEX__RESTORE_PLAN_PART__INIT;
+  struct frame f;
+  char err[256];
+  uint8_t *buf;
+  size_t len;
+
+  (void)state;
+  fe.offset = 4096;
+  fe.length = 0;
+  buf = pack(FRAME_FETCH, &fe.base, 0, &len);
+  expect_error(buf, len, "FETCH frame: bad range");
+  free(buf);
+  fe.length = 33u << 20;
+  buf = pack(FRAME_FETCH, &fe.base, 0, &len);
+  expect_error(buf, len, "FETCH frame: bad range");
+  free(buf);
+  fe.length = 512;
+  buf = pack(FRAME_FETCH, &fe.base, 0, &len);
+  expect_error(buf, len, "FETCH frame: bad range");
+  free(buf);
+  fe.offset = UINT64_MAX - 4095;
+  fe.length = 8192;
+  buf = pack(FRAME_FETCH, &fe.base, 0, &len);
+  expect_error(buf, len, "FETCH frame: bad range");
+  free(buf);
+
+  fd.seq = 4;
+  fd.length = 8192;
+  buf = pack(FRAME_FETCH_DATA, &fd.base, 8192, &len);
+  assert_int_equal(frame_parse(buf, len, &f, err, sizeof err), (ssize_t)len);
+  assert_int_equal(f.payload_len, 8192);
+  assert_ptr_equal(f.payload, buf + len - 8192);
+  frame_release(&f);
+  free(buf);
+  buf = pack(FRAME_FETCH_DATA, &fd.base, 4096, &len);
+  expect_error(buf, len, "FETCH_DATA frame: length 8192");
+  free(buf);
+  fd.error = 5;                 /* an error carries no data */
+  fd.length = 0;
+  buf = pack(FRAME_FETCH_DATA, &fd.base, 4096, &len);
+  expect_error(buf, len, "FETCH_DATA frame");
+  free(buf);
+  buf = pack(FRAME_FETCH_DATA, &fd.base, 0, &len);
+  assert_int_equal(frame_parse(buf, len, &f, err, sizeof err), (ssize_t)len);
+  assert_int_equal(f.m.fetch_data->error, 5);
+  frame_release(&f);
+  free(buf);
+
+  rp.grain = 1000;
+  buf = pack(FRAME_RESTORE_PLAN, &rp.base, 0, &len);
+  expect_error(buf, len, "grain 1000");
+  free(buf);
+
+  pp.length = 16;
+  buf = pack(FRAME_RESTORE_PLAN_PART, &pp.base, 8, &len);
+  expect_error(buf, len, "RESTORE_PLAN_PART frame: length 16");
+  free(buf);
+  buf = pack(FRAME_RESTORE_PLAN_PART, &pp.base, 16, &len);
+  assert_int_equal(frame_parse(buf, len, &f, err, sizeof err), (ssize_t)len);
+  frame_release(&f);
+  free(buf);
+  /* Only the data frames carry payload. */
+  buf = pack(FRAME_FETCH, &fe.base, 4096, &len);
+  expect_error(buf, len, "unexpected payload");
+  free(buf);
 }
 
 static void
@@ -264,8 +358,8 @@ test_bad_headers(void **state)
   expect_error(buf, n, "unknown frame type 42");
   buf[5] = 0;
   expect_error(buf, n, "unknown frame type 0");
-  buf[5] = 15;
-  expect_error(buf, n, "unknown frame type 15");
+  buf[5] = 19;
+  expect_error(buf, n, "unknown frame type 19");
 
   frame_pack(FRAME_FLUSH, &fl.base, 0, buf);
   buf[7] = 1;
@@ -405,6 +499,7 @@ main(void)
     cmocka_unit_test(test_hello_roundtrip),
     cmocka_unit_test(test_write_roundtrip_with_payload),
     cmocka_unit_test(test_every_type_roundtrips),
+    cmocka_unit_test(test_restore_frames),
     cmocka_unit_test(test_incomplete_needs_more),
     cmocka_unit_test(test_back_to_back),
     cmocka_unit_test(test_bad_headers),
