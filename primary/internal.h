@@ -142,6 +142,7 @@ struct req {
   bool sent;                    /* handed to the replication link */
   bool locked;
   bool al_held;                 /* holds activity-log references */
+  bool restore_persist;         /* took restore grains over (--instant) */
   struct aio_op aio;
   struct aio_op aio2;
   void *lock;                   /* struct range_lock * */
@@ -159,6 +160,8 @@ void vol_req_free(struct req *r);
 void vol_submit(struct req *r);
 /* Buffer space or a lock became free: retry waiting requests. */
 void vol_kick(struct primary *p);
+/* A request restore.c held goes on. */
+void vol_resume(struct req *r);
 
 /* ---- al.c: activity log (write intent of hot extents) ---- */
 #define AL_EXTENT_SHIFT 22      /* 4 MiB */
@@ -385,6 +388,7 @@ void demote_free(struct demote *d);
 #define RESTORE_HDR_LEN 4096u
 #define RESTORE_F_REPLICA 1u    /* from the replica (else a snapshot) */
 #define RESTORE_F_PLANNED 2u    /* the bitmap holds the plan (else: all) */
+#define RESTORE_F_INSTANT 4u    /* NBD serves during it (--instant) */
 struct restore_hdr {
   uint64_t source;              /* snapshot id (0: the replica) */
   uint64_t safety;              /* the before-restore snapshot, 0: none */
@@ -392,6 +396,7 @@ struct restore_hdr {
   uint32_t grain;               /* bytes per bit */
   uint32_t flags;               /* RESTORE_F_* */
   uint64_t started_wall_ms;
+  uint64_t rate;                /* --restore-rate bytes/s, 0: no cap */
 };
 /* No I/O: the 4 KiB header. */
 void restore_hdr_encode(const struct restore_hdr *h,
@@ -425,6 +430,23 @@ void restore_free(struct primary *p);
 bool restore_running(const struct primary *p);
 /* NBD refuses new clients. */
 bool restore_blocks_clients(const struct primary *p);
+/* --instant: clients are served during the restore (vol.c asks below). */
+bool restore_instant(const struct primary *p);
+/* A write-like request's range lock covers whole restore grains. */
+void restore_lock_range(const struct primary *p, uint64_t *start,
+                        uint64_t *end);
+/* A read of regions not restored yet waits for them to be fetched (then
+ * vol_resume(r)): true if it does. */
+bool restore_hold_read(struct primary *p, struct req *r);
+/* Under r's range lock: the grains it covers whole become the client's
+ * (r->restore_persist), the ones it covers partly are fetched first (and
+ * before the safety snapshot is taken it waits).  True: r continues
+ * with cont(r) later. */
+bool restore_hold_write(struct primary *p, struct req *r,
+                        void (*cont)(struct req *r));
+/* Before answering a request with restore_persist: what it took over is
+ * on disk.  0 or -errno. */
+int restore_persist(struct primary *p);
 /* restore_running: bytes still to restore and percent done. */
 void restore_status(const struct primary *p, uint64_t *remaining,
                     double *percent);

@@ -6,7 +6,7 @@
  * the restore.
  *
  * Layout: a 4 KiB header (below, little-endian, CRC-32C over its first
- * 60 bytes), then the todo bitmap's word image.  The file is created
+ * 68 bytes), then the todo bitmap's word image.  The file is created
  * whole (temporary file, fsync, rename, fsync of the directory); later
  * only bitmap pages change in place, each batch synced before the caller
  * relies on it.  A bit may be cleared on disk only after its region was
@@ -52,13 +52,14 @@ restore_hdr_encode(const struct restore_hdr *h, uint8_t out[RESTORE_HDR_LEN])
   put64(out + 32, h->grain);
   put64(out + 40, h->flags);
   put64(out + 48, h->started_wall_ms);
-  out[56] = 1;                          /* version */
+  put64(out + 56, h->rate);
+  out[64] = 1;                          /* version */
   {
-    uint32_t c = crc32c(0, out, 60);
-    out[60] = (uint8_t)c;
-    out[61] = (uint8_t)(c >> 8);
-    out[62] = (uint8_t)(c >> 16);
-    out[63] = (uint8_t)(c >> 24);
+    uint32_t c = crc32c(0, out, 68);
+    out[68] = (uint8_t)c;
+    out[69] = (uint8_t)(c >> 8);
+    out[70] = (uint8_t)(c >> 16);
+    out[71] = (uint8_t)(c >> 24);
   }
 }
 
@@ -66,20 +67,20 @@ int
 restore_hdr_decode(const uint8_t in[RESTORE_HDR_LEN], struct restore_hdr *h,
                    char *err, size_t errlen)
 {
-  uint32_t c = (uint32_t)in[60] | (uint32_t)in[61] << 8 |
-               (uint32_t)in[62] << 16 | (uint32_t)in[63] << 24;
+  uint32_t c = (uint32_t)in[68] | (uint32_t)in[69] << 8 |
+               (uint32_t)in[70] << 16 | (uint32_t)in[71] << 24;
 
   if (memcmp(in, RS_MAGIC, 8) != 0) {
     snprintf(err, errlen, "not a restore record (bad magic)");
     return -1;
   }
-  if (crc32c(0, in, 60) != c) {
+  if (crc32c(0, in, 68) != c) {
     snprintf(err, errlen, "restore record header checksum mismatch");
     return -1;
   }
-  if (in[56] != 1) {
+  if (in[64] != 1) {
     snprintf(err, errlen, "restore record version %u, this build reads 1",
-             in[56]);
+             in[64]);
     return -1;
   }
   memset(h, 0, sizeof *h);
@@ -89,6 +90,7 @@ restore_hdr_decode(const uint8_t in[RESTORE_HDR_LEN], struct restore_hdr *h,
   h->grain = (uint32_t)get64(in + 32);
   h->flags = (uint32_t)get64(in + 40);
   h->started_wall_ms = get64(in + 48);
+  h->rate = get64(in + 56);
   if (h->grain == 0 || h->grain % BDEV_ALIGN != 0 || h->size == 0) {
     snprintf(err, errlen, "restore record: bad grain %u or size %llu",
              h->grain, (unsigned long long)h->size);

@@ -53,9 +53,36 @@
 #define RST_CMP_INFLIGHT 4
 #define RST_RETRY_MS 1000             /* after a failed fetch */
 #define RST_START_TIMEOUT_MS 60000    /* the command's answer at the latest */
+#define RST_USAGE "restore --snapshot ID | --replica [--instant] " \
+                  "[--restore-rate BYTES_PER_S]"
+
 
 enum rst_phase { RST_WAIT_SYNC, RST_SNAPSHOT, RST_PLAN, RST_COPY,
                  RST_FINISH, RST_DONE };
+
+/* A client write-like request held under its range lock (--instant):
+ * until the safety snapshot is taken, or until the restore grains it
+ * covers only partly are fetched (read-modify-write of the grain). */
+struct rst_hold {
+  struct req *r;
+  void (*cont)(struct req *r);
+  unsigned pending;             /* its fetches in flight */
+  TAILQ_ENTRY(rst_hold) q;
+};
+TAILQ_HEAD(rst_holdq, rst_hold);
+
+struct rst_fetch {
+  struct repl_op op;            /* first: the ring's pointer */
+  struct restore *rs;
+  uint64_t off, len;
+  struct range_lock *lock;      /* NULL: under a held write's lock */
+  struct rst_hold *hold;        /* that write */
+  bool demand;                  /* for a client (not the background copy) */
+  char *buf;
+  struct aio_op aio;
+  TAILQ_ENTRY(rst_fetch) q;
+};
+TAILQ_HEAD(rst_fetchq, rst_fetch);
 
 struct restore {
   struct primary *p;
@@ -85,16 +112,14 @@ struct restore {
   uint64_t started_ms, planned_ms, finished_ms, last_flush_ms,
            last_report_ms;
   bool resumed;
+  struct rst_fetchq fetches;    /* in flight */
+  TAILQ_HEAD(, req) reads;      /* client reads waiting for fetches */
+  struct rst_holdq holds;       /* client writes held (not fetching) */
+  uint64_t demand_bytes;        /* fetched for clients */
+  uint64_t demand_fetches;
+  int64_t budget;               /* --restore-rate: bytes the copy may fetch */
+  uint64_t budget_ms;
   char error[9000];             /* the last failure, "" if none */
-};
-
-struct rst_fetch {
-  struct repl_op op;            /* first: the ring's pointer */
-  struct restore *rs;
-  uint64_t off, len;
-  struct range_lock *lock;
-  char *buf;
-  struct aio_op aio;
 };
 
 struct rst_cmp {
@@ -109,6 +134,12 @@ struct rst_cmp {
 };
 
 static void rst_pump(struct restore *rs);
+
+static bool
+rst_instant(const struct restore *rs)
+{
+  return (rs->hdr.flags & RESTORE_F_INSTANT) != 0;
+}
 
 static const char *
 rst_phase_name(enum rst_phase ph)
@@ -166,7 +197,8 @@ restore_running(const struct primary *p)
 bool
 restore_blocks_clients(const struct primary *p)
 {
-  return restore_running(p) && p->restore->phase != RST_WAIT_SYNC &&
+  return restore_running(p) && !rst_instant(p->restore) &&
+         p->restore->phase != RST_WAIT_SYNC &&
          p->restore->phase != RST_SNAPSHOT;
 }
 
@@ -439,7 +471,19 @@ rst_plan_replica(struct restore *rs)
     rst_planned(rs);
 }
 
-/* ---- COPY ---- */
+/* ---- COPY: fetching regions (the background copy and clients) ---- */
+
+static void rst_wake(struct restore *rs);
+
+/* Every bit of [off, off+len) still set (nobody wrote the range since). */
+static bool
+rst_all_set(const struct restore *rs, uint64_t off, uint64_t len)
+{
+  uint64_t o, l;
+
+  return bitmap_next_run(rs->todo, off, len, &o, &l) && o == off &&
+         (l >= len || o + l >= rs->p->vol.size);
+}
 
 static void
 rst_fetch_free(struct rst_fetch *f)
@@ -448,8 +492,15 @@ rst_fetch_free(struct rst_fetch *f)
 
   if (f->lock != NULL)
     lock_release(rs->p->locks, f->lock);
-  rs->window -= f->len;
+  if (!f->demand)
+    rs->window -= f->len;
   rs->inflight--;
+  TAILQ_REMOVE(&rs->fetches, f, q);
+  if (f->hold != NULL && --f->hold->pending == 0) {
+    /* The held write looks at its grains again: on to the write, or
+     * waits for the link. */
+    TAILQ_INSERT_TAIL(&rs->holds, f->hold, q);
+  }
   free(f->buf);
   free(f);
 }
@@ -468,9 +519,13 @@ rst_fetch_written(struct aio_op *aop, long res)
   } else {
     bitmap_clear_range(rs->todo, f->off, f->len);
     rs->done_bytes += f->len;
+    if (f->demand) {
+      rs->demand_bytes += f->len;
+      rs->demand_fetches++;
+    }
   }
   rst_fetch_free(f);
-  rst_pump(rs);
+  rst_wake(rs);
 }
 
 static void
@@ -493,7 +548,7 @@ rst_fetch_acked(struct repl_op *op, bool ok)
     log_warn("primary: restore: %s", rs->error);
     rs->retry_ms = util_now_ms() + RST_RETRY_MS;
     rst_fetch_free(f);
-    rst_pump(rs);
+    rst_wake(rs);
     return;
   }
   rs->fetched_bytes += f->len;
@@ -504,19 +559,116 @@ rst_fetch_acked(struct repl_op *op, bool ok)
 }
 
 static void
-rst_fetch_locked(struct range_lock *l, void *opaque)
+rst_fetch_send(struct rst_fetch *f)
 {
-  struct rst_fetch *f = opaque;
   struct restore *rs = f->rs;
 
-  (void)l;
+  /* A client wrote part of it while the lock was awaited: its data wins;
+   * what is still to do is looked at again. */
+  if (!rst_all_set(rs, f->off, f->len)) {
+    if (rs->cursor > f->off)
+      rs->cursor = f->off;
+    rst_fetch_free(f);
+    rst_wake(rs);
+    return;
+  }
   f->op.acked = rst_fetch_acked;
   f->op.opaque = f;
   if (repl_send_fetch(rs->p->repl, &f->op, f->off, (uint32_t)f->len,
-                      rs->hdr.source) == -1) {
+                      rs->hdr.source) == -1)
     rst_fetch_free(f);          /* not connected: the bits stay */
+}
+
+static void
+rst_fetch_locked(struct range_lock *l, void *opaque)
+{
+  (void)l;
+  rst_fetch_send(opaque);
+}
+
+/* Fetch [off, off+len): under its own range lock, or under the lock of
+ * the held write `hold`. */
+static void
+rst_fetch_start(struct restore *rs, uint64_t off, uint64_t len, bool demand,
+                struct rst_hold *hold)
+{
+  struct rst_fetch *f = calloc(1, sizeof *f);
+  bool granted;
+
+  if (f == NULL)
+    abort();
+  f->rs = rs;
+  f->off = off;
+  f->len = len;
+  f->demand = demand;
+  f->hold = hold;
+  if (hold != NULL)
+    hold->pending++;
+  if (!demand)
+    rs->window += len;
+  rs->inflight++;
+  TAILQ_INSERT_TAIL(&rs->fetches, f, q);
+  if (hold != NULL) {
+    rst_fetch_send(f);
     return;
   }
+  f->lock = lock_acquire(rs->p->locks, off, off + len, rst_fetch_locked, f,
+                         &granted);
+  if (granted)
+    rst_fetch_send(f);
+}
+
+/* A fetch in flight covers offset off. */
+static bool
+rst_covered(const struct restore *rs, uint64_t off)
+{
+  const struct rst_fetch *f;
+
+  TAILQ_FOREACH(f, &rs->fetches, q)
+    if (off >= f->off && off < f->off + f->len)
+      return true;
+  return false;
+}
+
+/* Fetch every region of [off, end) still to do that no fetch in flight
+ * covers (for a client's read). */
+static void
+rst_fetch_range(struct restore *rs, uint64_t off, uint64_t end)
+{
+  uint32_t grain = bitmap_grain(rs->todo);
+  uint64_t size = rs->p->vol.size, a, b;
+
+  a = off - off % grain;
+  end = MIN(end + (grain - end % grain) % grain, size);
+  while (a < end) {
+    if (!bitmap_test(rs->todo, a) || rst_covered(rs, a)) {
+      a += grain;
+      continue;
+    }
+    b = a;
+    while (b < end && b - a < RST_CHUNK && bitmap_test(rs->todo, b) &&
+           !rst_covered(rs, b))
+      b += grain;
+    rst_fetch_start(rs, a, MIN(b, size) - a, true, NULL);
+    a = b;
+  }
+}
+
+/* Background copy budget (--restore-rate). */
+static bool
+rst_budget(struct restore *rs)
+{
+  uint64_t now = util_now_ms();
+
+  if (rs->hdr.rate == 0)
+    return true;
+  if (now > rs->budget_ms) {
+    rs->budget += (int64_t)(rs->hdr.rate * (now - rs->budget_ms) / 1000);
+    if (rs->budget > (int64_t)MAX(rs->hdr.rate / 4, RST_CHUNK))
+      rs->budget = (int64_t)MAX(rs->hdr.rate / 4, RST_CHUNK);
+    rs->budget_ms = now;
+  }
+  return rs->budget > 0;
 }
 
 static void
@@ -525,10 +677,8 @@ rst_copy(struct restore *rs)
   struct primary *p = rs->p;
 
   while (repl_connected(p->repl) && rs->window < RST_WINDOW &&
-         util_now_ms() >= rs->retry_ms) {
+         util_now_ms() >= rs->retry_ms && rst_budget(rs)) {
     uint64_t off, len;
-    struct rst_fetch *f;
-    bool granted;
 
     if (!bitmap_next_run(rs->todo, rs->cursor, RST_CHUNK, &off, &len)) {
       /* Past the end: what failed is looked at again once nothing is in
@@ -539,26 +689,175 @@ rst_copy(struct restore *rs)
       rs->cursor = 0;
       continue;
     }
+    /* Clients' fetches have this one: go on after it. */
+    if (rst_covered(rs, off)) {
+      rs->cursor = off + bitmap_grain(rs->todo);
+      continue;
+    }
     rs->cursor = off + len;
-    f = calloc(1, sizeof *f);
-    if (f == NULL)
-      abort();
-    f->rs = rs;
-    f->off = off;
-    f->len = len;
-    rs->window += len;
-    rs->inflight++;
-    f->lock = lock_acquire(p->locks, off, off + len, rst_fetch_locked, f,
-                           &granted);
-    if (granted)
-      rst_fetch_locked(f->lock, f);
+    rs->budget -= (int64_t)len;
+    rst_fetch_start(rs, off, len, false, NULL);
   }
-  if (bitmap_dirty_bytes(rs->todo) == 0 && rs->inflight == 0) {
+  if (bitmap_dirty_bytes(rs->todo) == 0 && rs->inflight == 0 &&
+      TAILQ_EMPTY(&rs->holds) && TAILQ_EMPTY(&rs->reads)) {
     rs->phase = RST_FINISH;
     log_info("primary: restore: every differing region is written; "
              "syncing the volume and handing the replica the new "
              "generation");
   }
+}
+
+/* ---- clients during an instant restore ---- */
+
+bool
+restore_instant(const struct primary *p)
+{
+  return restore_running(p) && rst_instant(p->restore);
+}
+
+void
+restore_lock_range(const struct primary *p, uint64_t *start, uint64_t *end)
+{
+  uint32_t grain;
+
+  if (!restore_instant(p))
+    return;
+  grain = bitmap_grain(p->oos);
+  *start -= *start % grain;
+  *end = MIN(*end + (grain - *end % grain) % grain, p->vol.size);
+}
+
+/* Is any region of [off, end) still to do?  (Before the plan: all.) */
+static bool
+rst_todo_in(const struct restore *rs, uint64_t off, uint64_t end)
+{
+  uint64_t o, l;
+
+  return rs->phase >= RST_PLAN && rs->phase <= RST_FINISH &&
+         rs->todo != NULL &&
+         bitmap_next_run(rs->todo, off, end - off, &o, &l) && o < end;
+}
+
+bool
+restore_hold_read(struct primary *p, struct req *r)
+{
+  struct restore *rs = p->restore;
+  uint64_t a0 = r->offset & ~(uint64_t)(BDEV_ALIGN - 1);
+  uint64_t a1 = r->offset + r->length;
+
+  if (!restore_instant(p) || !rst_todo_in(rs, a0, a1))
+    return false;
+  TAILQ_INSERT_TAIL(&rs->reads, r, wq);
+  rst_fetch_range(rs, a0, a1);
+  return true;
+}
+
+/* Under r's lock (restore_lock_range: whole grains): the grains the
+ * request covers whole are the client's from now on (their bits are
+ * cleared, and on disk before the answer: restore_persist), the ones it
+ * covers partly are fetched first.  True: held, r continues with
+ * cont(r) once that is done. */
+static bool
+rst_hold_write(struct restore *rs, struct rst_hold *h)
+{
+  struct req *r = h->r;
+  uint32_t grain = bitmap_grain(rs->todo);
+  uint64_t end = r->offset + r->length;
+  uint64_t g0 = r->lock_start, g1 = r->lock_end;
+  bool partial = false;
+
+  for (uint64_t g = g0; g < g1; g += grain) {
+    uint64_t ge = MIN(g + grain, rs->p->vol.size);
+    if (!bitmap_test(rs->todo, g))
+      continue;
+    if (r->offset <= g && end >= ge) {
+      bitmap_clear_range(rs->todo, g, ge - g);
+      r->restore_persist = true;
+    } else {
+      partial = true;
+    }
+  }
+  if (!partial)
+    return false;
+  if (!repl_connected(rs->p->repl))
+    return true;                /* waits in rs->holds for the link */
+  for (uint64_t g = g0; g < g1; g += grain) {
+    uint64_t ge = MIN(g + grain, rs->p->vol.size);
+    if (bitmap_test(rs->todo, g))
+      rst_fetch_start(rs, g, ge - g, true, h);
+  }
+  return true;
+}
+
+bool
+restore_hold_write(struct primary *p, struct req *r,
+                   void (*cont)(struct req *r))
+{
+  struct restore *rs = p->restore;
+  struct rst_hold *h;
+
+  if (!restore_instant(p) || rs->phase == RST_WAIT_SYNC)
+    return false;
+  h = calloc(1, sizeof *h);
+  if (h == NULL)
+    abort();
+  h->r = r;
+  h->cont = cont;
+  /* Until the safety snapshot is taken, a write would be in neither it
+   * nor the restore's care: it waits (a few milliseconds). */
+  if (rs->phase == RST_SNAPSHOT || rst_hold_write(rs, h)) {
+    if (h->pending == 0)
+      TAILQ_INSERT_TAIL(&rs->holds, h, q);
+    return true;
+  }
+  free(h);
+  return false;
+}
+
+/* Fetches completed, or the phase or the link changed: clients waiting
+ * go on where they can. */
+static void
+rst_wake(struct restore *rs)
+{
+  struct rst_holdq holds = TAILQ_HEAD_INITIALIZER(holds);
+  TAILQ_HEAD(, req) reads = TAILQ_HEAD_INITIALIZER(reads);
+  struct rst_hold *h;
+  struct req *r;
+
+  if (rs->phase != RST_SNAPSHOT) {
+    TAILQ_CONCAT(&holds, &rs->holds, q);
+    while ((h = TAILQ_FIRST(&holds)) != NULL) {
+      TAILQ_REMOVE(&holds, h, q);
+      if (rs->phase == RST_WAIT_SYNC || rs->phase == RST_DONE ||
+          !rst_hold_write(rs, h)) {
+        struct req *hr = h->r;
+        void (*cont)(struct req *) = h->cont;
+        free(h);
+        cont(hr);
+      } else if (h->pending == 0) {
+        TAILQ_INSERT_TAIL(&rs->holds, h, q);
+      }
+    }
+  }
+  TAILQ_CONCAT(&reads, &rs->reads, wq);
+  while ((r = TAILQ_FIRST(&reads)) != NULL) {
+    uint64_t a0 = r->offset & ~(uint64_t)(BDEV_ALIGN - 1);
+    TAILQ_REMOVE(&reads, r, wq);
+    if (!rst_todo_in(rs, a0, r->offset + r->length)) {
+      vol_resume(r);
+    } else {
+      TAILQ_INSERT_TAIL(&rs->reads, r, wq);
+      if (repl_connected(rs->p->repl))
+        rst_fetch_range(rs, a0, r->offset + r->length);
+    }
+  }
+  rst_pump(rs);
+}
+
+int
+restore_persist(struct primary *p)
+{
+  return p->restore != NULL ? rst_flush_record(p->restore) : 0;
 }
 
 /* ---- FINISH ---- */
@@ -653,6 +952,10 @@ static void
 rst_begin(struct restore *rs)
 {
   struct primary *p = rs->p;
+  const char *nbd_note = rst_instant(rs)
+      ? "NBD keeps serving: blocks not restored yet are fetched when read, "
+        "client writes win; `status` shows the progress"
+      : "NBD clients are refused until `status` shows sync: in-sync";
   char src[64];
 
   rst_source_text(rs, src, sizeof src);
@@ -666,27 +969,27 @@ rst_begin(struct restore *rs)
       restore_file_remove(rs->path, rs->fd);
     rs->fd = -1;
     rs->phase = RST_DONE;
+    rst_wake(rs);
     return;
   }
   resync_unconfirm(p->resync);
   repl_send_restore_state(p->repl, rs->hdr.source, p->vol.size, 0);
   rs->phase = RST_PLAN;
+  rst_wake(rs);                 /* held writes: the client's from now on */
   if (rs->hdr.flags & RESTORE_F_REPLICA) {
     log_info("primary: restore from the replica started: comparing block "
-             "hashes of the whole volume; NBD clients are refused until it "
-             "is done");
+             "hashes of the whole volume; %s", nbd_note);
     rst_answer(rs, true, "restore from the replica started: block hashes "
                "of the whole volume are compared and only the blocks that "
-               "differ are copied; NBD clients are refused until `status` "
-               "shows sync: in-sync");
+               "differ are copied; %s", nbd_note);
   } else {
     log_info("primary: restore from %s started (safety snapshot %" PRIu64
-             " holds the volume as it was); NBD clients are refused until "
-             "it is done", src, rs->hdr.safety);
+             " holds the volume as it was); %s", src, rs->hdr.safety,
+             nbd_note);
     rst_answer(rs, true, "restore from %s started; snapshot %" PRIu64
                " holds the volume as it was (restore --snapshot %" PRIu64
-               " undoes it). NBD clients are refused until `status` shows "
-               "sync: in-sync", src, rs->hdr.safety, rs->hdr.safety);
+               " undoes it). %s", src, rs->hdr.safety, rs->hdr.safety,
+               nbd_note);
   }
 }
 
@@ -701,6 +1004,7 @@ rst_snapshot_acked(struct repl_op *op, bool ok)
   if (!ok) {
     free(op);
     rs->phase = RST_WAIT_SYNC;  /* the link dropped: again once in sync */
+    rst_wake(rs);               /* held writes go on */
     return;
   }
   rst_source_text(rs, src, sizeof src);
@@ -712,6 +1016,7 @@ rst_snapshot_acked(struct repl_op *op, bool ok)
                "changed", src, rs->error);
     rs->phase = RST_DONE;
     free(op);
+    rst_wake(rs);               /* held writes go on */
     return;
   }
   rs->hdr.safety = sd->id;
@@ -774,6 +1079,9 @@ rst_step(struct restore *rs)
   }
   if (rs->phase == RST_DONE)
     return;
+  if (repl_connected(p->repl) &&
+      (!TAILQ_EMPTY(&rs->holds) || !TAILQ_EMPTY(&rs->reads)))
+    rst_wake(rs);
   if (now - rs->last_flush_ms >= RST_FLUSH_MS)
     rst_flush_record(rs);
   if (now - rs->last_report_ms >= RST_REPORT_MS) {
@@ -820,6 +1128,9 @@ rst_new(struct primary *p)
   rs->hdr.size = p->vol.size;
   rs->hdr.grain = bitmap_grain(p->oos);
   rs->started_ms = util_now_ms();
+  TAILQ_INIT(&rs->fetches);
+  TAILQ_INIT(&rs->reads);
+  TAILQ_INIT(&rs->holds);
   rs->poll = event_new(p->base, -1, EV_PERSIST, rst_poll_cb, rs);
   if (rs->poll == NULL || event_add(rs->poll, &tv) == -1)
     abort();
@@ -850,8 +1161,9 @@ restore_command(struct primary *p, int argc, char **argv,
                 struct evbuffer *out)
 {
   struct restore *rs;
-  uint64_t source = 0;
-  bool replica = false, have = false;
+  uint64_t source = 0, rate = 0;
+  bool replica = false, have = false, instant = false;
+  char sub[128];
   unsigned clients = 0;
   char *end;
   int i;
@@ -868,14 +1180,23 @@ restore_command(struct primary *p, int argc, char **argv,
       have = true;
     } else if (strcmp(argv[i], "--replica") == 0 && !have) {
       replica = have = true;
+    } else if (strcmp(argv[i], "--instant") == 0) {
+      instant = true;
+    } else if (strcmp(argv[i], "--restore-rate") == 0 && i + 1 < argc) {
+      if (util_parse_size(argv[++i], &rate, sub, sizeof sub) == -1 ||
+          rate < 4096) {
+        evbuffer_add_printf(out, "restore --restore-rate %s: %s\n", argv[i],
+                            rate < 4096 ? "at least 4096 bytes/s" : sub);
+        return -1;
+      }
     } else {
       evbuffer_add_printf(out, "restore: unexpected argument %s (usage: "
-                          "restore --snapshot ID | --replica)\n", argv[i]);
+                          "%s)\n", argv[i], RST_USAGE);
       return -1;
     }
   }
   if (!have) {
-    evbuffer_add_printf(out, "usage: restore --snapshot ID | --replica\n");
+    evbuffer_add_printf(out, "usage: %s\n", RST_USAGE);
     return -1;
   }
   if (restore_running(p)) {
@@ -904,17 +1225,21 @@ restore_command(struct primary *p, int argc, char **argv,
   }
   for (i = 0; i < p->n_nbd; i++)
     clients += nbd_server_clients(p->nbd[i]);
-  if (clients > 0) {
+  if (clients > 0 && !instant) {
     evbuffer_add_printf(out, "restore: %u NBD client%s connected; the "
                         "volume changes under them. Unmount and disconnect "
-                        "them first; nothing was changed\n", clients,
+                        "them first, or restore --instant (they keep "
+                        "working and see the restored volume); nothing was "
+                        "changed\n", clients,
                         clients == 1 ? " is" : "s are");
     return -1;
   }
   rst_free(p->restore);
   p->restore = rs = rst_new(p);
   rs->hdr.source = source;
-  rs->hdr.flags = replica ? RESTORE_F_REPLICA : 0;
+  rs->hdr.flags = (replica ? RESTORE_F_REPLICA : 0) |
+                  (instant ? RESTORE_F_INSTANT : 0);
+  rs->hdr.rate = rate;
   rs->hdr.started_wall_ms = util_wall_ns() / 1000000;
   rs->reply = control_defer_for(p->control, RST_START_TIMEOUT_MS / 1000 + 5);
   rs->reply_deadline_ms = rs->started_ms + RST_START_TIMEOUT_MS;
@@ -957,13 +1282,13 @@ restore_resume(struct primary *p, char *err, size_t errlen)
   if (h.flags & RESTORE_F_PLANNED) {
     rs->phase = RST_COPY;
     rs->total_bytes = bitmap_dirty_bytes(rs->todo);
-    log_info("primary: resuming the restore from %s: %" PRIu64 " bytes "
-             "still to restore; NBD clients are refused until it is done",
-             src, rs->total_bytes);
+    log_info("primary: resuming the %srestore from %s: %" PRIu64 " bytes "
+             "still to restore", rst_instant(rs) ? "instant " : "", src,
+             rs->total_bytes);
   } else {
     rs->phase = RST_PLAN;
-    log_info("primary: resuming the restore from %s: planning again; NBD "
-             "clients are refused until it is done", src);
+    log_info("primary: resuming the %srestore from %s: planning again",
+             rst_instant(rs) ? "instant " : "", src);
   }
   return 0;
 }
@@ -1028,6 +1353,10 @@ restore_status_json(const struct primary *p, struct json *j)
   json_u64(j, "remaining_bytes", left);
   json_u64(j, "fetched_bytes", rs->fetched_bytes);
   json_u64(j, "same_bytes", rs->same_bytes);
+  json_bool(j, "instant", rst_instant(rs));
+  json_u64(j, "on_demand_bytes", rs->demand_bytes);
+  json_u64(j, "on_demand_fetches", rs->demand_fetches);
+  json_u64(j, "rate_limit_bytes_per_sec", rs->hdr.rate);
   json_double(j, "done_percent", rs->phase == RST_DONE ? 100.0 : pct);
   json_double(j, "rate_bytes_per_sec", rate);
   if (rs->phase == RST_DONE)
@@ -1071,7 +1400,11 @@ restore_status_text(const struct primary *p, struct evbuffer *out)
                       src, rst_phase_name(rs->phase), done, total, pct);
   if (rs->phase == RST_COPY && rate > 0)
     evbuffer_add_printf(out, ", ETA %.0f s", (double)left / rate);
-  evbuffer_add_printf(out, "; NBD clients refused\n");
+  if (rst_instant(rs))
+    evbuffer_add_printf(out, "; instant: NBD serves, %" PRIu64 " bytes "
+                        "fetched on demand\n", rs->demand_bytes);
+  else
+    evbuffer_add_printf(out, "; NBD clients refused\n");
   if (rs->error[0])
     evbuffer_add_printf(out, "restore error: %s\n", rs->error);
 }

@@ -128,6 +128,12 @@ req_finish(struct req *r)
 {
   struct primary *p = r->p;
 
+  /* --instant restore: the grains this write took over must not be
+   * restored over after a crash (the record says so) before it is
+   * answered. */
+  if (r->restore_persist && !r->err && restore_persist(p) < 0)
+    req_set_err(r, EIO);
+
   if (r->type == REQ_WRITE || r->type == REQ_TRIM || r->type == REQ_ZERO) {
     if (!r->err) {
       p->stats.writes_acked++;
@@ -446,16 +452,14 @@ write_edge_read(struct aio_op *op, long res)
 }
 
 static void
-write_locked(struct range_lock *l, void *opaque)
+write_go(struct req *r)
 {
-  struct req *r = opaque;
   struct primary *p = r->p;
   uint64_t a0 = align_down(r->offset);
   uint64_t a1 = align_up(r->offset + r->length);
   bool head = r->offset != a0;
   bool tail = r->offset + r->length != a1;
 
-  (void)l;
   r->pending = 1; /* guard */
   if (vol_intent(r) == -1) {
     req_put(r);
@@ -480,17 +484,25 @@ write_locked(struct range_lock *l, void *opaque)
               BDEV_ALIGN, a1 - BDEV_ALIGN, write_edge_read, r);
 }
 
+static void
+write_locked(struct range_lock *l, void *opaque)
+{
+  struct req *r = opaque;
+
+  (void)l;
+  if (!restore_hold_write(r->p, r, write_go))
+    write_go(r);
+}
+
 /* ---- TRIM / WRITE_ZEROES ---- */
 
 static void
-zero_locked(struct range_lock *l, void *opaque)
+zero_go(struct req *r)
 {
-  struct req *r = opaque;
   struct primary *p = r->p;
   bool punch = r->type == REQ_TRIM || !r->no_hole;
   int rc;
 
-  (void)l;
   r->pending = 1;
   if (vol_intent(r) == -1 || vol_generation(r) == -1) {
     req_put(r);
@@ -511,6 +523,16 @@ zero_locked(struct range_lock *l, void *opaque)
     aio_fdsync(p->aio, &r->aio, p->vol.fd, write_local_synced, r);
   }
   req_put(r);
+}
+
+static void
+zero_locked(struct range_lock *l, void *opaque)
+{
+  struct req *r = opaque;
+
+  (void)l;
+  if (!restore_hold_write(r->p, r, zero_go))
+    zero_go(r);
 }
 
 /* ---- FLUSH ---- */
@@ -549,7 +571,8 @@ vol_start(struct req *r)
 
   switch (r->type) {
   case REQ_READ:
-    read_start(r);
+    if (!restore_hold_read(p, r))
+      read_start(r);
     return;
   case REQ_FLUSH:
     flush_start(r);
@@ -559,6 +582,7 @@ vol_start(struct req *r)
   case REQ_ZERO:
     r->lock_start = align_down(r->offset);
     r->lock_end = align_up(r->offset + r->length);
+    restore_lock_range(p, &r->lock_start, &r->lock_end);
     r->lock = lock_acquire(p->locks, r->lock_start, r->lock_end,
                            r->type == REQ_WRITE ? write_locked : zero_locked,
                            r, &granted);
@@ -618,6 +642,12 @@ vol_submit(struct req *r)
       return;
     }
   }
+  vol_start(r);
+}
+
+void
+vol_resume(struct req *r)
+{
   vol_start(r);
 }
 

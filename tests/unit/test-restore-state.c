@@ -21,6 +21,7 @@ static const struct restore_hdr sample = {
   .grain = 65536,
   .flags = RESTORE_F_PLANNED,
   .started_wall_ms = 1790000000123ull,
+  .rate = 50ull << 20,
 };
 
 static void
@@ -46,7 +47,7 @@ test_header_damage_refused(void **state)
   (void)state;
   restore_hdr_encode(&sample, buf);
   /* Every bit of the checked bytes. */
-  for (int i = 0; i < 64 * 8; i++) {
+  for (int i = 0; i < 72 * 8; i++) {
     buf[i / 8] ^= (uint8_t)(1u << (i % 8));
     assert_int_equal(restore_hdr_decode(buf, &h, err, sizeof err), -1);
     buf[i / 8] ^= (uint8_t)(1u << (i % 8));
