@@ -56,7 +56,8 @@ duplexctl_usage(FILE *out)
           "                        60s), mark both sides' metadata and exit; then\n"
           "                        start each node in the other role: nothing is\n"
           "                        resynced\n"
-          "  restore --snapshot ID | --replica\n"
+          "  restore --snapshot ID | --replica [--instant]\n"
+          "          [--restore-rate BYTES_PER_S]\n"
           "                        primary: make this volume the contents of a\n"
           "                        snapshot of the replica (a before-restore\n"
           "                        snapshot is taken first: restoring that one\n"
@@ -64,7 +65,10 @@ duplexctl_usage(FILE *out)
           "                        hashes compared); only blocks that differ\n"
           "                        travel and the replica follows.  Returns once\n"
           "                        started; NBD clients are refused until status\n"
-          "                        shows sync: in-sync\n"
+          "                        shows sync: in-sync, unless --instant: NBD\n"
+          "                        serves throughout, reads of blocks not yet\n"
+          "                        restored fetch them first, writes win.\n"
+          "                        --restore-rate caps the background copy\n"
           "\n"
           "Other commands are passed to the agent as they are.\n");
 }
