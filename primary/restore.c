@@ -733,9 +733,11 @@ rst_todo_in(const struct restore *rs, uint64_t off, uint64_t end)
 {
   uint64_t o, l;
 
-  return rs->phase >= RST_PLAN && rs->phase <= RST_FINISH &&
-         rs->todo != NULL &&
-         bitmap_next_run(rs->todo, off, end - off, &o, &l) && o < end;
+  if (rs->phase < RST_PLAN || rs->phase > RST_FINISH || rs->todo == NULL)
+    return false;
+  /* (A run found starts at a grain boundary at or after its start.) */
+  off -= off % bitmap_grain(rs->todo);
+  return bitmap_next_run(rs->todo, off, end - off, &o, &l) && o < end;
 }
 
 bool
@@ -768,8 +770,14 @@ rst_hold_write(struct restore *rs, struct rst_hold *h)
 
   for (uint64_t g = g0; g < g1; g += grain) {
     uint64_t ge = MIN(g + grain, rs->p->vol.size);
-    if (!bitmap_test(rs->todo, g))
+    if (!bitmap_test(rs->todo, g)) {
+      /* Restored, but the record may not say so yet: after a crash it
+       * would be restored again, over this write.  Saved before the
+       * answer. */
+      if (bitmap_page_dirty(rs->todo, bitmap_page_of(rs->todo, g)))
+        r->restore_persist = true;
       continue;
+    }
     if (r->offset <= g && end >= ge) {
       bitmap_clear_range(rs->todo, g, ge - g);
       r->restore_persist = true;
