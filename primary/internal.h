@@ -249,7 +249,19 @@ struct repl_op {
                     const uint8_t *payload);
 };
 
-struct repl *repl_new(struct primary *p, char *err, size_t errlen);
+/* What the agent does when the link changes; repl.c knows nothing of the
+ * modules that send on it (resync, verify, the request engine, restore). */
+struct repl_events {
+  /* Connected and agreed: resync what differs (full: everything). */
+  void (*connected)(void *arg, bool full);
+  /* A connected link dropped (before its pending ops fail). */
+  void (*lost)(void *arg);
+  /* Acknowledgements arrived or ops failed: room to send more. */
+  void (*progress)(void *arg);
+  void *arg;
+};
+struct repl *repl_new(struct primary *p, const struct repl_events *ev,
+                      char *err, size_t errlen);
 void repl_free(struct repl *r);
 void repl_start(struct repl *r);
 /* Close the link (the agent is stopping): pending ops fail. */

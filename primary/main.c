@@ -223,6 +223,34 @@ primary_save_generation(struct primary *p)
   main_meta_ok(p);
 }
 
+/* The link's events, dispatched to the modules that use it. */
+static void
+main_link_connected(void *arg, bool full)
+{
+  struct primary *p = arg;
+
+  resync_begin(p->resync, full);
+  vol_kick(p);
+}
+
+static void
+main_link_lost(void *arg)
+{
+  struct primary *p = arg;
+
+  resync_abort(p->resync);
+  verify_link_lost(p->verify);
+}
+
+static void
+main_link_progress(void *arg)
+{
+  struct primary *p = arg;
+
+  resync_kick(p->resync);
+  vol_kick(p);
+}
+
 /* Once a second: retire idle activity-log extents, flush bitmap pages. */
 /* --listen: the port the secondary dials, as text for the start line;
  * with --pidfile also in PIDFILE.port (for port 0), removed at exit. */
@@ -342,7 +370,16 @@ main(int argc, char **argv)
   p->need_new_gen = true;
   p->locks = lock_set_new();
   TAILQ_INIT(&p->waiting);
-  p->repl = repl_new(p, err, sizeof err);
+  {
+    static const struct repl_events ev = {
+      .connected = main_link_connected,
+      .lost = main_link_lost,
+      .progress = main_link_progress,
+    };
+    struct repl_events e = ev;
+    e.arg = p;
+    p->repl = repl_new(p, &e, err, sizeof err);
+  }
   if (!p->repl)
     daemon_fail(2, "duplex-primary: %s", err);
   p->resync = resync_new(p);

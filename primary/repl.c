@@ -40,6 +40,7 @@
 
 struct repl {
   struct primary *p;
+  struct repl_events ev;         /* what the agent does on link changes */
   enum repl_state state;
   struct connector *conn;
   struct tls_stream *ts;         /* HELLO.. */
@@ -99,7 +100,8 @@ static void repl_stream_cb(struct tls_stream *ts, const char *addr,
                            const char *cn, void *arg);
 
 struct repl *
-repl_new(struct primary *p, char *err, size_t errlen)
+repl_new(struct primary *p, const struct repl_events *ev, char *err,
+         size_t errlen)
 {
   struct repl *r = calloc(1, sizeof *r);
   struct timeval tv = { 0, 100 * 1000 };
@@ -117,6 +119,7 @@ repl_new(struct primary *p, char *err, size_t errlen)
   if (!r)
     abort();
   r->p = p;
+  r->ev = *ev;
   epoch_init(&r->epochs);
   r->head_seq = r->next_seq = 1;
   r->cap = 1024;
@@ -560,12 +563,10 @@ repl_drop(struct repl *r, const char *fmt, ...)
     connector_redial(r->conn, r->redial_min_ms);
   r->redial_min_ms = 0;
   epoch_advance(&r->epochs);
-  if (was_connected) {
-    resync_abort(r->p->resync);
-    verify_link_lost(r->p->verify);
-  }
+  if (was_connected)
+    r->ev.lost(r->ev.arg);
   ring_fail_all(r);
-  vol_kick(r->p);
+  r->ev.progress(r->ev.arg);
 }
 
 /* Everything agreed: replicate, and resync what differs. */
@@ -580,8 +581,7 @@ repl_connected_begin(struct repl *r, bool full)
   log_info("primary: connected to secondary %s, mode %s, %s",
            r->peer_desc, r->p->cfg.mode == REPL_SYNC ? "sync" : "async",
            gen_decision_name(r->decision));
-  resync_begin(r->p->resync, full);
-  vol_kick(r->p);
+  r->ev.connected(r->ev.arg, full);
 }
 
 /* The peer will not be overwritten without an operator's decision: stay
@@ -753,8 +753,7 @@ repl_handle_frame(struct repl *r, struct frame *f)
                     f->m.ack->seq[i]);
           return -1;
         }
-      resync_kick(r->p->resync);
-      vol_kick(r->p);
+      r->ev.progress(r->ev.arg);
       return r->state == REPL_CONNECTED ? 0 : -1;
     case FRAME_VERIFY_RESULT: {
       uint64_t seq = f->m.verify_result->seq;
