@@ -1,7 +1,4 @@
-/* The replica volume and the real apply backend: writes and syncs through
- * the libaio engine, zero ranges through bdev_zero (synchronous, but the
- * completion is delivered from the loop like any other, so apply.c sees one
- * kind of backend). */
+/* The replica volume, and the apply backend on it (common/apply-bdev.c). */
 #include <errno.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -12,10 +9,7 @@
 
 #include "internal.h"
 
-#include "duplex.pb-c.h"
 #include "log.h"
-
-TAILQ_HEAD(replica_doneq, apply_op);
 
 struct replica {
   struct event_base *base;
@@ -23,12 +17,8 @@ struct replica {
   struct bdev dev;
   bool open;
   char path[PATH_MAX];
-  struct event *zero_ev;        /* delivers zero completions */
-  struct replica_doneq zeroed;
-  struct apply *apply;          /* of the zeroed ops */
+  struct apply_bdev be;         /* the apply backend on dev */
 };
-
-static void replica_zero_cb(evutil_socket_t fd, short what, void *arg);
 
 struct replica *
 replica_new(struct event_base *base, struct aio_ctx *aio, const char *path)
@@ -41,13 +31,9 @@ replica_new(struct event_base *base, struct aio_ctx *aio, const char *path)
   r->aio = aio;
   r->dev.fd = -1;
   snprintf(r->path, sizeof r->path, "%s", path);
-  TAILQ_INIT(&r->zeroed);
-  if (base != NULL) {
-    r->zero_ev = event_new(base, -1, 0, replica_zero_cb, r);
-    if (r->zero_ev == NULL) {
-      free(r);
-      return NULL;
-    }
+  if (apply_bdev_init(&r->be, base, aio, &r->dev) == -1) {
+    free(r);
+    return NULL;
   }
   return r;
 }
@@ -57,8 +43,7 @@ replica_free(struct replica *r)
 {
   if (r == NULL)
     return;
-  if (r->zero_ev != NULL)
-    event_free(r->zero_ev);
+  apply_bdev_fini(&r->be);
   if (r->open)
     bdev_close(&r->dev);
   free(r);
@@ -156,58 +141,10 @@ replica_sync(struct replica *r)
   return 0;
 }
 
-static void
-replica_aio_cb(struct aio_op *aop, long res)
-{
-  struct apply_op *op = (struct apply_op *)((char *)aop -
-                                            offsetof(struct apply_op, aio));
-  struct apply *a = aop->opaque;
-  int r = 0;
-
-  if (res < 0)
-    r = (int)res;
-  else if (op->io == APPLY_IO_WRITE && (uint64_t)res != op->length)
-    r = -EIO; /* the engine resubmits short writes; this cannot happen */
-  apply_io_done(a, op, r);
-}
-
-static void
-replica_zero_cb(evutil_socket_t fd, short what, void *arg)
-{
-  struct replica *r = arg;
-  struct apply_op *op;
-
-  (void)fd;
-  (void)what;
-  while ((op = TAILQ_FIRST(&r->zeroed)) != NULL) {
-    TAILQ_REMOVE(&r->zeroed, op, bq);
-    apply_io_done(r->apply, op, op->bres);
-  }
-}
-
 void
 replica_start(void *opaque, struct apply *a, struct apply_op *op)
 {
   struct replica *r = opaque;
 
-  switch (op->io) {
-  case APPLY_IO_WRITE:
-    aio_pwrite(r->aio, &op->aio, r->dev.fd, op->data, op->length, op->offset,
-               replica_aio_cb, a);
-    break;
-  case APPLY_IO_SYNC:
-    aio_fdsync(r->aio, &op->aio, r->dev.fd, replica_aio_cb, a);
-    break;
-  case APPLY_IO_READ:
-    aio_pread(r->aio, &op->aio, r->dev.fd, op->mem, op->length, op->offset,
-              replica_aio_cb, a);
-    break;
-  case APPLY_IO_ZERO:
-    op->bres = bdev_zero(&r->dev, op->offset, op->length,
-                         (op->flags & DUPLEX__OP_FLAG__OP_FLAG_PUNCH) != 0);
-    r->apply = a;
-    TAILQ_INSERT_TAIL(&r->zeroed, op, bq);
-    event_active(r->zero_ev, 0, 0);
-    break;
-  }
+  apply_bdev_start(&r->be, a, op);
 }

@@ -11,7 +11,7 @@
 
 #include <cmocka.h>
 
-#include "internal.h"
+#include "apply.h"
 
 #include "duplex.pb-c.h"
 

@@ -1,4 +1,5 @@
-/* Ordered application of replicated operations to the replica.
+/* Ordered application of replicated operations to a volume (the replica,
+ * or whatever volume the hosting agent applies received blocks to).
  *
  * The primary sends WRITE/ZERO/FLUSH in stream order, tagged with an epoch.
  * Write-order fidelity (DESIGN.md guarantee 3) needs:
@@ -21,7 +22,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
-#include "internal.h"
+#include "apply.h"
 
 #include "duplex.pb-c.h"
 
