@@ -330,8 +330,28 @@ struct repl_counters {
 };
 void repl_get_counters(const struct repl *r, struct repl_counters *c);
 
-/* ---- resync.c: initial sync / resync of out-of-sync blocks ---- */
-struct resync *resync_new(struct primary *p);
+/* ---- resync.c: initial sync / resync of out-of-sync blocks ----
+ *
+ * The blocks marked in a bitmap, read from a volume under range locks and
+ * sent over the link; what it needs is given here, not taken from the
+ * agent. */
+struct resync_env {
+  struct aio_ctx *aio;
+  struct bdev *vol;             /* read from */
+  struct bitmap *oos;           /* what to send (cleared as it goes) */
+  struct lockset *locks;        /* against concurrent writes to a range */
+  struct repl *repl;            /* the link */
+  bool checksums;               /* --resync-checksums: compare first */
+  /* The last stop was unclean: compare hashes of the marked regions. */
+  bool (*crash_recovery)(void *arg);
+  /* The secondary adopted our generation (an in-sync SYNC_STATE was
+   * acknowledged): the agent finalises it. */
+  void (*in_sync)(void *arg);
+  /* Something else reports in-sync (a restore runs): do not. */
+  bool (*hold_in_sync)(void *arg);
+  void *arg;
+};
+struct resync *resync_new(const struct resync_env *env);
 void resync_free(struct resync *rs);
 /* The link is up: sync everything marked in p->oos (full=true marks all). */
 void resync_begin(struct resync *rs, bool full);

@@ -251,6 +251,31 @@ main_link_progress(void *arg)
   vol_kick(p);
 }
 
+/* What the resync asks of the agent. */
+static bool
+main_crash_recovery(void *arg)
+{
+  return ((struct primary *)arg)->crash_recovery;
+}
+
+static void
+main_in_sync(void *arg)
+{
+  struct primary *p = arg;
+
+  if (p->gen.bitmap) {
+    gen_sync_done_source(&p->gen);
+    primary_save_generation(p);
+  }
+  p->crash_recovery = false;
+}
+
+static bool
+main_hold_in_sync(void *arg)
+{
+  return restore_running(arg);
+}
+
 /* Once a second: retire idle activity-log extents, flush bitmap pages. */
 /* --listen: the port the secondary dials, as text for the start line;
  * with --pidfile also in PIDFILE.port (for port 0), removed at exit. */
@@ -382,7 +407,21 @@ main(int argc, char **argv)
   }
   if (!p->repl)
     daemon_fail(2, "duplex-primary: %s", err);
-  p->resync = resync_new(p);
+  {
+    struct resync_env env = {
+      .aio = p->aio,
+      .vol = &p->vol,
+      .oos = p->oos,
+      .locks = p->locks,
+      .repl = p->repl,
+      .checksums = p->cfg.resync_checksums,
+      .crash_recovery = main_crash_recovery,
+      .in_sync = main_in_sync,
+      .hold_in_sync = main_hold_in_sync,
+      .arg = p,
+    };
+    p->resync = resync_new(&env);
+  }
   p->verify = verify_new(p);
   if (restore_resume(p, err, sizeof err) == -1)
     daemon_fail(2, "duplex-primary: %s; a restore of %s was interrupted "

@@ -39,7 +39,7 @@
 /* Chunks up to this size are read whole, without SEEK_DATA/SEEK_HOLE. */
 #define RESYNC_NO_PROBE (64u * 1024)
 struct resync {
-  struct primary *p;
+  struct resync_env env;
   bool active;
   uint64_t gen;                 /* bumped by resync_abort */
   uint64_t cursor;
@@ -80,13 +80,7 @@ static void resync_check_done(struct resync *rs);
 void
 resync_in_sync_acked(struct resync *rs)
 {
-  struct primary *p = rs->p;
-
-  if (p->gen.bitmap) {
-    gen_sync_done_source(&p->gen);
-    primary_save_generation(p);
-  }
-  p->crash_recovery = false;
+  rs->env.in_sync(rs->env.arg);
   rs->ctr.in_sync_confirmed = true;
 }
 
@@ -107,12 +101,12 @@ resync_done_acked(struct repl_op *op, bool ok)
 }
 
 struct resync *
-resync_new(struct primary *p)
+resync_new(const struct resync_env *env)
 {
   struct resync *rs = calloc(1, sizeof *rs);
   if (!rs)
     abort();
-  rs->p = p;
+  rs->env = *env;
   return rs;
 }
 
@@ -142,8 +136,8 @@ resync_report(struct resync *rs, bool force)
   if (!rs->active || (!force && now - rs->last_progress_ms < RESYNC_PROGRESS_MS))
     return;
   rs->last_progress_ms = now;
-  repl_send_sync_state(rs->p->repl, false, rs->ctr.total_bytes,
-                       rs->ctr.done_bytes, bitmap_dirty_bytes(rs->p->oos));
+  repl_send_sync_state(rs->env.repl, false, rs->ctr.total_bytes,
+                       rs->ctr.done_bytes, bitmap_dirty_bytes(rs->env.oos));
 }
 
 static void
@@ -188,7 +182,7 @@ piece_acked(struct repl_op *op, bool ok)
     if (c->gen == rs->gen)
       rs->ctr.done_bytes += pc->len;
   } else {
-    bitmap_set_range(rs->p->oos, pc->off, pc->len);
+    bitmap_set_range(rs->env.oos, pc->off, pc->len);
   }
   free(pc);
   chunk_put(c);
@@ -200,7 +194,7 @@ static void
 piece_send(struct chunk *c, uint64_t off, uint64_t len, const char *buf)
 {
   struct resync *rs = c->rs;
-  struct primary *p = rs->p;
+  const struct resync_env *p = &rs->env;
   struct piece *pc;
   int rc;
 
@@ -275,7 +269,7 @@ chunk_unlock(struct chunk *c)
     struct range_lock *l = c->lock;
     c->lock = NULL;
     rs->locked--;
-    lock_release(rs->p->locks, l);
+    lock_release(rs->env.locks, l);
     resync_kick(rs);
   }
 }
@@ -283,7 +277,7 @@ chunk_unlock(struct chunk *c)
 static bool
 resync_use_checksums(const struct resync *rs)
 {
-  return rs->p->cfg.resync_checksums || rs->p->crash_recovery;
+  return rs->env.checksums || rs->env.crash_recovery(rs->env.arg);
 }
 
 static void chunk_send_data(struct chunk *c, uint64_t off, uint64_t len,
@@ -316,13 +310,13 @@ chunk_send_differing(struct chunk *c, uint64_t off, uint64_t len,
   bool start_same = false;
 
   if (!ok || !res || res->error || res->n_hashes != n || c->gen != rs->gen) {
-    if (ok && c->gen == rs->gen && repl_connected(rs->p->repl)) {
+    if (ok && c->gen == rs->gen && repl_connected(rs->env.repl)) {
       if (buf)
         chunk_send_data(c, off, len, buf);
       else
         piece_send(c, off, len, NULL);
     } else {
-      bitmap_set_range(rs->p->oos, off, len);
+      bitmap_set_range(rs->env.oos, off, len);
       rs->window_bytes -= len;
     }
     return;
@@ -389,7 +383,7 @@ chunk_check_hole(struct chunk *c, uint64_t off, uint64_t len)
   hc->off = off;
   hc->len = len;
   hc->op.acked = hole_checked;
-  if (repl_send_verify(c->rs->p->repl, &hc->op, off, (uint32_t)len) == -1) {
+  if (repl_send_verify(c->rs->env.repl, &hc->op, off, (uint32_t)len) == -1) {
     free(hc);
     return true;
   }
@@ -420,7 +414,7 @@ chunk_ask_checksums(struct chunk *c)
     abort();
   op->acked = chunk_checksums;
   op->opaque = c;
-  if (repl_send_verify(c->rs->p->repl, op, c->rd_off, (uint32_t)c->rd_len)
+  if (repl_send_verify(c->rs->env.repl, op, c->rd_off, (uint32_t)c->rd_len)
       == -1) {
     free(op);
     return -1;
@@ -437,8 +431,8 @@ chunk_read_done(struct aio_op *op, long res)
 
   if (res < 0) {
     log_error("primary: volume %s: resync read at %" PRIu64 ": %s",
-              rs->p->vol.path, c->rd_off, strerror((int)-res));
-    bitmap_set_range(rs->p->oos, c->rd_off, c->rd_len);
+              rs->env.vol->path, c->rd_off, strerror((int)-res));
+    bitmap_set_range(rs->env.oos, c->rd_off, c->rd_len);
     rs->window_bytes -= c->rd_len;
   } else if (resync_use_checksums(rs) && c->gen == rs->gen &&
              chunk_ask_checksums(c) == 0) {
@@ -457,13 +451,13 @@ chunk_read_done(struct aio_op *op, long res)
 static void
 chunk_read(struct chunk *c, uint64_t pos, uint64_t end)
 {
-  struct primary *p = c->rs->p;
+  const struct resync_env *p = &c->rs->env;
 
   c->buf = util_alloc_aligned(end - pos);
   c->rd_off = pos;
   c->rd_len = end - pos;
   c->lock_holds++;
-  aio_pread(p->aio, &c->aio, p->vol.fd, c->buf, end - pos, pos,
+  aio_pread(p->aio, &c->aio, p->vol->fd, c->buf, end - pos, pos,
             chunk_read_done, c);
   chunk_unlock(c); /* chunk_locked's own hold; chunk_read_done drops the
                       read's */
@@ -477,7 +471,7 @@ chunk_locked(struct range_lock *l, void *opaque)
 {
   struct chunk *c = opaque;
   struct resync *rs = c->rs;
-  struct primary *p = rs->p;
+  const struct resync_env *p = &rs->env;
   uint64_t pos = c->off, end = c->off + c->len;
 
   (void)l;
@@ -486,7 +480,7 @@ chunk_locked(struct range_lock *l, void *opaque)
     return;
   }
   while (pos < end) {
-    uint64_t data = bdev_next_data(&p->vol, pos);
+    uint64_t data = bdev_next_data(p->vol, pos);
     uint64_t dend;
     if (data > pos) {
       uint64_t hend = MIN(end, data - (data % BDEV_ALIGN));
@@ -497,7 +491,7 @@ chunk_locked(struct range_lock *l, void *opaque)
         continue;
       }
     }
-    dend = MIN(end, bdev_next_hole(&p->vol, pos));
+    dend = MIN(end, bdev_next_hole(p->vol, pos));
     dend = (dend + BDEV_ALIGN - 1) & ~(uint64_t)(BDEV_ALIGN - 1);
     dend = MIN(MAX(dend, pos + BDEV_ALIGN), end);
     if (dend < end) {
@@ -517,7 +511,7 @@ chunk_locked(struct range_lock *l, void *opaque)
 static void
 resync_start_chunk(struct resync *rs, uint64_t off, uint64_t len)
 {
-  struct primary *p = rs->p;
+  const struct resync_env *p = &rs->env;
   struct chunk *c = calloc(1, sizeof *c);
   bool granted;
 
@@ -541,7 +535,7 @@ resync_start_chunk(struct resync *rs, uint64_t off, uint64_t len)
 void
 resync_kick(struct resync *rs)
 {
-  struct primary *p = rs->p;
+  const struct resync_env *p = &rs->env;
 
   /* A chunk may finish inside resync_start_chunk (a hole, a failed send)
    * and kick again: the loop below already goes on, do not nest. */
@@ -571,7 +565,7 @@ resync_check_done(struct resync *rs)
 
   if (!rs->active)
     return;
-  if (rs->window_bytes > 0 || bitmap_dirty_bytes(rs->p->oos) > 0) {
+  if (rs->window_bytes > 0 || bitmap_dirty_bytes(rs->env.oos) > 0) {
     resync_report(rs, false);
     return;
   }
@@ -587,7 +581,7 @@ resync_check_done(struct resync *rs)
            rs->ctr.data_bytes_sent, rs->ctr.zero_bytes_sent);
   /* During a restore the replica is in sync only once the restore is
    * done: restore.c says so then. */
-  if (restore_running(rs->p))
+  if (rs->env.hold_in_sync(rs->env.arg))
     return;
   {
     struct repl_op *op = calloc(1, sizeof *op);
@@ -595,7 +589,7 @@ resync_check_done(struct resync *rs)
       abort();
     op->acked = resync_done_acked;
     op->opaque = rs;
-    if (repl_send_sync_done(rs->p->repl, op, false) == -1)
+    if (repl_send_sync_done(rs->env.repl, op, false) == -1)
       free(op);
   }
 }
@@ -603,7 +597,7 @@ resync_check_done(struct resync *rs)
 void
 resync_begin(struct resync *rs, bool full)
 {
-  struct primary *p = rs->p;
+  const struct resync_env *p = &rs->env;
 
   if (full)
     bitmap_set_all(p->oos);
@@ -617,7 +611,7 @@ resync_begin(struct resync *rs, bool full)
   rs->ctr.zero_bytes_sent = 0;
   rs->ctr.started_ms = util_now_ms();
   rs->ctr.in_sync_confirmed = false;
-  rs->ctr.crash_recovery = p->crash_recovery;
+  rs->ctr.crash_recovery = p->crash_recovery(p->arg);
   log_info("primary: %s of %" PRIu64 " bytes to the secondary started",
            full ? "initial sync" : "resync", rs->ctr.total_bytes);
   resync_report(rs, true);
@@ -629,7 +623,7 @@ resync_ensure(struct resync *rs)
 {
   if (rs->active)
     resync_kick(rs);
-  else if (bitmap_dirty_bytes(rs->p->oos))
+  else if (bitmap_dirty_bytes(rs->env.oos))
     resync_begin(rs, false);
 }
 
