@@ -448,7 +448,8 @@ int restore_file_write_pages(int fd, const uint64_t *words, size_t nwords,
                              uint64_t first, uint64_t n);
 int restore_file_remove(const char *path, int fd);
 
-/* ---- restore.c: `duplexctl restore` (from a snapshot or the replica) ---- */
+/* ---- restore.c (+ restore-plan.c, restore-fetch.c, restore-internal.h):
+ * `duplexctl restore` (from a snapshot or the replica) ---- */
 struct restore;
 /* The control command: CONTROL_LATER (answered once the restore started,
  * or why not), or -1 with the reason in out. */
