@@ -399,6 +399,11 @@ EOF
             printf '\n'
             cat "$DUPLEX_SRC/docs/benchmarks-snapshot.md"
         fi
+        # Likewise the restore benchmark (tests/bench/bench-restore.sh).
+        if [ -s "$DUPLEX_SRC/docs/benchmarks-restore.md" ]; then
+            printf '\n'
+            cat "$DUPLEX_SRC/docs/benchmarks-restore.md"
+        fi
         # Hand-written explanations (e.g. why a target is not met on this
         # machine) survive regeneration in a file of their own.
         if [ -s "$DUPLEX_SRC/docs/benchmarks-notes.md" ]; then
