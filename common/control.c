@@ -6,6 +6,7 @@
  * at most CONTROL_TIMEOUT_SEC, like for any reply, or as long as the
  * command said (control_defer_for). */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -208,6 +209,20 @@ control_finish(struct control_pending *p, bool ok, struct evbuffer *body)
     control_reply(cl, ok, body);
   if (empty)
     evbuffer_free(empty);
+}
+
+void
+control_finish_vprintf(struct control_pending *p, bool ok, const char *fmt,
+                       va_list ap)
+{
+  struct evbuffer *body = evbuffer_new();
+
+  if (body == NULL)
+    abort();
+  evbuffer_add_vprintf(body, fmt, ap);
+  evbuffer_add(body, "\n", 1);
+  control_finish(p, ok, body);
+  evbuffer_free(body);
 }
 
 static void

@@ -4,6 +4,7 @@
 #ifndef DUPLEX_CONTROL_H
 #define DUPLEX_CONTROL_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -31,6 +32,10 @@ struct control_pending *control_defer_for(struct control *c,
  * and free p.  A client that went away meanwhile is not an error. */
 void control_finish(struct control_pending *p, bool ok,
                     struct evbuffer *body);
+/* control_finish with a one-line body (a newline is added). */
+void control_finish_vprintf(struct control_pending *p, bool ok,
+                            const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
 
 struct control *control_new(struct event_base *base, const char *path,
                             control_fn fn, void *opaque, char *err,

@@ -74,38 +74,6 @@ struct meta {
   char path[PATH_MAX];
 };
 
-static void
-meta_put32(uint8_t *p, uint32_t v)
-{
-  for (int i = 0; i < 4; i++)
-    p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void
-meta_put64(uint8_t *p, uint64_t v)
-{
-  for (int i = 0; i < 8; i++)
-    p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t
-meta_get32(const uint8_t *p)
-{
-  uint32_t v = 0;
-  for (int i = 3; i >= 0; i--)
-    v = v << 8 | p[i];
-  return v;
-}
-
-static uint64_t
-meta_get64(const uint8_t *p)
-{
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; i--)
-    v = v << 8 | p[i];
-  return v;
-}
-
 /* crc32c of a slot whose 4-byte checksum field at crc_off counts as 0. */
 static uint32_t
 meta_slot_crc(const uint8_t *slot, size_t crc_off)
@@ -127,22 +95,22 @@ meta_sb_encode(const struct meta_sb *sb, uint64_t seq, uint8_t *slot)
                    (sb->handover ? META_FLAG_HANDOVER : 0);
 
   memset(slot, 0, META_SLOT_SIZE);
-  meta_put64(slot + META_OFF_MAGIC, META_MAGIC);
-  meta_put32(slot + META_OFF_VERSION, META_VERSION);
-  meta_put64(slot + META_OFF_SEQ, seq);
+  util_put_le64(slot + META_OFF_MAGIC, META_MAGIC);
+  util_put_le32(slot + META_OFF_VERSION, META_VERSION);
+  util_put_le64(slot + META_OFF_SEQ, seq);
   memcpy(slot + META_OFF_UUID, sb->volume_uuid, 16);
-  meta_put64(slot + META_OFF_SIZE, sb->size_bytes);
-  meta_put32(slot + META_OFF_BLOCK, sb->block_size);
-  meta_put32(slot + META_OFF_ROLE, sb->role);
-  meta_put32(slot + META_OFF_FLAGS, flags);
-  meta_put32(slot + META_OFF_GRAIN, sb->bitmap_grain);
-  meta_put64(slot + META_OFF_BITS, sb->bitmap_bits);
-  meta_put64(slot + META_OFF_GEN, sb->gen.current);
-  meta_put64(slot + META_OFF_GEN + 8, sb->gen.bitmap);
+  util_put_le64(slot + META_OFF_SIZE, sb->size_bytes);
+  util_put_le32(slot + META_OFF_BLOCK, sb->block_size);
+  util_put_le32(slot + META_OFF_ROLE, sb->role);
+  util_put_le32(slot + META_OFF_FLAGS, flags);
+  util_put_le32(slot + META_OFF_GRAIN, sb->bitmap_grain);
+  util_put_le64(slot + META_OFF_BITS, sb->bitmap_bits);
+  util_put_le64(slot + META_OFF_GEN, sb->gen.current);
+  util_put_le64(slot + META_OFF_GEN + 8, sb->gen.bitmap);
   for (int i = 0; i < GEN_HISTORY; i++)
-    meta_put64(slot + META_OFF_GEN + 16 + 8 * i, sb->gen.history[i]);
-  meta_put64(slot + META_OFF_HANDOVER, sb->handover_ms);
-  meta_put32(slot + META_OFF_CRC, meta_slot_crc(slot, META_OFF_CRC));
+    util_put_le64(slot + META_OFF_GEN + 16 + 8 * i, sb->gen.history[i]);
+  util_put_le64(slot + META_OFF_HANDOVER, sb->handover_ms);
+  util_put_le32(slot + META_OFF_CRC, meta_slot_crc(slot, META_OFF_CRC));
 }
 
 int
@@ -153,28 +121,28 @@ meta_sb_decode(const uint8_t *slot, size_t len, struct meta_sb *sb,
 
   if (len < META_SLOT_SIZE)
     return -1;
-  if (meta_get64(slot + META_OFF_MAGIC) != META_MAGIC ||
-      meta_get32(slot + META_OFF_VERSION) != META_VERSION ||
-      meta_get32(slot + META_OFF_CRC) != meta_slot_crc(slot, META_OFF_CRC))
+  if (util_get_le64(slot + META_OFF_MAGIC) != META_MAGIC ||
+      util_get_le32(slot + META_OFF_VERSION) != META_VERSION ||
+      util_get_le32(slot + META_OFF_CRC) != meta_slot_crc(slot, META_OFF_CRC))
     return -1;
   memset(sb, 0, sizeof *sb);
   memcpy(sb->volume_uuid, slot + META_OFF_UUID, 16);
-  sb->size_bytes = meta_get64(slot + META_OFF_SIZE);
-  sb->block_size = meta_get32(slot + META_OFF_BLOCK);
-  sb->role = meta_get32(slot + META_OFF_ROLE);
-  flags = meta_get32(slot + META_OFF_FLAGS);
+  sb->size_bytes = util_get_le64(slot + META_OFF_SIZE);
+  sb->block_size = util_get_le32(slot + META_OFF_BLOCK);
+  sb->role = util_get_le32(slot + META_OFF_ROLE);
+  flags = util_get_le32(slot + META_OFF_FLAGS);
   sb->consistent = flags & META_FLAG_CONSISTENT;
   sb->clean_shutdown = flags & META_FLAG_CLEAN;
   sb->discard_local = flags & META_FLAG_DISCARD_LOCAL;
   sb->handover = flags & META_FLAG_HANDOVER;
-  sb->bitmap_grain = meta_get32(slot + META_OFF_GRAIN);
-  sb->bitmap_bits = meta_get64(slot + META_OFF_BITS);
-  sb->gen.current = meta_get64(slot + META_OFF_GEN);
-  sb->gen.bitmap = meta_get64(slot + META_OFF_GEN + 8);
+  sb->bitmap_grain = util_get_le32(slot + META_OFF_GRAIN);
+  sb->bitmap_bits = util_get_le64(slot + META_OFF_BITS);
+  sb->gen.current = util_get_le64(slot + META_OFF_GEN);
+  sb->gen.bitmap = util_get_le64(slot + META_OFF_GEN + 8);
   for (int i = 0; i < GEN_HISTORY; i++)
-    sb->gen.history[i] = meta_get64(slot + META_OFF_GEN + 16 + 8 * i);
-  sb->handover_ms = meta_get64(slot + META_OFF_HANDOVER);
-  *seq = meta_get64(slot + META_OFF_SEQ);
+    sb->gen.history[i] = util_get_le64(slot + META_OFF_GEN + 16 + 8 * i);
+  sb->handover_ms = util_get_le64(slot + META_OFF_HANDOVER);
+  *seq = util_get_le64(slot + META_OFF_SEQ);
   return 0;
 }
 
@@ -185,12 +153,12 @@ meta_al_encode(const struct meta_al *al, uint64_t seq, uint8_t *slot)
 
   memset(slot, 0, META_SLOT_SIZE);
   memcpy(slot, META_AL_MAGIC, 8);
-  meta_put32(slot + META_AL_OFF_N, n);
-  meta_put64(slot + META_AL_OFF_SEQ, seq);
-  meta_put32(slot + META_AL_OFF_SHIFT, al->extent_shift);
+  util_put_le32(slot + META_AL_OFF_N, n);
+  util_put_le64(slot + META_AL_OFF_SEQ, seq);
+  util_put_le32(slot + META_AL_OFF_SHIFT, al->extent_shift);
   for (uint32_t i = 0; i < n; i++)
-    meta_put64(slot + META_AL_OFF_EXTENTS + 8 * i, al->extents[i]);
-  meta_put32(slot + META_AL_OFF_CRC, meta_slot_crc(slot, META_AL_OFF_CRC));
+    util_put_le64(slot + META_AL_OFF_EXTENTS + 8 * i, al->extents[i]);
+  util_put_le32(slot + META_AL_OFF_CRC, meta_slot_crc(slot, META_AL_OFF_CRC));
 }
 
 int
@@ -200,18 +168,18 @@ meta_al_decode(const uint8_t *slot, size_t len, struct meta_al *al,
   uint32_t n, shift;
 
   if (len < META_SLOT_SIZE || memcmp(slot, META_AL_MAGIC, 8) != 0 ||
-      meta_get32(slot + META_AL_OFF_CRC) !=
+      util_get_le32(slot + META_AL_OFF_CRC) !=
           meta_slot_crc(slot, META_AL_OFF_CRC))
     return -1;
-  n = meta_get32(slot + META_AL_OFF_N);
-  shift = meta_get32(slot + META_AL_OFF_SHIFT);
+  n = util_get_le32(slot + META_AL_OFF_N);
+  shift = util_get_le32(slot + META_AL_OFF_SHIFT);
   if (n > META_AL_MAX || shift >= 64)
     return -1;
   al->extent_shift = shift;
   al->n = n;
   for (uint32_t i = 0; i < n; i++)
-    al->extents[i] = meta_get64(slot + META_AL_OFF_EXTENTS + 8 * i);
-  *seq = meta_get64(slot + META_AL_OFF_SEQ);
+    al->extents[i] = util_get_le64(slot + META_AL_OFF_EXTENTS + 8 * i);
+  *seq = util_get_le64(slot + META_AL_OFF_SEQ);
   return 0;
 }
 
@@ -319,9 +287,9 @@ meta_open_explain(const char *path, const uint8_t *slots, char *err,
 {
   for (int i = 0; i < 2; i++) {
     const uint8_t *s = slots + i * META_SLOT_SIZE;
-    uint32_t v = meta_get32(s + META_OFF_VERSION);
+    uint32_t v = util_get_le32(s + META_OFF_VERSION);
 
-    if (meta_get64(s + META_OFF_MAGIC) == META_MAGIC && v != META_VERSION) {
+    if (util_get_le64(s + META_OFF_MAGIC) == META_MAGIC && v != META_VERSION) {
       snprintf(err, errlen, "metadata %s: unsupported version %u; recreate "
                "it (a full resync follows)", path, v);
       return;

@@ -656,3 +656,30 @@ util_format_bytes(uint64_t bytes, char *out, size_t outlen)
     snprintf(out, outlen, "%.1f %s", (double)bytes / (double)(1ull << (10 * u)),
              units[u]);
 }
+
+void
+util_put_le32(uint8_t *p, uint32_t v)
+{
+  for (int i = 0; i < 4; i++)
+    p[i] = (uint8_t)(v >> (8 * i));
+}
+
+void
+util_put_le64(uint8_t *p, uint64_t v)
+{
+  for (int i = 0; i < 8; i++)
+    p[i] = (uint8_t)(v >> (8 * i));
+}
+
+uint32_t
+util_get_le32(const uint8_t *p)
+{
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+         (uint32_t)p[3] << 24;
+}
+
+uint64_t
+util_get_le64(const uint8_t *p)
+{
+  return (uint64_t)util_get_le32(p) | (uint64_t)util_get_le32(p + 4) << 32;
+}

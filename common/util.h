@@ -59,6 +59,12 @@ void util_rfc3339(uint64_t wall_ns, char *out, size_t outlen);
 void util_uuid_generate(uint8_t out[16]);
 void util_uuid_format(const uint8_t uuid[16], char out[37]);
 
+/* Little-endian integers of on-disk formats. */
+void util_put_le32(uint8_t *p, uint32_t v);
+void util_put_le64(uint8_t *p, uint64_t v);
+uint32_t util_get_le32(const uint8_t *p);
+uint64_t util_get_le64(const uint8_t *p);
+
 bool util_is_zero(const void *buf, size_t len);
 
 /* posix_memalign(4096) or abort on OOM (allocation failure of a buffer we

@@ -63,21 +63,14 @@ demote_answer(struct demote *d, bool ok, const char *fmt, ...)
 static void
 demote_answer(struct demote *d, bool ok, const char *fmt, ...)
 {
-  struct evbuffer *body;
   va_list ap;
 
   if (d->reply == NULL)
     return;
-  body = evbuffer_new();
-  if (body == NULL)
-    abort();
   va_start(ap, fmt);
-  evbuffer_add_vprintf(body, fmt, ap);
+  control_finish_vprintf(d->reply, ok, fmt, ap);
   va_end(ap);
-  evbuffer_add(body, "\n", 1);
-  control_finish(d->reply, ok, body);
   d->reply = NULL;
-  evbuffer_free(body);
 }
 
 /* Requests of clients that are gone may still be in the engine. */

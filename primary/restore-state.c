@@ -25,50 +25,27 @@
 
 #define RS_MAGIC "DPXRST01"
 
-static void
-put64(uint8_t *p, uint64_t v)
-{
-  for (int i = 0; i < 8; i++)
-    p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t
-get64(const uint8_t *p)
-{
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; i--)
-    v = v << 8 | p[i];
-  return v;
-}
-
 void
 restore_hdr_encode(const struct restore_hdr *h, uint8_t out[RESTORE_HDR_LEN])
 {
   memset(out, 0, RESTORE_HDR_LEN);
   memcpy(out, RS_MAGIC, 8);
-  put64(out + 8, h->source);
-  put64(out + 16, h->safety);
-  put64(out + 24, h->size);
-  put64(out + 32, h->grain);
-  put64(out + 40, h->flags);
-  put64(out + 48, h->started_wall_ms);
-  put64(out + 56, h->rate);
+  util_put_le64(out + 8, h->source);
+  util_put_le64(out + 16, h->safety);
+  util_put_le64(out + 24, h->size);
+  util_put_le64(out + 32, h->grain);
+  util_put_le64(out + 40, h->flags);
+  util_put_le64(out + 48, h->started_wall_ms);
+  util_put_le64(out + 56, h->rate);
   out[64] = 1;                          /* version */
-  {
-    uint32_t c = crc32c(0, out, 68);
-    out[68] = (uint8_t)c;
-    out[69] = (uint8_t)(c >> 8);
-    out[70] = (uint8_t)(c >> 16);
-    out[71] = (uint8_t)(c >> 24);
-  }
+  util_put_le32(out + 68, crc32c(0, out, 68));
 }
 
 int
 restore_hdr_decode(const uint8_t in[RESTORE_HDR_LEN], struct restore_hdr *h,
                    char *err, size_t errlen)
 {
-  uint32_t c = (uint32_t)in[68] | (uint32_t)in[69] << 8 |
-               (uint32_t)in[70] << 16 | (uint32_t)in[71] << 24;
+  uint32_t c = util_get_le32(in + 68);
 
   if (memcmp(in, RS_MAGIC, 8) != 0) {
     snprintf(err, errlen, "not a restore record (bad magic)");
@@ -84,13 +61,13 @@ restore_hdr_decode(const uint8_t in[RESTORE_HDR_LEN], struct restore_hdr *h,
     return -1;
   }
   memset(h, 0, sizeof *h);
-  h->source = get64(in + 8);
-  h->safety = get64(in + 16);
-  h->size = get64(in + 24);
-  h->grain = (uint32_t)get64(in + 32);
-  h->flags = (uint32_t)get64(in + 40);
-  h->started_wall_ms = get64(in + 48);
-  h->rate = get64(in + 56);
+  h->source = util_get_le64(in + 8);
+  h->safety = util_get_le64(in + 16);
+  h->size = util_get_le64(in + 24);
+  h->grain = (uint32_t)util_get_le64(in + 32);
+  h->flags = (uint32_t)util_get_le64(in + 40);
+  h->started_wall_ms = util_get_le64(in + 48);
+  h->rate = util_get_le64(in + 56);
   if (h->grain == 0 || h->grain % BDEV_ALIGN != 0 || h->size == 0) {
     snprintf(err, errlen, "restore record: bad grain %u or size %llu",
              h->grain, (unsigned long long)h->size);

@@ -73,21 +73,14 @@ rst_answer(struct restore *rs, bool ok, const char *fmt, ...)
 static void
 rst_answer(struct restore *rs, bool ok, const char *fmt, ...)
 {
-  struct evbuffer *body;
   va_list ap;
 
   if (rs->reply == NULL)
     return;
-  body = evbuffer_new();
-  if (body == NULL)
-    abort();
   va_start(ap, fmt);
-  evbuffer_add_vprintf(body, fmt, ap);
+  control_finish_vprintf(rs->reply, ok, fmt, ap);
   va_end(ap);
-  evbuffer_add(body, "\n", 1);
-  control_finish(rs->reply, ok, body);
   rs->reply = NULL;
-  evbuffer_free(body);
 }
 
 bool

@@ -589,24 +589,53 @@ link_fetch_done(struct link *l, const struct apply_op *op)
                         (uint32_t)op->length);
 }
 
-/* RESTORE_PLAN: the regions that differ between two snapshots, sent once
- * the store has them (the newer one may still be copying). */
-struct link_plan_ctx {
+/* An answer that comes later (from the store thread) to op `seq` of the
+ * link `serial`: dropped if that link is gone meanwhile. */
+struct link_later {
   struct secondary *s;
   uint64_t serial, seq;
 };
+
+/* A link_later for op seq of l, or NULL (out of memory: l is closing). */
+static struct link_later *
+link_later_new(struct link *l, uint64_t seq)
+{
+  struct link_later *c = calloc(1, sizeof *c);
+
+  if (c == NULL) {
+    link_close(l, true, "out of memory");
+    return NULL;
+  }
+  c->s = l->s;
+  c->serial = l->serial;
+  c->seq = seq;
+  return c;
+}
+
+/* The link the answer goes to, or NULL if it is gone. */
+static struct link *
+link_later_link(const struct link_later *c)
+{
+  struct link *l = c->s->link;
+
+  return l != NULL && l->serial == c->serial && l->state == LINK_REPLICATING
+             ? l : NULL;
+}
+
+/* RESTORE_PLAN: the regions that differ between two snapshots, sent once
+ * the store has them (the newer one may still be copying). */
 
 #define LINK_PLAN_PIECE (8u << 20)
 
 static void
 link_plan_done(void *arg, const uint8_t *img, size_t len, const char *err)
 {
-  struct link_plan_ctx *c = arg;
-  struct link *l = c->s->link;
+  struct link_later *c = arg;
+  struct link *l = link_later_link(c);
   Duplex__RestorePlanPart m = DUPLEX__RESTORE_PLAN_PART__INIT;
   size_t off = 0;
 
-  if (l == NULL || l->serial != c->serial || l->state != LINK_REPLICATING) {
+  if (l == NULL) {
     free(c);
     return;
   }
@@ -635,16 +664,11 @@ link_plan_done(void *arg, const uint8_t *img, size_t len, const char *err)
 static int
 link_on_restore_plan(struct link *l, const Duplex__RestorePlan *rp)
 {
-  struct link_plan_ctx *c = calloc(1, sizeof *c);
+  struct link_later *c = link_later_new(l, rp->seq);
   char err[512];
 
-  if (c == NULL) {
-    link_close(l, true, "out of memory");
+  if (c == NULL)
     return -1;
-  }
-  c->s = l->s;
-  c->serial = l->serial;
-  c->seq = rp->seq;
   if (snap_plan(l->s->snap, rp->from, rp->to, rp->size_bytes, rp->grain,
                 link_plan_done, c, err, sizeof err) == -1)
     link_plan_done(c, NULL, 0, err);
@@ -797,19 +821,14 @@ link_adopt_timeout(struct link *l, uint32_t ms)
 
 /* SNAPSHOT from the primary: a snapshot at this point of the stream; the
  * answer carries the id (or why not) once it is taken. */
-struct link_snap_ctx {
-  struct secondary *s;
-  uint64_t serial, seq;
-};
-
 static void
 link_snap_done(void *arg, uint64_t id, const char *err)
 {
-  struct link_snap_ctx *c = arg;
-  struct link *l = c->s->link;
+  struct link_later *c = arg;
+  struct link *l = link_later_link(c);
   Duplex__SnapshotDone m = DUPLEX__SNAPSHOT_DONE__INIT;
 
-  if (l != NULL && l->serial == c->serial && l->state == LINK_REPLICATING) {
+  if (l != NULL) {
     m.seq = c->seq;
     m.id = id;
     m.error = (char *)(err ? err : "");
@@ -821,16 +840,11 @@ link_snap_done(void *arg, uint64_t id, const char *err)
 static int
 link_on_snapshot(struct link *l, const Duplex__Snapshot *sn)
 {
-  struct link_snap_ctx *c = calloc(1, sizeof *c);
+  struct link_later *c = link_later_new(l, sn->seq);
   char err[512];
 
-  if (c == NULL) {
-    link_close(l, true, "out of memory");
+  if (c == NULL)
     return -1;
-  }
-  c->s = l->s;
-  c->serial = l->serial;
-  c->seq = sn->seq;
   if (snap_request(l->s->snap, sn->reason == SNAP_BEFORE_RESTORE
                                    ? SNAP_BEFORE_RESTORE : SNAP_MANUAL,
                    sn->name, sn->epoch,

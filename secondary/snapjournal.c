@@ -72,23 +72,6 @@ snapjournal_close(struct snapjournal *j)
   free(j);
 }
 
-static void
-put64(uint8_t *p, uint64_t v)
-{
-  for (int i = 0; i < 8; i++)
-    p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t
-get64(const uint8_t *p)
-{
-  uint64_t v = 0;
-
-  for (int i = 0; i < 8; i++)
-    v |= (uint64_t)p[i] << (8 * i);
-  return v;
-}
-
 /* ---- the job list ---- */
 
 /* The runs of set bits of a bitmap image: with out NULL only counted. */
@@ -108,8 +91,8 @@ set_runs(const uint64_t *w, size_t n_words, uint8_t *out)
         start = bit;
       } else if (!one && in) {
         if (out) {
-          put64(out + runs * 16, start);
-          put64(out + runs * 16 + 8, bit - start);
+          util_put_le64(out + runs * 16, start);
+          util_put_le64(out + runs * 16 + 8, bit - start);
         }
         runs++;
         in = false;
@@ -123,8 +106,8 @@ set_runs(const uint64_t *w, size_t n_words, uint8_t *out)
       start = bit;
     } else if (!one && in) {
       if (out) {
-        put64(out + runs * 16, start);
-        put64(out + runs * 16 + 8, bit - start);
+        util_put_le64(out + runs * 16, start);
+        util_put_le64(out + runs * 16 + 8, bit - start);
       }
       runs++;
       in = false;
@@ -133,8 +116,8 @@ set_runs(const uint64_t *w, size_t n_words, uint8_t *out)
   }
   if (in) {
     if (out) {
-      put64(out + runs * 16, start);
-      put64(out + runs * 16 + 8, bit - start);
+      util_put_le64(out + runs * 16, start);
+      util_put_le64(out + runs * 16 + 8, bit - start);
     }
     runs++;
   }
@@ -166,15 +149,15 @@ snapjournal_save_jobs(struct snapjournal *j, const struct snapjournal_job *v,
     abort();
   p = buf;
   memcpy(p, JOBS_MAGIC, 8);
-  put64(p + 8, n);
+  util_put_le64(p + 8, n);
   off = 16;
   for (size_t i = 0; i < n; i++) {
     const struct snapjournal_job *x = &v[i];
-    put64(buf + off, x->id);
-    put64(buf + off + 8, x->meta.created_ns);
-    put64(buf + off + 16, x->meta.epoch);
-    put64(buf + off + 24, x->meta.size_bytes);
-    put64(buf + off + 32, x->size);
+    util_put_le64(buf + off, x->id);
+    util_put_le64(buf + off + 8, x->meta.created_ns);
+    util_put_le64(buf + off + 16, x->meta.epoch);
+    util_put_le64(buf + off + 24, x->meta.size_bytes);
+    util_put_le64(buf + off + 32, x->size);
     buf[off + 40] = x->meta.reason;
     buf[off + 41] = x->full;
     buf[off + 42] = x->rescan;
@@ -183,18 +166,18 @@ snapjournal_save_jobs(struct snapjournal *j, const struct snapjournal_job *v,
     off += STORE_NAME_MAX + 1;
     memcpy(buf + off, x->meta.volume_uuid, 16);
     off += 16;
-    put64(buf + off, x->n_words);
+    util_put_le64(buf + off, x->n_words);
     off += 8;
     if (8 + runs[i] * 16 < x->n_words * 8) {
       buf[off++] = SET_RUNS;
-      put64(buf + off, runs[i]);
+      util_put_le64(buf + off, runs[i]);
       off += 8;
       set_runs(x->set_words, x->n_words, buf + off);
       off += runs[i] * 16;
     } else {
       buf[off++] = SET_RAW;
       for (size_t w = 0; w < x->n_words; w++, off += 8)
-        put64(buf + off, x->set_words[w]);
+        util_put_le64(buf + off, x->set_words[w]);
     }
   }
   free(runs);
@@ -269,7 +252,7 @@ snapjournal_load_jobs(struct snapjournal *j, struct snapjournal_job **out,
              j->jobs_path);
     return -EILSEQ;
   }
-  n = get64(buf + 8);
+  n = util_get_le64(buf + 8);
   v = calloc(n ? n : 1, sizeof *v);
   if (!v)
     abort();
@@ -279,11 +262,11 @@ snapjournal_load_jobs(struct snapjournal *j, struct snapjournal_job **out,
     uint8_t enc;
     if (off + 43 + STORE_NAME_MAX + 1 + 16 + 8 + 1 > (size_t)st.st_size - 4)
       goto bad;
-    x->id = get64(buf + off);
-    x->meta.created_ns = get64(buf + off + 8);
-    x->meta.epoch = get64(buf + off + 16);
-    x->meta.size_bytes = get64(buf + off + 24);
-    x->size = get64(buf + off + 32);
+    x->id = util_get_le64(buf + off);
+    x->meta.created_ns = util_get_le64(buf + off + 8);
+    x->meta.epoch = util_get_le64(buf + off + 16);
+    x->meta.size_bytes = util_get_le64(buf + off + 24);
+    x->size = util_get_le64(buf + off + 32);
     x->meta.reason = buf[off + 40];
     x->full = buf[off + 41];
     x->rescan = buf[off + 42];
@@ -293,7 +276,7 @@ snapjournal_load_jobs(struct snapjournal *j, struct snapjournal_job **out,
     off += STORE_NAME_MAX + 1;
     memcpy(x->meta.volume_uuid, buf + off, 16);
     off += 16;
-    x->n_words = get64(buf + off);
+    x->n_words = util_get_le64(buf + off);
     off += 8;
     enc = v1 ? SET_RAW : buf[off++];
     if (enc == SET_RUNS) {
@@ -302,7 +285,7 @@ snapjournal_load_jobs(struct snapjournal *j, struct snapjournal_job **out,
       if (x->n_words != ((x->size + STORE_BLOCK - 1) / STORE_BLOCK + 63) / 64 ||
           off + 8 > (size_t)st.st_size - 4)
         goto bad;
-      nruns = get64(buf + off);
+      nruns = util_get_le64(buf + off);
       off += 8;
       if (nruns > ((size_t)st.st_size - 4 - off) / 16)
         goto bad;
@@ -310,7 +293,7 @@ snapjournal_load_jobs(struct snapjournal *j, struct snapjournal_job **out,
       if (!x->set_words)
         abort();
       for (uint64_t r = 0; r < nruns; r++, off += 16) {
-        uint64_t start = get64(buf + off), count = get64(buf + off + 8);
+        uint64_t start = util_get_le64(buf + off), count = util_get_le64(buf + off + 8);
         if (start < prev_end || count == 0 ||
             count > (uint64_t)x->n_words * 64 - start)
           goto bad;
@@ -325,7 +308,7 @@ snapjournal_load_jobs(struct snapjournal *j, struct snapjournal_job **out,
       if (!x->set_words)
         abort();
       for (size_t w = 0; w < x->n_words; w++, off += 8)
-        x->set_words[w] = get64(buf + off);
+        x->set_words[w] = util_get_le64(buf + off);
     } else {
       goto bad;
     }
@@ -368,8 +351,8 @@ snapjournal_append(struct snapjournal *j, const uint64_t *ids,
     uint8_t *r = buf + i * reclen;
     uint32_t magic = REC_MAGIC, crc;
     memcpy(r, &magic, 4);
-    put64(r + 8, ids[i]);
-    put64(r + 16, blocks[i]);
+    util_put_le64(r + 8, ids[i]);
+    util_put_le64(r + 16, blocks[i]);
     memcpy(r + REC_HDR, data + i * STORE_BLOCK, STORE_BLOCK);
     crc = crc32c(0, r + 8, reclen - 8);
     memcpy(r + 4, &crc, 4);
@@ -402,7 +385,7 @@ snapjournal_replay(struct snapjournal *j, snapjournal_fn fn, void *arg)
     memcpy(&crc, r + 4, 4);
     if (magic != REC_MAGIC || crc32c(0, r + 8, reclen - 8) != crc)
       break;
-    fn(arg, get64(r + 8), get64(r + 16), r + REC_HDR);
+    fn(arg, util_get_le64(r + 8), util_get_le64(r + 16), r + REC_HDR);
     n++;
   }
   free(r);

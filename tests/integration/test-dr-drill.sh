@@ -128,15 +128,29 @@ drill() {
     # ---- 4: planned switchover back ----
     NBD_SOCK=$TESTDIR/pri2.sock scatter 14 50 flush
     wait_in_sync pri2 sec2
-    "$DUPLEXCTL" --control "$TESTDIR/pri2.ctl" demote >out.txt 2>&1 ||
-        fail "$mode: demote failed: $(cat out.txt)"
-    agent_exit pri2
-    [ "$AGENT_EXIT" = 0 ] || fail "$mode: pri2 exited with status $AGENT_EXIT"
-    stop_agent sec2 || fail "sec2 did not stop cleanly"
+    demote_failover "$mode"
     "$DUPLEX_BUILD/duplex-store" --store S-old restore "$id" --to before.img >/dev/null ||
         fail "$mode: restoring the before-resync snapshot failed"
     compare_volumes before.img returning-before.img
+    back_on_original "$mode"
+}
+
+# demote_failover MODE: planned switchover of pri2 (the failover primary)
+# to sec2 (the returning node): demote, pri2 exits 0, sec2 stops.
+demote_failover() {
+    "$DUPLEXCTL" --control "$TESTDIR/pri2.ctl" demote >out.txt 2>&1 ||
+        fail "$1: demote failed: $(cat out.txt)"
+    agent_exit pri2
+    [ "$AGENT_EXIT" = 0 ] || fail "$1: pri2 exited with status $AGENT_EXIT"
+    stop_agent sec2 || fail "sec2 did not stop cleanly"
     _outage_forget pri2; _outage_forget sec2
+}
+
+# back_on_original MODE: the original roles again (pri3 on primary.img,
+# sec3 on replica.img): in sync with 0 bytes resynced; both stopped,
+# volumes identical.
+back_on_original() {
+    local mode=$1 s
     start_secondary sec3 --volume "$TESTDIR/replica.img" --meta "$TESTDIR/replica.meta" \
         --listen 127.0.0.1:0 \
         --tls-cert "$CERTS/secondary.pem" --tls-key "$CERTS/secondary.key" \
@@ -288,26 +302,8 @@ drill_ext4() {
         fail "$mode: $((sent + zeroed)) bytes resynced, more than 1.1 x the $((d_union * 4096)) bytes changed on either side"
 
     # ---- planned switchover back, 0 bytes resynced ----
-    "$DUPLEXCTL" --control "$TESTDIR/pri2.ctl" demote >out.txt 2>&1 ||
-        fail "$mode: demote failed: $(cat out.txt)"
-    agent_exit pri2
-    stop_agent sec2 || fail "sec2 did not stop cleanly"
-    _outage_forget pri2; _outage_forget sec2
-    start_secondary sec3 --volume "$TESTDIR/replica.img" --meta "$TESTDIR/replica.meta" \
-        --listen 127.0.0.1:0 \
-        --tls-cert "$CERTS/secondary.pem" --tls-key "$CERTS/secondary.key" \
-        --tls-ca "$CERTS/ca.pem" --peer-name primary
-    start_primary pri3 --volume "$TESTDIR/primary.img" --meta "$TESTDIR/primary.meta" \
-        --nbd "unix:$TESTDIR/pri3.sock" --peer "127.0.0.1:$SECONDARY_PORT" --mode "$mode" \
-        --tls-cert "$CERTS/primary.pem" --tls-key "$CERTS/primary.key" \
-        --tls-ca "$CERTS/ca.pem" --peer-name secondary
-    PRI=pri3 SEC=sec3
-    wait_in_sync pri3 sec3
-    jq -e '.resync_total_bytes == 0' <(status_json pri3) >/dev/null ||
-        fail "$mode: the switchover back resynced"
-    stop_agent pri3 || fail "pri3 did not stop cleanly"
-    stop_agent sec3 || fail "sec3 did not stop cleanly"
-    compare_volumes primary.img replica.img
+    demote_failover "$mode"
+    back_on_original "$mode"
     e2fsck -fn primary.img >fsck.out 2>&1 || { cat fsck.out >&2; fail "$mode: e2fsck -fn failed"; }
     log "$mode: e2fsck -fn: $(tail -n 1 fsck.out)"
     mount -t ext4 -o ro,loop primary.img mnt || fail "$mode: mounting the result failed"
@@ -317,7 +313,6 @@ drill_ext4() {
     diff -u manifest.final manifest.result >manifest.diff ||
         { head -n 20 manifest.diff >&2; fail "$mode: the files differ from those the failover primary left"; }
     log "$mode: ext4 after failover and failback: $(wc -l <manifest.result) files with the expected hashes"
-    _outage_forget pri3; _outage_forget sec3; _outage_forget pri; _outage_forget sec
 }
 
 for m in ${DR_MODE:-sync async}; do

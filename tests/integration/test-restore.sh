@@ -7,7 +7,8 @@
 # as `duplex-store restore` writes it, the replica equal to the volume.
 # The safety snapshot taken first undoes it exactly.  A restore survives
 # kill -9 of the primary and of the secondary in the middle (the record
-# resumes it; the link is throttled so that there is a middle), and
+# resumes it; the link is throttled to 1 MB/s, so the middle lasts
+# seconds), and
 # `restore --replica` moves exactly the blocks changed behind duplex's
 # back.  The pair replicates afterwards.
 source "$(dirname "$0")/functions.sh"
@@ -99,7 +100,7 @@ compare_volumes primary.img before.img
 compare_volumes primary.img replica.img
 
 # kill -9 of either agent in the middle: resumed, exact.
-proxy_cmd px throttle 4000000 >/dev/null
+proxy_cmd px throttle 1000000 >/dev/null
 for victim in pri sec; do
     "${CTL[@]}" restore --snapshot "$id3" >/dev/null || fail "restore (kill $victim) not started"
     wait_until -t 60 -m "restore under way before killing $victim" \
@@ -127,7 +128,7 @@ EOF
     compare_volumes primary.img replica.img
     restore_and_wait --snapshot "$safety"
     compare_volumes primary.img before.img
-    proxy_cmd px throttle 4000000 >/dev/null
+    proxy_cmd px throttle 1000000 >/dev/null
 done
 proxy_cmd px throttle 0 >/dev/null
 
