@@ -100,6 +100,15 @@ struct primary {
   uint64_t meta_write_errors;   /* failed superblock writes since start */
 };
 
+/* Stop the agent as SIGTERM does (clean stop, exit 0). */
+void primary_stop(struct primary *p);
+
+/* ---- generation.c: the data generation on disk ---- */
+/* A random non-zero identifier (a volume's first generation). */
+uint64_t primary_random_id(void);
+/* The secondary adopted our generation (an in-sync SYNC_STATE was
+ * acknowledged): the bitmap no longer tracks a divergence. */
+void primary_in_sync(struct primary *p);
 /* Start a new data generation (first change the peer does not get) and
  * persist it (written and synced) before that change is made.  0, or -1
  * (logged, in meta_error; need_new_gen and p->gen unchanged): the change
@@ -108,8 +117,6 @@ int primary_new_generation(struct primary *p);
 /* Persist p->gen (a resync finished); a failure is logged and shown in
  * status, p->gen is kept for the next superblock write. */
 void primary_save_generation(struct primary *p);
-/* Stop the agent as SIGTERM does (clean stop, exit 0). */
-void primary_stop(struct primary *p);
 
 /* ---- vol.c: the request engine (local I/O + replication) ---- */
 enum req_type { REQ_READ, REQ_WRITE, REQ_FLUSH, REQ_TRIM, REQ_ZERO };
@@ -160,8 +167,7 @@ void vol_req_free(struct req *r);
 void vol_submit(struct req *r);
 /* Buffer space or a lock became free: retry waiting requests. */
 void vol_kick(struct primary *p);
-/* A request restore.c held goes on. */
-void vol_resume(struct req *r);
+
 
 /* ---- al.c: activity log (write intent of hot extents) ---- */
 #define AL_EXTENT_SHIFT 22      /* 4 MiB */
@@ -468,9 +474,10 @@ bool restore_instant(const struct primary *p);
 /* A write-like request's range lock covers whole restore grains. */
 void restore_lock_range(const struct primary *p, uint64_t *start,
                         uint64_t *end);
-/* A read of regions not restored yet waits for them to be fetched (then
- * vol_resume(r)): true if it does. */
-bool restore_hold_read(struct primary *p, struct req *r);
+/* A read of regions not restored yet waits for them to be fetched, then
+ * goes on with cont(r): true if it waits. */
+bool restore_hold_read(struct primary *p, struct req *r,
+                       void (*cont)(struct req *r));
 /* Under r's range lock: the grains it covers whole become the client's
  * (r->restore_persist), the ones it covers partly are fetched first (and
  * before the safety snapshot is taken it waits).  True: r continues

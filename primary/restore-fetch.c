@@ -279,7 +279,8 @@ rst_todo_in(const struct restore *rs, uint64_t off, uint64_t end)
 }
 
 bool
-restore_hold_read(struct primary *p, struct req *r)
+restore_hold_read(struct primary *p, struct req *r,
+                  void (*cont)(struct req *r))
 {
   struct restore *rs = p->restore;
   uint64_t a0 = r->offset & ~(uint64_t)(BDEV_ALIGN - 1);
@@ -287,6 +288,7 @@ restore_hold_read(struct primary *p, struct req *r)
 
   if (!restore_instant(p) || !rst_todo_in(rs, a0, a1))
     return false;
+  rs->read_cont = cont;
   TAILQ_INSERT_TAIL(&rs->reads, r, wq);
   rst_fetch_range(rs, a0, a1);
   return true;
@@ -390,7 +392,7 @@ rst_wake(struct restore *rs)
     uint64_t a0 = r->offset & ~(uint64_t)(BDEV_ALIGN - 1);
     TAILQ_REMOVE(&reads, r, wq);
     if (!rst_todo_in(rs, a0, r->offset + r->length)) {
-      vol_resume(r);
+      rs->read_cont(r);
     } else {
       TAILQ_INSERT_TAIL(&rs->reads, r, wq);
       if (repl_connected(rs->p->repl))

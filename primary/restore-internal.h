@@ -76,6 +76,7 @@ struct restore {
   bool resumed;
   struct rst_fetchq fetches;    /* in flight */
   TAILQ_HEAD(, req) reads;      /* client reads waiting for fetches */
+  void (*read_cont)(struct req *r); /* how they go on */
   struct rst_holdq holds;       /* client writes held (not fetching) */
   uint64_t demand_bytes;        /* fetched for clients */
   uint64_t demand_fetches;

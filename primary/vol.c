@@ -571,7 +571,7 @@ vol_start(struct req *r)
 
   switch (r->type) {
   case REQ_READ:
-    if (!restore_hold_read(p, r))
+    if (!restore_hold_read(p, r, read_start))
       read_start(r);
     return;
   case REQ_FLUSH:
@@ -642,12 +642,6 @@ vol_submit(struct req *r)
       return;
     }
   }
-  vol_start(r);
-}
-
-void
-vol_resume(struct req *r)
-{
   vol_start(r);
 }
 
