@@ -344,7 +344,7 @@ restore_hold_write(struct primary *p, struct req *r,
   struct restore *rs = p->restore;
   struct rst_hold *h;
 
-  if (!restore_instant(p) || rs->phase == RST_WAIT_SYNC)
+  if (!restore_instant(p) || rs->phase <= RST_WAIT_SYNC)
     return false;
   h = calloc(1, sizeof *h);
   if (h == NULL)
@@ -376,7 +376,7 @@ rst_wake(struct restore *rs)
     TAILQ_CONCAT(&holds, &rs->holds, q);
     while ((h = TAILQ_FIRST(&holds)) != NULL) {
       TAILQ_REMOVE(&holds, h, q);
-      if (rs->phase == RST_WAIT_SYNC || rs->phase == RST_DONE ||
+      if (rs->phase <= RST_WAIT_SYNC || rs->phase >= RST_DONE ||
           !rst_hold_write(rs, h)) {
         struct req *hr = h->r;
         void (*cont)(struct req *) = h->cont;

@@ -19,8 +19,10 @@
                   "[--restore-rate BYTES_PER_S]"
 
 
-enum rst_phase { RST_WAIT_SYNC, RST_SNAPSHOT, RST_PLAN, RST_COPY,
-                 RST_FINISH, RST_DONE };
+/* From RST_DONE on the restore is over: done, or not started (why in
+ * error; nothing was changed). */
+enum rst_phase { RST_CHECK, RST_WAIT_SYNC, RST_SNAPSHOT, RST_PLAN,
+                 RST_COPY, RST_FINISH, RST_DONE, RST_NOT_STARTED };
 
 /* A client write-like request held under its range lock (--instant):
  * until the safety snapshot is taken, or until the restore grains it
@@ -92,6 +94,8 @@ rst_instant(const struct restore *rs)
 }
 
 /* restore.c */
+/* Not started: answer the command with why (rs->error), nothing changed. */
+void rst_not_started(struct restore *rs);
 const char *rst_phase_name(enum rst_phase ph);
 void rst_source_text(const struct restore *rs, char *out, size_t len);
 /* Cleared bits to the record, after the volume is synced.  0 or -errno

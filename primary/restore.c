@@ -5,6 +5,10 @@
  *
  * Phases (enum rst_phase), driven by a poll timer and by the secondary's
  * answers:
+ *   CHECK      (from a snapshot) the secondary can restore it: a store, a
+ *              complete snapshot of this volume's size (an empty
+ *              RESTORE_PLAN of the snapshot against itself); else the
+ *              command fails and nothing changes.
  *   WAIT_SYNC  the replica must hold everything first, so that the safety
  *              snapshot holds this volume as it is: connected, no resync,
  *              nothing unacknowledged, the secondary in this generation.
@@ -52,7 +56,9 @@ rst_phase_name(enum rst_phase ph)
   case RST_PLAN: return "planning";
   case RST_COPY: return "copying";
   case RST_FINISH: return "finishing";
+  case RST_CHECK: return "checking";
   case RST_DONE: return "done";
+  case RST_NOT_STARTED: return "not-started";
   }
   return "?";
 }
@@ -86,15 +92,14 @@ rst_answer(struct restore *rs, bool ok, const char *fmt, ...)
 bool
 restore_running(const struct primary *p)
 {
-  return p->restore != NULL && p->restore->phase != RST_DONE;
+  return p->restore != NULL && p->restore->phase < RST_DONE;
 }
 
 bool
 restore_blocks_clients(const struct primary *p)
 {
   return restore_running(p) && !rst_instant(p->restore) &&
-         p->restore->phase != RST_WAIT_SYNC &&
-         p->restore->phase != RST_SNAPSHOT;
+         p->restore->phase >= RST_PLAN;
 }
 
 /* Before the volume may change: the record, todo = everything. */
@@ -279,14 +284,10 @@ rst_begin(struct restore *rs)
   if (rst_create_record(rs) == -1 || primary_new_generation(p) == -1) {
     if (rs->error[0] == '\0')
       snprintf(rs->error, sizeof rs->error, "%s", p->meta_error);
-    log_error("primary: restore from %s not started: %s", src, rs->error);
-    rst_answer(rs, false, "restore from %s not started: %s; nothing was "
-               "changed", src, rs->error);
     if (rs->fd >= 0)
       restore_file_remove(rs->path, rs->fd);
     rs->fd = -1;
-    rs->phase = RST_DONE;
-    rst_wake(rs);
+    rst_not_started(rs);
     return;
   }
   resync_unconfirm(p->resync);
@@ -310,6 +311,70 @@ rst_begin(struct restore *rs)
   }
 }
 
+void
+rst_not_started(struct restore *rs)
+{
+  char src[64];
+
+  rst_source_text(rs, src, sizeof src);
+  log_error("primary: restore from %s not started: %s", src, rs->error);
+  rst_answer(rs, false, "restore from %s not started: %s; nothing was "
+             "changed", src, rs->error);
+  rs->phase = RST_NOT_STARTED;
+  rs->finished_ms = util_now_ms();
+  rst_wake(rs);                 /* held writes go on */
+}
+
+/* CHECK: the answer to the empty plan of the snapshot against itself. */
+static void
+rst_check_part(struct repl_op *op, const Duplex__RestorePlanPart *m,
+               const uint8_t *payload)
+{
+  struct restore *rs = op->opaque;
+
+  (void)payload;
+  if (m->error != NULL && m->error[0] != '\0')
+    snprintf(rs->error, sizeof rs->error, "the secondary cannot restore "
+             "it: %s", m->error);
+}
+
+static void
+rst_check_acked(struct repl_op *op, bool ok)
+{
+  struct restore *rs = op->opaque;
+
+  rs->op = NULL;
+  free(op);
+  if (!ok)
+    return;                     /* asked again once connected */
+  if (rs->error[0] != '\0') {
+    rst_not_started(rs);
+    return;
+  }
+  rs->phase = RST_WAIT_SYNC;   /* the next poll goes on */
+}
+
+static void
+rst_check(struct restore *rs)
+{
+  struct repl_op *op;
+
+  if (rs->op != NULL)
+    return;
+  op = calloc(1, sizeof *op);
+  if (op == NULL)
+    abort();
+  op->acked = rst_check_acked;
+  op->opaque = rs;
+  op->plan_part = rst_check_part;
+  if (repl_send_restore_plan(rs->p->repl, op, rs->hdr.source,
+                             rs->hdr.source) == -1) {
+    free(op);
+    return;
+  }
+  rs->op = op;
+}
+
 static void
 rst_snapshot_acked(struct repl_op *op, bool ok)
 {
@@ -328,12 +393,8 @@ rst_snapshot_acked(struct repl_op *op, bool ok)
   if (sd == NULL || sd->id == 0) {
     snprintf(rs->error, sizeof rs->error, "the secondary took no safety "
              "snapshot: %s", sd && sd->error ? sd->error : "no answer");
-    log_error("primary: restore from %s not started: %s", src, rs->error);
-    rst_answer(rs, false, "restore from %s not started: %s; nothing was "
-               "changed", src, rs->error);
-    rs->phase = RST_DONE;
     free(op);
-    rst_wake(rs);               /* held writes go on */
+    rst_not_started(rs);
     return;
   }
   rs->hdr.safety = sd->id;
@@ -351,6 +412,14 @@ rst_step(struct restore *rs)
   if (p->stopping)
     return;
   switch (rs->phase) {
+  case RST_CHECK:
+    if (rs->reply != NULL && now >= rs->reply_deadline_ms)
+      rst_answer(rs, false, "restore not started after %.0f s: the "
+                 "secondary did not answer whether it can restore the "
+                 "snapshot; it goes on once it does (`status` shows it), "
+                 "nothing was changed", (now - rs->started_ms) / 1000.0);
+    rst_check(rs);
+    return;
   case RST_WAIT_SYNC:
     if (!rst_in_sync(rs, why, sizeof why)) {
       if (rs->reply != NULL && now >= rs->reply_deadline_ms)
@@ -392,9 +461,10 @@ rst_step(struct restore *rs)
     rst_finish(rs);
     return;
   case RST_DONE:
+  case RST_NOT_STARTED:
     return;
   }
-  if (rs->phase == RST_DONE)
+  if (rs->phase >= RST_DONE)
     return;
   if (repl_connected(p->repl) &&
       (!TAILQ_EMPTY(&rs->holds) || !TAILQ_EMPTY(&rs->reads)))
@@ -557,6 +627,7 @@ restore_command(struct primary *p, int argc, char **argv,
   rs->hdr.flags = (replica ? RESTORE_F_REPLICA : 0) |
                   (instant ? RESTORE_F_INSTANT : 0);
   rs->hdr.rate = rate;
+  rs->phase = replica ? RST_WAIT_SYNC : RST_CHECK;
   rs->hdr.started_wall_ms = util_wall_ns() / 1000000;
   rs->reply = control_defer_for(p->control, RST_START_TIMEOUT_MS / 1000 + 5);
   rs->reply_deadline_ms = rs->started_ms + RST_START_TIMEOUT_MS;
@@ -639,7 +710,7 @@ static double
 rst_rate(const struct restore *rs, uint64_t now)
 {
   uint64_t since = rs->planned_ms ? rs->planned_ms : rs->started_ms;
-  uint64_t until = rs->phase == RST_DONE ? rs->finished_ms : now;
+  uint64_t until = rs->phase >= RST_DONE ? rs->finished_ms : now;
 
   return until > since ? rs->done_bytes * 1000.0 / (double)(until - since)
                        : 0.0;
@@ -656,7 +727,7 @@ restore_status_json(const struct primary *p, struct json *j)
     json_null(j, "restore");
     return;
   }
-  if (rs->phase != RST_DONE)
+  if (rs->phase < RST_DONE)
     restore_status(p, &left, &pct);
   rate = rst_rate(rs, now);
   json_obj_begin(j, "restore");
@@ -676,13 +747,14 @@ restore_status_json(const struct primary *p, struct json *j)
   json_u64(j, "rate_limit_bytes_per_sec", rs->hdr.rate);
   json_double(j, "done_percent", rs->phase == RST_DONE ? 100.0 : pct);
   json_double(j, "rate_bytes_per_sec", rate);
-  if (rs->phase == RST_DONE)
+  if (rs->phase >= RST_DONE)
     json_double(j, "eta_seconds", 0.0);
   else if (rs->phase == RST_COPY && rate > 0)
     json_double(j, "eta_seconds", (double)left / rate);
   else
     json_null(j, "eta_seconds");
-  json_double(j, "seconds", ((rs->phase == RST_DONE ? rs->finished_ms : now) -
+  json_double(j, "seconds", ((rs->phase >= RST_DONE ? rs->finished_ms
+                                                    : now) -
                              rs->started_ms) / 1000.0);
   json_bool(j, "resumed", rs->resumed);
   if (rs->error[0])
@@ -710,6 +782,11 @@ restore_status_text(const struct primary *p, struct evbuffer *out)
     evbuffer_add_printf(out, "restore:      from %s done: %s in %.1f s\n",
                         src, done,
                         (rs->finished_ms - rs->started_ms) / 1000.0);
+    return;
+  }
+  if (rs->phase == RST_NOT_STARTED) {
+    evbuffer_add_printf(out, "restore:      from %s not started: %s\n", src,
+                        rs->error);
     return;
   }
   restore_status(p, &left, &pct);

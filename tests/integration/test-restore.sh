@@ -77,6 +77,16 @@ restore_and_wait() {
     log "restore $*: $RESTORE"
 }
 
+# A snapshot the secondary does not have: refused, nothing changes.
+out=$("${CTL[@]}" restore --snapshot 999 2>&1) && fail "restore of a missing snapshot was accepted: $out"
+grep -q 'no complete snapshot 999' <<<"$out" || fail "restore --snapshot 999: unclear refusal: $out"
+log "restore --snapshot 999: $out"
+jq -e '.restore.state == "not-started" and .sync == "in-sync" and .restore.safety_snapshot == 0' \
+    <(status_json pri) >/dev/null || fail "after a refused restore: $(status_json pri | jq -c '{sync, restore}')"
+cmp -s primary.img before.img || fail "a refused restore changed the volume"
+"$DUPLEXCTL" --control "$TESTDIR/sec.ctl" snapshot list --json |
+    jq -e 'length == 5' >/dev/null || fail "a refused restore took a snapshot"
+
 recv0=$(status_field pri bytes_received)
 restore_and_wait --snapshot "$id3"
 recv1=$(status_field pri bytes_received)
