@@ -201,6 +201,14 @@ ring_fail_all(struct repl *r)
   r->inflight_bytes = 0;
 }
 
+/* The op of seq still waiting for its answer, or NULL. */
+static struct repl_op *
+ring_find(const struct repl *r, uint64_t seq)
+{
+  return seq >= r->head_seq && seq < r->next_seq
+             ? r->ring[seq & (r->cap - 1)] : NULL;
+}
+
 static int
 ring_ack(struct repl *r, uint64_t seq)
 {
@@ -757,8 +765,7 @@ repl_handle_frame(struct repl *r, struct frame *f)
       return r->state == REPL_CONNECTED ? 0 : -1;
     case FRAME_VERIFY_RESULT: {
       uint64_t seq = f->m.verify_result->seq;
-      struct repl_op *op = seq >= r->head_seq && seq < r->next_seq
-                               ? r->ring[seq & (r->cap - 1)] : NULL;
+      struct repl_op *op = ring_find(r, seq);
       if (!op) {
         repl_drop(r, "protocol error: verify result for unknown op %" PRIu64,
                   seq);
@@ -770,8 +777,7 @@ repl_handle_frame(struct repl *r, struct frame *f)
     }
     case FRAME_SNAPSHOT_DONE: {
       uint64_t seq = f->m.snapshot_done->seq;
-      struct repl_op *op = seq >= r->head_seq && seq < r->next_seq
-                               ? r->ring[seq & (r->cap - 1)] : NULL;
+      struct repl_op *op = ring_find(r, seq);
       if (!op || !op->snapshot_wanted) {
         repl_drop(r, "protocol error: snapshot answer for unknown op %"
                   PRIu64, seq);
@@ -783,8 +789,7 @@ repl_handle_frame(struct repl *r, struct frame *f)
     }
     case FRAME_FETCH_DATA: {
       uint64_t seq = f->m.fetch_data->seq;
-      struct repl_op *op = seq >= r->head_seq && seq < r->next_seq
-                               ? r->ring[seq & (r->cap - 1)] : NULL;
+      struct repl_op *op = ring_find(r, seq);
       if (!op || !op->fetch_wanted) {
         repl_drop(r, "protocol error: fetched data for unknown op %" PRIu64,
                   seq);
@@ -797,8 +802,7 @@ repl_handle_frame(struct repl *r, struct frame *f)
     }
     case FRAME_RESTORE_PLAN_PART: {
       const Duplex__RestorePlanPart *pp = f->m.restore_plan_part;
-      struct repl_op *op = pp->seq >= r->head_seq && pp->seq < r->next_seq
-                               ? r->ring[pp->seq & (r->cap - 1)] : NULL;
+      struct repl_op *op = ring_find(r, pp->seq);
       if (!op || !op->plan_part) {
         repl_drop(r, "protocol error: restore plan for unknown op %" PRIu64,
                   pp->seq);

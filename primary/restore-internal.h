@@ -106,6 +106,12 @@ void rst_planned(struct restore *rs);
 /* Something finished: go on with whatever the phase allows. */
 void rst_pump(struct restore *rs);
 void rst_finish(struct restore *rs);
+/* RESTORE_PLAN of the source against snapshot `to` (unless an op of the
+ * restore is in flight). */
+void rst_send_plan(struct restore *rs, uint64_t to, repl_acked_fn acked,
+                   void (*part)(struct repl_op *op,
+                                const Duplex__RestorePlanPart *m,
+                                const uint8_t *payload));
 
 /* restore-plan.c */
 void rst_plan_snapshot(struct restore *rs);

@@ -93,22 +93,8 @@ rst_plan_acked(struct repl_op *op, bool ok)
 void
 rst_plan_snapshot(struct restore *rs)
 {
-  struct repl_op *op;
-
-  if (rs->op != NULL || util_now_ms() < rs->retry_ms)
-    return;
-  op = calloc(1, sizeof *op);
-  if (op == NULL)
-    abort();
-  op->acked = rst_plan_acked;
-  op->opaque = rs;
-  op->plan_part = rst_plan_part;
-  if (repl_send_restore_plan(rs->p->repl, op, rs->hdr.source,
-                             rs->hdr.safety) == -1) {
-    free(op);
-    return;
-  }
-  rs->op = op;
+  if (util_now_ms() >= rs->retry_ms)
+    rst_send_plan(rs, rs->hdr.safety, rst_plan_acked, rst_plan_part);
 }
 
 /* ---- PLAN from the replica: block hashes ---- */

@@ -219,11 +219,9 @@ rst_finish(struct restore *rs)
 {
   struct primary *p = rs->p;
   struct repl_op *op;
-  struct resync_counters rc;
 
   if (rs->op != NULL)
     return;
-  resync_get_counters(p->resync, &rc);
   if (!repl_connected(p->repl) || resync_active(p->resync) ||
       bitmap_dirty_bytes(p->oos) > 0)
     return;
@@ -354,8 +352,11 @@ rst_check_acked(struct repl_op *op, bool ok)
   rs->phase = RST_WAIT_SYNC;   /* the next poll goes on */
 }
 
-static void
-rst_check(struct restore *rs)
+void
+rst_send_plan(struct restore *rs, uint64_t to, repl_acked_fn acked,
+              void (*part)(struct repl_op *op,
+                           const Duplex__RestorePlanPart *m,
+                           const uint8_t *payload))
 {
   struct repl_op *op;
 
@@ -364,11 +365,10 @@ rst_check(struct restore *rs)
   op = calloc(1, sizeof *op);
   if (op == NULL)
     abort();
-  op->acked = rst_check_acked;
+  op->acked = acked;
   op->opaque = rs;
-  op->plan_part = rst_check_part;
-  if (repl_send_restore_plan(rs->p->repl, op, rs->hdr.source,
-                             rs->hdr.source) == -1) {
+  op->plan_part = part;
+  if (repl_send_restore_plan(rs->p->repl, op, rs->hdr.source, to) == -1) {
     free(op);
     return;
   }
@@ -418,7 +418,8 @@ rst_step(struct restore *rs)
                  "secondary did not answer whether it can restore the "
                  "snapshot; it goes on once it does (`status` shows it), "
                  "nothing was changed", (now - rs->started_ms) / 1000.0);
-    rst_check(rs);
+    /* An empty plan of the snapshot against itself. */
+    rst_send_plan(rs, rs->hdr.source, rst_check_acked, rst_check_part);
     return;
   case RST_WAIT_SYNC:
     if (!rst_in_sync(rs, why, sizeof why)) {

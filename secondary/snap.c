@@ -1539,6 +1539,17 @@ snap_list(const struct snapmgr *m, struct snap_info **out)
 
 /* ---- exports ---- */
 
+/* Snapshot id is in the store's list (complete). */
+static bool
+snap_complete(const struct snapmgr *m, uint64_t id)
+{
+  for (size_t i = 0; i < m->n_list; i++)
+    if (m->list[i].id == id)
+      return true;
+  return false;
+}
+
+
 int
 snap_export(struct snapmgr *m, uint64_t id, const char *nbd, char *where,
             size_t wlen, char *err, size_t errlen)
@@ -1546,17 +1557,13 @@ snap_export(struct snapmgr *m, uint64_t id, const char *nbd, char *where,
   struct snap_export *e;
   struct endpoint ep;
   char sub[512], name[64];
-  bool complete = false;
 
   if (!snap_enabled(m)) {
     snprintf(err, errlen, "snapshots are not enabled: start duplex-secondary "
              "with --snapshot-store DIR");
     return -1;
   }
-  for (size_t i = 0; i < m->n_list; i++)
-    if (m->list[i].id == id)
-      complete = true;
-  if (!complete) {
+  if (!snap_complete(m, id)) {
     snprintf(err, errlen, "no complete snapshot %" PRIu64 " (see snapshot "
              "list; a copying one can be exported once complete)", id);
     return -1;
@@ -1625,20 +1632,15 @@ snap_diff(struct snapmgr *m, uint64_t a, uint64_t b, bool json,
           snap_diff_fn done, void *arg, char *err, size_t errlen)
 {
   struct task *t;
-  bool fa = false, fb = false;
 
   if (!snap_enabled(m)) {
     snprintf(err, errlen, "snapshots are not enabled: start duplex-secondary "
              "with --snapshot-store DIR");
     return -1;
   }
-  for (size_t i = 0; i < m->n_list; i++) {
-    fa = fa || m->list[i].id == a;
-    fb = fb || m->list[i].id == b;
-  }
-  if (!fa || !fb) {
+  if (!snap_complete(m, a) || !snap_complete(m, b)) {
     snprintf(err, errlen, "no complete snapshot %" PRIu64 " (see snapshot "
-             "list)", fa ? b : a);
+             "list)", snap_complete(m, a) ? b : a);
     return -1;
   }
   t = task_new(T_DIFF, NULL);
@@ -1652,15 +1654,6 @@ snap_diff(struct snapmgr *m, uint64_t a, uint64_t b, bool json,
 }
 
 /* ---- restoring the primary: plans and reads of a snapshot ---- */
-
-static bool
-snap_complete(const struct snapmgr *m, uint64_t id)
-{
-  for (size_t i = 0; i < m->n_list; i++)
-    if (m->list[i].id == id)
-      return true;
-  return false;
-}
 
 static bool
 snap_copying(struct snapmgr *m, uint64_t id)
