@@ -309,6 +309,8 @@ rst_begin(struct restore *rs)
   }
 }
 
+static void rst_step(struct restore *rs);
+
 void
 rst_not_started(struct restore *rs)
 {
@@ -349,7 +351,8 @@ rst_check_acked(struct repl_op *op, bool ok)
     rst_not_started(rs);
     return;
   }
-  rs->phase = RST_WAIT_SYNC;   /* the next poll goes on */
+  rs->phase = RST_WAIT_SYNC;
+  rst_step(rs);
 }
 
 void
