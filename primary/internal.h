@@ -16,6 +16,7 @@
 #include "blockdev.h"
 #include "frame.h"
 #include "gen.h"
+#include "lock.h"
 #include "meta.h"
 #include "tls.h"
 #include "util.h"
@@ -186,21 +187,6 @@ int al_flush_bitmap(struct al *al);      /* dirty bitmap pages to disk */
 void al_shutdown(struct al *al);         /* clean stop: empty log */
 unsigned al_active(const struct al *al);
 
-/* ---- lock.c: range locks serialising overlapping writes and resync ---- */
-struct range_lock;
-typedef void (*lock_granted_fn)(struct range_lock *l, void *opaque);
-
-struct lockset *lock_set_new(void);
-void lock_set_free(struct lockset *ls);
-/* Grants in arrival order among overlapping requests.  Returns the lock;
- * *granted tells whether it is held already (then fn is not called),
- * otherwise fn runs when it is granted. */
-struct range_lock *lock_acquire(struct lockset *ls, uint64_t start,
-                                uint64_t end, lock_granted_fn fn, void *opaque,
-                                bool *granted);
-void lock_release(struct lockset *ls, struct range_lock *l);
-unsigned lock_held_count(const struct lockset *ls);
-
 /* ---- epoch.c: epoch bookkeeping of the replication stream, no I/O ---- */
 #define EPOCH_MAX_OPS 1024
 struct epoch_range {
@@ -338,7 +324,8 @@ void repl_get_counters(const struct repl *r, struct repl_counters *c);
 
 /* ---- resync.c: initial sync / resync of out-of-sync blocks ----
  *
- * The blocks marked in a bitmap, read from a volume under range locks and
+ * The primary's shell around the block sender (common/sender.h): the
+ * blocks marked in a bitmap, read from the volume under range locks and
  * sent over the link; what it needs is given here, not taken from the
  * agent. */
 struct resync_env {

@@ -1,4 +1,4 @@
-/* Unit tests for secondary/apply.c: the epoch bookkeeping of the apply
+/* Unit tests for common/apply.c: the epoch bookkeeping of the apply
  * queue, with a fake backend that records what was started and completes
  * it when the test says so. */
 #include <errno.h>

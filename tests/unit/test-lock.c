@@ -7,7 +7,7 @@
 
 #include <cmocka.h>
 
-#include "internal.h"
+#include "lock.h"
 
 static int grants[16];
 static int n_grants;

@@ -1,4 +1,4 @@
-/* Range locks on the primary.
+/* Range locks (lock.h).
  *
  * Overlapping client writes and resync reads must not be in flight at the
  * same time: the order in which they reach the replication stream must be
@@ -7,8 +7,9 @@
  * granted when it overlaps neither a held lock nor an earlier waiter, so
  * overlapping requests are granted strictly in arrival order. */
 #include <stdlib.h>
+#include <sys/queue.h>
 
-#include "internal.h"
+#include "lock.h"
 
 struct range_lock {
   uint64_t start, end;          /* [start, end) */
