@@ -1,0 +1,59 @@
+/* duplex-primary, tail capture (--capture tail): replicate a block device
+ * that applications write directly, learning which blocks change from the
+ * block layer's tracepoints (DESIGN.md "Tail capture").  One section per .c
+ * file. */
+#ifndef DUPLEX_PRIMARY_TAIL_H
+#define DUPLEX_PRIMARY_TAIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- trace-decode.c: tracepoint records to changed ranges, no I/O ----
+ *
+ * The layout of block:block_rq_complete differs between kernels (fields
+ * were added), so it is read from the event's format text (tracefs
+ * events/block/block_rq_complete/format) with libtraceevent; a raw record
+ * (perf's PERF_SAMPLE_RAW, the same bytes as the ftrace ring's) is then
+ * decoded with the offsets found there. */
+struct trace_field {
+  unsigned off, size;
+};
+struct trace_layout {
+  struct trace_field dev, sector, nr_sector, error, rwbs;
+  unsigned min_len;             /* a record shorter than this is malformed */
+};
+
+/* 0, or -1 with the reason in err (not the block_rq_complete format, a
+ * field missing or of an unexpected size). */
+int trace_layout_parse(const char *format, size_t len,
+                       struct trace_layout *l, char *err, size_t errlen);
+
+enum trace_kind {
+  TRACE_NONE,                   /* a read, or nothing that changes data */
+  TRACE_WRITE,                  /* a write: [off, off+len) changed */
+  TRACE_DISCARD,                /* discard or secure erase */
+  TRACE_OTHER,                  /* another data-changing op with a range
+                                   (write-zeroes shows as 'N') */
+  TRACE_FLUSH,                  /* a flush without data */
+};
+
+struct trace_change {
+  enum trace_kind kind;
+  uint32_t dev;                 /* the kernel's encoding: major << 20 | minor */
+  uint64_t off, len;            /* bytes */
+  int error;                    /* the request's error (0: success) */
+  bool preflush;                /* the write was preceded by a flush */
+  bool fua;
+};
+
+/* Decode one raw record.  0, or -1 if it is malformed (too short, a range
+ * past 2^64 bytes).  A failed request still reports its range: the data may
+ * have changed partly. */
+int trace_decode(const struct trace_layout *l, const void *raw, size_t len,
+                 struct trace_change *out);
+
+/* The kernel's dev_t of a tracepoint record for a device number. */
+uint32_t trace_kdev(unsigned major, unsigned minor);
+
+#endif
