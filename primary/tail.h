@@ -56,4 +56,26 @@ int trace_decode(const struct trace_layout *l, const void *raw, size_t len,
 /* The kernel's dev_t of a tracepoint record for a device number. */
 uint32_t trace_kdev(unsigned major, unsigned minor);
 
+/* perf ring buffers (perf_event_open's mmap, sample_type PERF_SAMPLE_RAW):
+ * positions are free-running byte counts like data_head and data_tail.
+ * Takes the record at *tail (one that wraps is copied into scratch) and
+ * advances *tail past it: 1 with *rec, *rec_len (header included), 0 when
+ * *tail == head, -1 when the ring is inconsistent (a record shorter than
+ * its header, past head, or larger than scratch): the reader must drop the
+ * whole ring and count it as lost. */
+int trace_ring_next(const uint8_t *data, uint64_t size, uint64_t head,
+                    uint64_t *tail, uint8_t *scratch, size_t scratch_len,
+                    const uint8_t **rec, size_t *rec_len);
+
+enum trace_rec {
+  TRACE_REC_CHANGE,             /* a sample: *c is set */
+  TRACE_REC_LOST,               /* records were lost: *lost of them */
+  TRACE_REC_OTHER,              /* nothing for us */
+  TRACE_REC_BAD,                /* a sample that does not decode */
+};
+/* One record of a perf ring. */
+enum trace_rec trace_perf_record(const struct trace_layout *l,
+                                 const uint8_t *rec, size_t len,
+                                 struct trace_change *c, uint64_t *lost);
+
 #endif

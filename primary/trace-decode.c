@@ -3,7 +3,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <linux/perf_event.h>
 #include <traceevent/event-parse.h>
+
+#include "util.h"
 
 #include "tail.h"
 
@@ -173,4 +176,80 @@ trace_decode(const struct trace_layout *l, const void *raw, size_t len,
   if (out->kind != TRACE_FLUSH && out->kind != TRACE_NONE && out->len == 0)
     out->kind = out->preflush ? TRACE_FLUSH : TRACE_NONE;
   return 0;
+}
+
+int
+trace_ring_next(const uint8_t *data, uint64_t size, uint64_t head,
+                uint64_t *tail, uint8_t *scratch, size_t scratch_len,
+                const uint8_t **rec, size_t *rec_len)
+{
+  uint64_t pos = *tail, avail = head - pos, at;
+  struct perf_event_header h;
+  size_t first;
+
+  if (pos == head)
+    return 0;
+  if (size == 0 || (size & (size - 1)) || avail > size ||
+      avail < sizeof h)
+    return -1;
+  /* The header may wrap too. */
+  at = pos & (size - 1);
+  first = (size_t)MIN(sizeof h, size - at);
+  memcpy(&h, data + at, first);
+  if (first < sizeof h)
+    memcpy((uint8_t *)&h + first, data, sizeof h - first);
+  if (h.size < sizeof h || h.size > avail)
+    return -1;
+  if (at + h.size <= size) {
+    *rec = data + at;
+  } else {
+    if (h.size > scratch_len)
+      return -1;
+    first = (size_t)(size - at);
+    memcpy(scratch, data + at, first);
+    memcpy(scratch + first, data, h.size - first);
+    *rec = scratch;
+  }
+  *rec_len = h.size;
+  *tail = pos + h.size;
+  return 1;
+}
+
+enum trace_rec
+trace_perf_record(const struct trace_layout *l, const uint8_t *rec,
+                  size_t len, struct trace_change *c, uint64_t *lost)
+{
+  struct perf_event_header h;
+  uint32_t raw_size;
+  uint64_t n;
+
+  if (len < sizeof h)
+    return TRACE_REC_BAD;
+  memcpy(&h, rec, sizeof h);
+  switch (h.type) {
+  case PERF_RECORD_SAMPLE:
+    /* sample_type PERF_SAMPLE_RAW only: u32 size, then the raw record. */
+    if (len < sizeof h + 4)
+      return TRACE_REC_BAD;
+    memcpy(&raw_size, rec + sizeof h, 4);
+    if (raw_size > len - sizeof h - 4)
+      return TRACE_REC_BAD;
+    if (trace_decode(l, rec + sizeof h + 4, raw_size, c) == -1)
+      return TRACE_REC_BAD;
+    return TRACE_REC_CHANGE;
+  case PERF_RECORD_LOST: /* u64 id, u64 lost */
+    if (len < sizeof h + 16)
+      return TRACE_REC_BAD;
+    memcpy(&n, rec + sizeof h + 8, 8);
+    *lost = n ? n : 1;
+    return TRACE_REC_LOST;
+  case PERF_RECORD_LOST_SAMPLES: /* u64 lost */
+    if (len < sizeof h + 8)
+      return TRACE_REC_BAD;
+    memcpy(&n, rec + sizeof h, 8);
+    *lost = n ? n : 1;
+    return TRACE_REC_LOST;
+  default:
+    return TRACE_REC_OTHER;
+  }
 }

@@ -9,6 +9,8 @@
 
 #include <cmocka.h>
 
+#include <linux/perf_event.h>
+
 #include "tail.h"
 
 /* Linux 6.18 (this machine's tracefs). */
@@ -200,6 +202,138 @@ test_ranges_and_errors(void **state)
   }
 }
 
+/* A perf sample record carrying a raw block_rq_complete record. */
+static size_t
+sample(const struct trace_layout *l, uint8_t *out, uint32_t dev,
+       uint64_t sector, uint32_t nr, const char *rwbs)
+{
+  unsigned char raw[64];
+  uint32_t raw_size = 44; /* the kernel pads size + raw to 8 bytes */
+  struct perf_event_header h = { PERF_RECORD_SAMPLE, 0, 0 };
+
+  build(l, raw, dev, sector, nr, 0, rwbs);
+  h.size = (uint16_t)(sizeof h + 4 + raw_size);
+  memcpy(out, &h, sizeof h);
+  memcpy(out + sizeof h, &raw_size, 4);
+  memcpy(out + sizeof h + 4, raw, raw_size);
+  return h.size;
+}
+
+/* Records written into a 256-byte ring at free-running positions, so they
+ * wrap (one across the end of its header): every one comes out whole, in
+ * order, then the ring is empty. */
+static void
+test_ring_wraps(void **state)
+{
+  struct trace_layout l;
+  uint8_t ring[256], rec[64], scratch[64];
+  const uint8_t *r;
+  size_t n, rl;
+  uint64_t head, tail, start;
+  char err[256];
+  struct trace_change c;
+  uint64_t lost;
+  unsigned i, k;
+  (void)state;
+
+  assert_int_equal(trace_layout_parse(fmt_new, sizeof fmt_new - 1, &l, err,
+                                      sizeof err), 0);
+  for (start = 0; start < 512; start += 4) {
+    head = tail = start;
+    /* Two samples (56 bytes each) and a LOST record (24 bytes). */
+    for (i = 0; i < 3; i++) {
+      if (i < 2) {
+        n = sample(&l, rec, trace_kdev(7, 0), 8 * (i + 1), 8, "WS");
+      } else {
+        struct perf_event_header h = { PERF_RECORD_LOST, 0, 24 };
+        uint64_t id = 1, cnt = 42;
+        memcpy(rec, &h, 8);
+        memcpy(rec + 8, &id, 8);
+        memcpy(rec + 16, &cnt, 8);
+        n = 24;
+      }
+      for (k = 0; k < n; k++)
+        ring[(head + k) % sizeof ring] = rec[k];
+      head += n;
+    }
+    for (i = 0; i < 3; i++) {
+      assert_int_equal(trace_ring_next(ring, sizeof ring, head, &tail, scratch,
+                                       sizeof scratch, &r, &rl), 1);
+      if (i < 2) {
+        assert_int_equal(rl, 56);
+        assert_int_equal(trace_perf_record(&l, r, rl, &c, &lost),
+                         TRACE_REC_CHANGE);
+        assert_int_equal(c.kind, TRACE_WRITE);
+        assert_int_equal(c.off, 8 * (i + 1) * 512);
+        assert_int_equal(c.len, 4096);
+      } else {
+        assert_int_equal(trace_perf_record(&l, r, rl, &c, &lost),
+                         TRACE_REC_LOST);
+        assert_int_equal(lost, 42);
+      }
+    }
+    assert_int_equal(tail, head);
+    assert_int_equal(trace_ring_next(ring, sizeof ring, head, &tail, scratch,
+                                     sizeof scratch, &r, &rl), 0);
+  }
+}
+
+/* An inconsistent ring is refused, never read past. */
+static void
+test_ring_inconsistent(void **state)
+{
+  uint8_t ring[64] = { 0 }, scratch[16];
+  const uint8_t *r;
+  size_t rl;
+  uint64_t tail = 0;
+  struct perf_event_header h = { PERF_RECORD_SAMPLE, 0, 4 };
+  (void)state;
+
+  memcpy(ring, &h, sizeof h);                  /* shorter than a header */
+  assert_int_equal(trace_ring_next(ring, 64, 32, &tail, scratch,
+                                   sizeof scratch, &r, &rl), -1);
+  h.size = 40;                                 /* past head */
+  memcpy(ring, &h, sizeof h);
+  assert_int_equal(trace_ring_next(ring, 64, 32, &tail, scratch,
+                                   sizeof scratch, &r, &rl), -1);
+  assert_int_equal(trace_ring_next(ring, 64, 200, &tail, scratch,
+                                   sizeof scratch, &r, &rl), -1); /* > size */
+  tail = 48;                                   /* wraps, scratch too small */
+  h.size = 32;
+  memcpy(ring + 48, &h, sizeof h);
+  assert_int_equal(trace_ring_next(ring, 64, 80, &tail, scratch,
+                                   sizeof scratch, &r, &rl), -1);
+  assert_int_equal(tail, 48);
+  assert_int_equal(trace_ring_next(ring, 48, 80, &tail, scratch,
+                                   sizeof scratch, &r, &rl), -1); /* not 2^n */
+}
+
+/* A sample whose raw size runs past the record, or too short a LOST. */
+static void
+test_perf_record_bad(void **state)
+{
+  struct trace_layout l;
+  uint8_t rec[64];
+  struct trace_change c;
+  uint64_t lost;
+  uint32_t big = 1000;
+  char err[256];
+  size_t n;
+  struct perf_event_header h = { PERF_RECORD_LOST, 0, 16 };
+  (void)state;
+
+  assert_int_equal(trace_layout_parse(fmt_new, sizeof fmt_new - 1, &l, err,
+                                      sizeof err), 0);
+  n = sample(&l, rec, 1, 0, 8, "W");
+  memcpy(rec + 8, &big, 4);
+  assert_int_equal(trace_perf_record(&l, rec, n, &c, &lost), TRACE_REC_BAD);
+  memcpy(rec, &h, 8);
+  assert_int_equal(trace_perf_record(&l, rec, 16, &c, &lost), TRACE_REC_BAD);
+  h.type = PERF_RECORD_MMAP;
+  memcpy(rec, &h, 8);
+  assert_int_equal(trace_perf_record(&l, rec, 16, &c, &lost), TRACE_REC_OTHER);
+}
+
 int
 main(void)
 {
@@ -208,6 +342,9 @@ main(void)
     cmocka_unit_test(test_wrong_format_refused),
     cmocka_unit_test(test_rwbs),
     cmocka_unit_test(test_ranges_and_errors),
+    cmocka_unit_test(test_ring_wraps),
+    cmocka_unit_test(test_ring_inconsistent),
+    cmocka_unit_test(test_perf_record_bad),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
