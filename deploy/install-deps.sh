@@ -10,7 +10,7 @@ packages=(
     # build
     build-essential cmake pkg-config git ca-certificates
     libaio-dev libssl-dev libevent-dev libprotobuf-c-dev protobuf-c-compiler
-    libxxhash-dev libzstd-dev libtraceevent-dev
+    libxxhash-dev libzstd-dev libtraceevent-dev libtracefs-dev
     # unit tests, fuzzing, sanitizers
     libcmocka-dev clang libclang-rt-14-dev
     # integration tests and demo: NBD clients and tools

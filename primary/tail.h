@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <event2/event.h>
+
 /* ---- trace-decode.c: tracepoint records to changed ranges, no I/O ----
  *
  * The layout of block:block_rq_complete differs between kernels (fields
@@ -77,5 +79,102 @@ enum trace_rec {
 enum trace_rec trace_perf_record(const struct trace_layout *l,
                                  const uint8_t *rec, size_t len,
                                  struct trace_change *c, uint64_t *lost);
+
+/* ---- trace-perf.c: change capture from the block tracepoints ---- */
+struct trace_device {
+  unsigned major, minor;        /* the device tailed */
+  unsigned disk_major, disk_minor; /* its disk (itself, or a partition's) */
+  uint64_t start;               /* bytes: where it starts on the disk */
+  uint64_t size;                /* bytes */
+};
+/* The device behind path: a block device, request-based; 0 or -1 with a
+ * message saying what to do instead. */
+int trace_device_resolve(const char *path, struct trace_device *d,
+                         char *err, size_t errlen);
+
+struct trace_capture_config {
+  const char *path;             /* for messages */
+  struct trace_device dev;
+  unsigned ring_pages;          /* per CPU, a power of two */
+  unsigned poll_ms;             /* drain at least this often */
+};
+struct trace_capture_events {
+  /* A write, discard or write-zeroes completed on [off, off+len) of the
+   * device (bytes from its start). */
+  void (*changed)(void *arg, uint64_t off, uint64_t len);
+  /* n records were lost: some change is unknown. */
+  void (*lost)(void *arg, uint64_t n);
+  void *arg;
+};
+struct trace_capture_counters {
+  uint64_t records;             /* decoded, any device */
+  uint64_t changes, bytes_changed; /* of this device's volume */
+  uint64_t flushes;
+  uint64_t lost;                /* records lost (overruns, bad records) */
+  uint64_t bad;
+  uint64_t drains;
+};
+struct trace_capture;
+/* Attach to the tracepoint on every CPU (the rings are drained on the
+ * loop).  NULL with the reason in err. */
+struct trace_capture *trace_capture_open(struct event_base *base,
+                                         const struct trace_capture_config *cfg,
+                                         const struct trace_capture_events *ev,
+                                         char *err, size_t errlen);
+/* Deliver every record in the rings now (a consistency point: after
+ * FIFREEZE returned, every write before it is in the rings). */
+void trace_capture_drain(struct trace_capture *tc);
+void trace_capture_close(struct trace_capture *tc);
+void trace_capture_get_counters(const struct trace_capture *tc,
+                                struct trace_capture_counters *c);
+
+/* ---- point.c: consistency points, the state machine (no I/O) ----
+ *
+ * The driver (tail.c) performs each action and reports its outcome with
+ * point_event, which returns the next action. */
+enum point_state {
+  POINT_IDLE, POINT_PRE_HOOK, POINT_FREEZING, POINT_DRAINING, POINT_MARKING,
+  POINT_THAWING, POINT_POST_HOOK, POINT_DONE, POINT_FAILED,
+};
+enum point_action {
+  POINT_ACT_NONE,               /* wait for the outcome of the last one */
+  POINT_ACT_PRE_HOOK,           /* run --pre-hook */
+  POINT_ACT_FREEZE,             /* FIFREEZE the mount point */
+  POINT_ACT_DRAIN,              /* drain the trace, wait until every
+                                   captured change is on the secondary */
+  POINT_ACT_MARK,               /* place the snapshot marker */
+  POINT_ACT_THAW,               /* FITHAW */
+  POINT_ACT_POST_HOOK,          /* run --post-hook */
+  POINT_ACT_FINISH,             /* report the result (state DONE/FAILED) */
+};
+enum point_event {
+  POINT_EV_PRE_HOOK_DONE, POINT_EV_FROZEN, POINT_EV_DRAINED,
+  POINT_EV_MARKED, POINT_EV_THAWED, POINT_EV_POST_HOOK_DONE,
+  POINT_EV_ABORT,               /* time limit, link lost, agent stopping */
+};
+struct point_config {
+  bool freeze;                  /* a mount point to freeze */
+  const char *pre_hook, *post_hook; /* or NULL */
+};
+struct point {
+  struct point_config cfg;
+  enum point_state state;
+  enum point_action action;     /* the last one returned */
+  bool pre_hook_ran;            /* succeeded: its post-hook must run */
+  bool frozen;                  /* frozen and not thawed */
+  bool thaw_sent, thaw_failed, post_hook_sent;
+  bool marked;                  /* the snapshot was taken */
+  bool failed;
+  char error[256];              /* the first failure */
+};
+/* Begin a point: pt->action is the first action. */
+void point_start(struct point *pt, const struct point_config *cfg);
+/* An outcome (ok, or !ok with why) of the current step, or an abort;
+ * events that do not belong to the current state are ignored.  Returns
+ * the next action. */
+enum point_action point_event(struct point *pt, enum point_event ev, bool ok,
+                              const char *why);
+bool point_finished(const struct point *pt);
+const char *point_state_name(enum point_state s);
 
 #endif
