@@ -80,11 +80,12 @@ bdev_writeback(struct bdev *b, char *err, size_t errlen)
   return 0;
 }
 
-int
-bdev_open(const char *path, uint64_t create_size, struct bdev *out,
-          char *err, size_t errlen)
+static int
+bdev_open_mode(const char *path, uint64_t create_size, bool readonly,
+               struct bdev *out, char *err, size_t errlen)
 {
   struct stat st;
+  int mode = readonly ? O_RDONLY : O_RDWR;
   int fd;
 
   memset(out, 0, sizeof *out);
@@ -98,12 +99,12 @@ bdev_open(const char *path, uint64_t create_size, struct bdev *out,
     return -1;
 
   out->direct = true;
-  fd = open(path, O_RDWR | O_DIRECT | O_CLOEXEC);
+  fd = open(path, mode | O_DIRECT | O_CLOEXEC);
   if (fd == -1 && errno == EINVAL) {
     log_info("volume %s: the file system does not support O_DIRECT; using "
              "buffered I/O", path);
     out->direct = false;
-    fd = open(path, O_RDWR | O_CLOEXEC);
+    fd = open(path, mode | O_CLOEXEC);
   }
   if (fd == -1) {
     snprintf(err, errlen, "volume %s: cannot open: %m", path);
@@ -150,7 +151,9 @@ bdev_open(const char *path, uint64_t create_size, struct bdev *out,
              "%u bytes", path, out->size, BDEV_ALIGN);
     goto err;
   }
-  if (out->direct && bdev_writeback(out, err, errlen) == -1)
+  /* Read-only (tail capture): whatever writes the device writes it back
+   * itself, and reads see each write once it has completed. */
+  if (out->direct && !readonly && bdev_writeback(out, err, errlen) == -1)
     goto err;
   return 0;
 
@@ -158,6 +161,20 @@ err:
   close(fd);
   out->fd = -1;
   return -1;
+}
+
+int
+bdev_open(const char *path, uint64_t create_size, struct bdev *out,
+          char *err, size_t errlen)
+{
+  return bdev_open_mode(path, create_size, false, out, err, errlen);
+}
+
+int
+bdev_open_readonly(const char *path, struct bdev *out, char *err,
+                   size_t errlen)
+{
+  return bdev_open_mode(path, 0, true, out, err, errlen);
 }
 
 void

@@ -27,6 +27,9 @@ struct bdev {
  * "volume PATH: ..." in err. */
 int bdev_open(const char *path, uint64_t create_size, struct bdev *out,
               char *err, size_t errlen);
+/* Open for reading only (a device that others write: tail capture). */
+int bdev_open_readonly(const char *path, struct bdev *out, char *err,
+                       size_t errlen);
 void bdev_close(struct bdev *b);
 
 /* Make [off, off+len) read as zeroes, synchronously: punch=true deallocates

@@ -14,6 +14,8 @@ enum {
   OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA, OPT_PEER_NAME, OPT_CONTROL,
   OPT_PIDFILE, OPT_FOREGROUND, OPT_PEER_TIMEOUT, OPT_BITMAP_GRAIN,
   OPT_ON_CONGESTION, OPT_RESYNC_CHECKSUMS, OPT_CONNECT_INTERVAL, OPT_LISTEN,
+  OPT_CAPTURE, OPT_TRACE_BUFFER, OPT_FREEZE, OPT_FREEZE_TIMEOUT,
+  OPT_SNAPSHOT_EVERY, OPT_PRE_HOOK, OPT_POST_HOOK,
 };
 
 static const struct option config_options[] = {
@@ -36,6 +38,13 @@ static const struct option config_options[] = {
   { "bitmap-grain", required_argument, NULL, OPT_BITMAP_GRAIN },
   { "on-congestion", required_argument, NULL, OPT_ON_CONGESTION },
   { "resync-checksums", no_argument, NULL, OPT_RESYNC_CHECKSUMS },
+  { "capture", required_argument, NULL, OPT_CAPTURE },
+  { "trace-buffer", required_argument, NULL, OPT_TRACE_BUFFER },
+  { "freeze", required_argument, NULL, OPT_FREEZE },
+  { "freeze-timeout", required_argument, NULL, OPT_FREEZE_TIMEOUT },
+  { "snapshot-every", required_argument, NULL, OPT_SNAPSHOT_EVERY },
+  { "pre-hook", required_argument, NULL, OPT_PRE_HOOK },
+  { "post-hook", required_argument, NULL, OPT_POST_HOOK },
   { "verbose", no_argument, NULL, 'v' },
   { "help", no_argument, NULL, 'h' },
   { "version", no_argument, NULL, 'V' },
@@ -48,6 +57,11 @@ config_usage(FILE *out)
   fprintf(out,
 "Usage: duplex-primary --volume PATH --meta PATH --nbd unix:PATH|HOST:PORT\n"
 "                      --peer HOST:PORT|--listen HOST:PORT\n"
+"   or: duplex-primary --capture tail --volume /dev/DEVICE --meta PATH\n"
+"                      --peer HOST:PORT|--listen HOST:PORT [--mode async]\n"
+"                      [--snapshot-every SECONDS [--freeze MOUNTPOINT]]\n"
+"                      [--pre-hook CMD] [--post-hook CMD]\n"
+"                      [--freeze-timeout SECONDS] [--trace-buffer SIZE]\n"
 "                      --mode sync|async [--async-buffer SIZE]\n"
 "                      --tls-cert PEM --tls-key PEM --tls-ca PEM --peer-name NAME\n"
 "                      [--on-congestion block|pull-ahead]\n"
@@ -92,6 +106,32 @@ config_usage(FILE *out)
 "  --resync-checksums   resync: the secondary hashes its blocks first and\n"
 "                       only blocks whose hash differs are sent (less\n"
 "                       traffic, one round trip per chunk)\n"
+"\n"
+"Tail capture (--capture tail): replicate a block device that applications\n"
+"write directly (no --nbd, nothing to re-point, no kernel module).  The\n"
+"block layer's tracepoint block_rq_complete says which ranges completed\n"
+"writes, discards or write-zeroes; they go into the bitmap and are read back\n"
+"from the device and sent.  At start, after a crash or when trace records\n"
+"were lost, the whole device is compared with the secondary by checksums and\n"
+"only differing blocks travel.  Asynchronous by nature (--mode async):\n"
+"between consistency points the replica is as fresh as possible, not\n"
+"write-ordered; snapshots taken at points are crash-consistent.\n"
+"  --capture nbd|tail   nbd (default): serve the volume over NBD; tail:\n"
+"                       tail --volume, a block device (a loop device counts)\n"
+"  --trace-buffer SIZE  tail: trace ring per CPU, a power of two of pages\n"
+"                       (default 1M); an overrun makes the agent compare\n"
+"                       the whole device\n"
+"  --snapshot-every SECS  tail: a consistency point (and a snapshot on the\n"
+"                       secondary) every SECS seconds\n"
+"  --freeze MOUNTPOINT  tail: freeze this file system (FIFREEZE) at each\n"
+"                       point of --snapshot-every, drain every captured\n"
+"                       change, place the snapshot, thaw (FITHAW)\n"
+"  --freeze-timeout SECS  thaw after this long whatever happens (default\n"
+"                       10); a watchdog process also thaws if the agent dies\n"
+"  --pre-hook CMD, --post-hook CMD\n"
+"                       tail: run with /bin/sh -c before and after each\n"
+"                       point (e.g. a database's lock and unlock); a failing\n"
+"                       hook aborts the point, the file system is thawed\n"
 "  --tls-cert PEM       this agent's certificate (chain)\n"
 "  --tls-key PEM        its private key\n"
 "  --tls-ca PEM         CA the secondary's certificate must chain to\n"
@@ -129,6 +169,8 @@ config_parse(int argc, char **argv, struct config *cfg, char *err,
   cfg->peer_timeout_ms = 10000;
   cfg->connect_interval_ms = 500;
   cfg->bitmap_grain = 4096;
+  cfg->trace_buffer_pages = 256;
+  cfg->freeze_timeout_ms = 10000;
   optind = 1;
   opterr = 0;
 
@@ -235,6 +277,52 @@ config_parse(int argc, char **argv, struct config *cfg, char *err,
       }
       break;
     case OPT_RESYNC_CHECKSUMS: cfg->resync_checksums = true; break;
+    case OPT_CAPTURE:
+      if (strcmp(optarg, "nbd") == 0)
+        cfg->capture = CAPTURE_NBD;
+      else if (strcmp(optarg, "tail") == 0)
+        cfg->capture = CAPTURE_TAIL;
+      else {
+        snprintf(err, errlen, "--capture %s: must be nbd or tail", optarg);
+        return -1;
+      }
+      break;
+    case OPT_TRACE_BUFFER: {
+      uint64_t b;
+      if (util_parse_size(optarg, &b, sub, sizeof sub) == -1) {
+        snprintf(err, errlen, "--trace-buffer %s: %s", optarg, sub);
+        return -1;
+      }
+      if (b < 4096 || b > (256u << 20) || (b & (b - 1))) {
+        snprintf(err, errlen, "--trace-buffer %s: must be a power of two "
+                 "from 4K to 256M", optarg);
+        return -1;
+      }
+      cfg->trace_buffer_pages = (unsigned)(b / 4096);
+      break;
+    }
+    case OPT_FREEZE: cfg->freeze = optarg; break;
+    case OPT_PRE_HOOK: cfg->pre_hook = optarg; break;
+    case OPT_POST_HOOK: cfg->post_hook = optarg; break;
+    case OPT_FREEZE_TIMEOUT:
+    case OPT_SNAPSHOT_EVERY: {
+      const char *flag = c == OPT_FREEZE_TIMEOUT ? "--freeze-timeout"
+                                                 : "--snapshot-every";
+      char *end;
+      unsigned long v;
+      errno = 0;
+      v = strtoul(optarg, &end, 10);
+      if (errno || end == optarg || *end || v < 1 || v > 86400) {
+        snprintf(err, errlen, "%s %s: must be 1..86400 seconds", flag,
+                 optarg);
+        return -1;
+      }
+      if (c == OPT_FREEZE_TIMEOUT)
+        cfg->freeze_timeout_ms = (unsigned)v * 1000;
+      else
+        cfg->snapshot_every_ms = (unsigned)v * 1000;
+      break;
+    }
     case OPT_TLS_CERT: cfg->tls.cert = optarg; break;
     case OPT_TLS_KEY: cfg->tls.key = optarg; break;
     case OPT_TLS_CA: cfg->tls.ca = optarg; break;
@@ -267,8 +355,17 @@ config_parse(int argc, char **argv, struct config *cfg, char *err,
   }
   REQUIRE(cfg->volume, "--volume");
   REQUIRE(cfg->meta, "--meta");
-  REQUIRE(cfg->n_nbd > 0, "--nbd");
+  if (cfg->capture == CAPTURE_TAIL && cfg->n_nbd > 0) {
+    snprintf(err, errlen, "--nbd: not with --capture tail (applications "
+             "keep writing the device directly)");
+    return -1;
+  }
+  if (cfg->capture == CAPTURE_NBD) {
+    REQUIRE(cfg->n_nbd > 0, "--nbd");
+  }
   REQUIRE(have_peer, "--peer (or --listen)");
+  if (cfg->capture == CAPTURE_TAIL && !cfg->mode)
+    cfg->mode = REPL_ASYNC; /* the only mode tail capture has */
   REQUIRE(cfg->mode, "--mode");
   REQUIRE(cfg->tls.cert, "--tls-cert");
   REQUIRE(cfg->tls.key, "--tls-key");
@@ -276,6 +373,28 @@ config_parse(int argc, char **argv, struct config *cfg, char *err,
   REQUIRE(cfg->tls.peer_name && *cfg->tls.peer_name, "--peer-name");
 #undef REQUIRE
 
+  if (cfg->capture == CAPTURE_TAIL && cfg->mode == REPL_SYNC) {
+    snprintf(err, errlen, "--mode sync: not with --capture tail: the "
+             "applications' writes complete on the device before the trace "
+             "reports them, so they cannot wait for the secondary; use "
+             "--mode async (consistency points give crash-consistent "
+             "snapshots), or --capture nbd for synchronous replication");
+    return -1;
+  }
+  if (cfg->capture == CAPTURE_NBD &&
+      (cfg->freeze || cfg->snapshot_every_ms || cfg->pre_hook ||
+       cfg->post_hook)) {
+    snprintf(err, errlen, "%s: only with --capture tail",
+             cfg->freeze ? "--freeze" : cfg->snapshot_every_ms
+             ? "--snapshot-every" : cfg->pre_hook ? "--pre-hook"
+             : "--post-hook");
+    return -1;
+  }
+  if (cfg->freeze && !cfg->snapshot_every_ms) {
+    snprintf(err, errlen, "--freeze %s: needs --snapshot-every (or use "
+             "duplexctl snapshot create --freeze)", cfg->freeze);
+    return -1;
+  }
   if (cfg->pull_ahead && cfg->mode != REPL_ASYNC) {
     snprintf(err, errlen, "--on-congestion pull-ahead: needs --mode async "
              "(sync mode never buffers)");

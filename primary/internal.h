@@ -26,6 +26,7 @@
 #define RESYNC_CHUNK (1024u * 1024)
 
 enum repl_mode { REPL_SYNC = 1, REPL_ASYNC = 2 };
+enum capture_mode { CAPTURE_NBD = 0, CAPTURE_TAIL = 1 };
 
 /* ---- config.c: command line, no I/O ---- */
 struct config {
@@ -41,6 +42,12 @@ struct config {
   unsigned connect_interval_ms; /* longest wait between connect attempts */
   bool pull_ahead;              /* --on-congestion pull-ahead */
   bool resync_checksums;        /* --resync-checksums */
+  enum capture_mode capture;    /* --capture */
+  unsigned trace_buffer_pages;  /* --trace-buffer, per CPU */
+  const char *freeze;           /* --freeze MOUNTPOINT (--snapshot-every) */
+  unsigned freeze_timeout_ms;   /* --freeze-timeout */
+  unsigned snapshot_every_ms;   /* --snapshot-every, 0: none */
+  const char *pre_hook, *post_hook; /* around each consistency point */
   uint32_t bitmap_grain;
   struct tls_config tls;
   const char *control;

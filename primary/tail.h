@@ -177,4 +177,32 @@ enum point_action point_event(struct point *pt, enum point_event ev, bool ok,
 bool point_finished(const struct point *pt);
 const char *point_state_name(enum point_state s);
 
+/* ---- freeze.c: FIFREEZE held by a watchdog process ---- */
+struct freezer;
+/* what: 'F' frozen, 'T' thawed as asked (or here, the watchdog having
+ * died), 'X' thawed by the watchdog at its time limit; err: 0 or errno. */
+typedef void (*freezer_fn)(void *arg, char what, int err);
+/* Fork the watchdog, which freezes path and reports 'F'.  NULL with err
+ * if it could not be started. */
+struct freezer *freezer_start(struct event_base *base, const char *path,
+                              unsigned timeout_ms, freezer_fn fn, void *arg,
+                              char *err, size_t errlen);
+/* Ask for the thaw ('T' follows; nothing if thawed already). */
+void freezer_thaw(struct freezer *f);
+bool freezer_thawed(const struct freezer *f);
+/* Close the watchdog's socket (it thaws if still frozen) and reap it. */
+void freezer_free(struct freezer *f);
+
+/* ---- hook.c: --pre-hook / --post-hook ---- */
+#define HOOK_TIMED_OUT (-1000)
+struct hook;
+/* status: the exit code, -SIGNAL if killed, HOOK_TIMED_OUT; output: what
+ * it printed (the first 1 KiB). */
+typedef void (*hook_fn)(void *arg, int status, const char *output);
+struct hook *hook_run(struct event_base *base, const char *cmd,
+                      unsigned timeout_ms, hook_fn fn, void *arg, char *err,
+                      size_t errlen);
+/* Kill it (its process group) if it still runs, and free it. */
+void hook_free(struct hook *h);
+
 #endif

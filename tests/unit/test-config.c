@@ -103,6 +103,46 @@ test_errors_name_the_flag(void **state)
                "--tls-cert /nonexistent.pem");
 }
 
+#define TAIL_ARGS                                                              \
+  "duplex-primary", "--capture", "tail", "--volume", "/dev/loop0", "--meta",  \
+      "/m", "--peer", "127.0.0.1:7789", "--tls-cert", pem, "--tls-key", pem,   \
+      "--tls-ca", pem, "--peer-name", "sec"
+
+static void
+test_tail_capture(void **state)
+{
+  char *ok[] = { TAIL_ARGS, "--snapshot-every", "5", "--freeze", "/mnt",
+                 "--trace-buffer", "64K", "--pre-hook", "true", NULL };
+  char *sync[] = { TAIL_ARGS, "--mode", "sync", NULL };
+  char *nbd[] = { TAIL_ARGS, "--nbd", "unix:/tmp/s", NULL };
+  char *freeze_alone[] = { TAIL_ARGS, "--freeze", "/mnt", NULL };
+  char *buf[] = { TAIL_ARGS, "--trace-buffer", "12K", NULL };
+  char *hook_nbd[] = { BASE_ARGS, "--mode", "async", "--pre-hook", "x",
+                       NULL };
+  char *bad[] = { TAIL_ARGS, "--capture", "ebpf", NULL };
+  struct config cfg;
+  char err[256];
+  (void)state;
+
+  assert_int_equal(config_parse((int)ARRAY_SIZE(ok) - 1, ok, &cfg, err,
+                                sizeof err), 0);
+  assert_int_equal(cfg.capture, CAPTURE_TAIL);
+  assert_int_equal(cfg.mode, REPL_ASYNC); /* implied */
+  assert_int_equal(cfg.n_nbd, 0);
+  assert_int_equal(cfg.snapshot_every_ms, 5000);
+  assert_int_equal(cfg.freeze_timeout_ms, 10000);
+  assert_int_equal(cfg.trace_buffer_pages, 16);
+  assert_string_equal(cfg.freeze, "/mnt");
+  assert_string_equal(cfg.pre_hook, "true");
+  expect_error(sync, (int)ARRAY_SIZE(sync) - 1, "--mode sync");
+  expect_error(nbd, (int)ARRAY_SIZE(nbd) - 1, "--nbd");
+  expect_error(freeze_alone, (int)ARRAY_SIZE(freeze_alone) - 1,
+               "--snapshot-every");
+  expect_error(buf, (int)ARRAY_SIZE(buf) - 1, "power of two");
+  expect_error(hook_nbd, (int)ARRAY_SIZE(hook_nbd) - 1, "--capture tail");
+  expect_error(bad, (int)ARRAY_SIZE(bad) - 1, "--capture ebpf");
+}
+
 int
 main(void)
 {
@@ -110,6 +150,7 @@ main(void)
     cmocka_unit_test(test_minimal_ok),
     cmocka_unit_test(test_async_buffer),
     cmocka_unit_test(test_errors_name_the_flag),
+    cmocka_unit_test(test_tail_capture),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
