@@ -66,6 +66,7 @@ struct repl;
 struct resync;
 struct verify;
 struct lockset;
+struct tail;
 
 struct stats {
   uint64_t writes_acked;        /* client writes/zeroes/trims answered ok */
@@ -102,6 +103,7 @@ struct primary {
   struct restore *restore;      /* `duplexctl restore` (running or the
                                    last one), or NULL */
   struct control *control;      /* duplexctl's socket, or NULL */
+  struct tail *tail;            /* --capture tail, or NULL */
   bool stopping;
   char meta_error[512];         /* why the last superblock write failed;
                                    "" once one succeeds again */
@@ -366,6 +368,11 @@ void resync_unconfirm(struct resync *rs);
 /* The secondary acknowledged an in-sync SYNC_STATE carrying our
  * generation (sent by the resync, or by a restore that finished). */
 void resync_in_sync_acked(struct resync *rs);
+/* Nothing is marked and no run is active: tell the secondary now that it
+ * holds our generation (a consistency point of tail capture; the resync
+ * itself does so when a run completes unless held).  0, or -1 if not
+ * connected. */
+int resync_send_in_sync(struct resync *rs);
 struct resync_counters {
   uint64_t total_bytes, done_bytes;
   uint64_t data_bytes_sent, zero_bytes_sent;

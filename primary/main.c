@@ -12,6 +12,7 @@
 #include "daemon.h"
 #include "internal.h"
 #include "log.h"
+#include "tail.h"
 
 #define STOP_DEADLINE_MS 4000
 
@@ -133,6 +134,7 @@ main_link_lost(void *arg)
 
   resync_abort(p->resync);
   verify_link_lost(p->verify);
+  tail_link_lost(p);
 }
 
 static void
@@ -142,25 +144,32 @@ main_link_progress(void *arg)
 
   resync_kick(p->resync);
   vol_kick(p);
+  tail_progress(p);
 }
 
 /* What the resync asks of the agent. */
 static bool
 main_crash_recovery(void *arg)
 {
-  return ((struct primary *)arg)->crash_recovery;
+  struct primary *p = arg;
+  /* (tail_compare is asked at every start: it records the run's kind) */
+  return (p->tail && tail_compare(p)) || p->crash_recovery;
 }
 
 static void
 main_in_sync(void *arg)
 {
-  primary_in_sync(arg);
+  struct primary *p = arg;
+  primary_in_sync(p);
+  if (p->tail)
+    tail_in_sync(p);
 }
 
 static bool
 main_hold_in_sync(void *arg)
 {
-  return restore_running(arg);
+  struct primary *p = arg;
+  return restore_running(p) || (p->tail && tail_hold_in_sync(p));
 }
 
 /* Once a second: retire idle activity-log extents, flush bitmap pages. */
@@ -237,6 +246,8 @@ primary_stop(struct primary *p)
     p->nbd[i] = NULL;
   }
   p->n_nbd = 0;
+  /* A consistency point in progress is abandoned, its file system thawed. */
+  tail_stop(p);
   /* No new resync reads or replication from here; pending ops fail. */
   repl_shutdown(p->repl);
   stop_timer = event_new(p->base, -1, EV_PERSIST, main_stop_poll, p);
@@ -268,8 +279,16 @@ main(int argc, char **argv)
 
   daemon_start(p->cfg.foreground);
 
-  if (bdev_open(p->cfg.volume, 0, &p->vol, err, sizeof err) == -1)
+  /* Tail capture only reads the device others write. */
+  if ((p->cfg.capture == CAPTURE_TAIL
+           ? bdev_open_readonly(p->cfg.volume, &p->vol, err, sizeof err)
+           : bdev_open(p->cfg.volume, 0, &p->vol, err, sizeof err)) == -1)
     daemon_fail(2, "duplex-primary: --volume %s: %s", p->cfg.volume, err);
+  if (p->cfg.capture == CAPTURE_TAIL && !p->vol.is_blockdev)
+    daemon_fail(2, "duplex-primary: --capture tail --volume %s: not a block "
+                "device; tail capture traces a block device's requests (put "
+                "an image file on a loop device, or use --capture nbd)",
+                p->cfg.volume);
   main_open_meta(p);
 
   p->base = event_base_new();
@@ -310,6 +329,9 @@ main(int argc, char **argv)
     p->resync = resync_new(&env);
   }
   p->verify = verify_new(p);
+  if (p->cfg.capture == CAPTURE_TAIL &&
+      tail_start(p, err, sizeof err) == -1)
+    daemon_fail(2, "duplex-primary: --capture tail: %s", err);
   if (restore_resume(p, err, sizeof err) == -1)
     daemon_fail(2, "duplex-primary: %s; a restore of %s was interrupted "
                 "and cannot go on: the volume is partly restored. Move the "
@@ -343,8 +365,9 @@ main(int argc, char **argv)
   if (p->cfg.pidfile && util_write_pidfile(p->cfg.pidfile) == -1)
     daemon_fail(2, "duplex-primary: --pidfile %s: %s", p->cfg.pidfile,
                 strerror(errno));
-  log_info("primary: serving %s (%llu bytes) over NBD, replicating %s %s:%s "
-           "in %s mode", p->vol.path, (unsigned long long)p->vol.size,
+  log_info("primary: %s %s (%llu bytes)%s, replicating %s %s:%s "
+           "in %s mode", p->tail ? "tailing" : "serving", p->vol.path,
+           (unsigned long long)p->vol.size, p->tail ? "" : " over NBD",
            p->cfg.listen ? "to the secondary that dials" : "to",
            p->cfg.peer.host,
            p->cfg.listen ? main_port_text : p->cfg.peer.port,
@@ -364,6 +387,7 @@ main(int argc, char **argv)
   demote_free(p->demote);
   p->demote = NULL;
   restore_free(p);
+  tail_free(p);
   if (control)
     control_free(control);
   if (clean)

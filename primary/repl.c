@@ -530,6 +530,7 @@ repl_send_hello(struct repl *r)
   m.gen = &g;
   m.bitmap_grain = bitmap_grain(r->p->oos);
   m.peer_timeout_ms = r->p->cfg.peer_timeout_ms;
+  m.consistency_points = r->p->cfg.capture == CAPTURE_TAIL;
   repl_send_frame(r, FRAME_HELLO, &m.base);
 }
 

@@ -137,25 +137,34 @@ resync_compare(void *arg)
   return rs->env.checksums || rs->env.crash_recovery(rs->env.arg);
 }
 
+int
+resync_send_in_sync(struct resync *rs)
+{
+  struct repl_op *op = calloc(1, sizeof *op);
+
+  if (!op)
+    abort();
+  op->acked = sync_done_acked;
+  op->opaque = rs;
+  if (repl_send_sync_done(rs->env.repl, op, false) == -1) {
+    free(op);
+    return -1;
+  }
+  return 0;
+}
+
 /* Everything marked was sent and acknowledged: tell the secondary it holds
  * our generation (an acknowledged op). */
 static void
 resync_complete(void *arg)
 {
   struct resync *rs = arg;
-  struct repl_op *op;
 
   /* During a restore the replica is in sync only once the restore is
-   * done: restore.c says so then. */
+   * done: restore.c says so then; in tail mode only points say so. */
   if (rs->env.hold_in_sync(rs->env.arg))
     return;
-  op = calloc(1, sizeof *op);
-  if (!op)
-    abort();
-  op->acked = sync_done_acked;
-  op->opaque = rs;
-  if (repl_send_sync_done(rs->env.repl, op, false) == -1)
-    free(op);
+  (void)resync_send_in_sync(rs);
 }
 
 struct resync *

@@ -10,6 +10,7 @@
 #include "internal.h"
 
 #include "control.h"
+#include "tail.h"
 
 struct snapctl_op {
   struct repl_op op;            /* first: the ring holds &op */
@@ -51,19 +52,22 @@ snapctl_command(struct primary *p, int argc, char **argv,
                 struct evbuffer *out)
 {
   const char *name = "";
+  const char *freeze = NULL;
   struct snapctl_op *s;
   bool json = false;
 
   if (argc < 2 || strcmp(argv[1], "create") != 0) {
     evbuffer_add_printf(out, "usage: snapshot create [--name NAME] [--json]"
-                        " (snapshots live on the secondary: list, delete "
-                        "and export them with duplexctl on its control "
-                        "socket)\n");
+                        " [--freeze MOUNTPOINT] (snapshots live on the "
+                        "secondary: list, delete and export them with "
+                        "duplexctl on its control socket)\n");
     return -1;
   }
   for (int i = 2; i < argc; i++) {
     if (strcmp(argv[i], "--json") == 0) {
       json = true;
+    } else if (strcmp(argv[i], "--freeze") == 0 && i + 1 < argc) {
+      freeze = argv[++i];
     } else if (strcmp(argv[i], "--name") == 0 && i + 1 < argc) {
       name = argv[++i];
       if (strlen(name) > 255) {
@@ -73,10 +77,19 @@ snapctl_command(struct primary *p, int argc, char **argv,
       }
     } else {
       evbuffer_add_printf(out, "snapshot create: unexpected %s; usage: "
-                          "snapshot create [--name NAME] [--json]\n",
-                          argv[i]);
+                          "snapshot create [--name NAME] [--json] "
+                          "[--freeze MOUNTPOINT]\n", argv[i]);
       return -1;
     }
+  }
+  if (p->tail)
+    return tail_snapshot_command(p, freeze, name, json, out);
+  if (freeze) {
+    evbuffer_add_printf(out, "snapshot create --freeze: only with --capture "
+                        "tail (through NBD every answered write is in the "
+                        "stream in order: a snapshot is crash-consistent "
+                        "without a freeze)\n");
+    return -1;
   }
   if (!repl_connected(p->repl)) {
     evbuffer_add_printf(out, "snapshot not taken: the secondary is not "

@@ -5,6 +5,7 @@
 
 #include "internal.h"
 #include "json.h"
+#include "tail.h"
 
 struct status_view {
   const char *connection;
@@ -31,6 +32,17 @@ status_collect(struct primary *p, struct status_view *v)
      * the volume */
     v->sync = "restoring";
     restore_status(p, &v->oos_bytes, &v->done_percent);
+  } else if (p->tail && connected) {
+    /* in-sync: every change captured so far is on the secondary */
+    bool drained = dirty == 0 && !resync_active(p->resync);
+    v->sync = drained ? "in-sync"
+              : strncmp(tail_capture_state(p), "scanning", 8) == 0
+                  ? "scanning" : "catching-up";
+    v->oos_bytes = dirty;
+    v->done_percent = drained ? 100.0
+                      : v->rs.total_bytes
+                          ? 100.0 * v->rs.done_bytes / v->rs.total_bytes
+                          : 0.0;
   } else if (resync_active(p->resync)) {
     v->sync = v->rs.full ? "initial-sync" : "resyncing";
     v->oos_bytes = v->rs.total_bytes > v->rs.done_bytes
@@ -66,6 +78,12 @@ status_json(struct primary *p, struct evbuffer *out)
   json_str(&j, "volume_uuid", uuid);
   json_u64(&j, "size_bytes", p->vol.size);
   json_str(&j, "mode", p->cfg.mode == REPL_SYNC ? "sync" : "async");
+  if (p->tail)
+    tail_status_json(p, &j);
+  else {
+    json_str(&j, "capture_mode", "nbd");
+    json_str(&j, "consistency", "write-order");
+  }
   json_str(&j, "connection", v.connection);
   json_str(&j, "link_state", repl_link_state(p->repl));
   json_str(&j, "peer_name", p->cfg.tls.peer_name);
@@ -204,6 +222,8 @@ status_human(struct primary *p, struct evbuffer *out)
                       p->vol.path, size, link, v.sync,
                       v.done_percent, oos, lag, sent, recv,
                       p->stats.writes_acked);
+  if (p->tail)
+    tail_status_text(p, out);
   demote_status_text(p, out);
   restore_status_text(p, out);
   if (verify_state(p->verify) != VERIFY_IDLE)
@@ -241,6 +261,15 @@ status_control(void *opaque, int argc, char **argv, struct evbuffer *out)
   }
   if (argc >= 1 && strcmp(argv[0], "snapshot") == 0)
     return snapctl_command(p, argc, argv, out);
+  if (argc >= 1 && p->tail &&
+      (strcmp(argv[0], "demote") == 0 || strcmp(argv[0], "restore") == 0)) {
+    evbuffer_add_printf(out, "%s: not in tail capture mode: the "
+                        "applications write the device directly, so the "
+                        "agent can neither stop them (demote) nor write "
+                        "under them (restore); stop them, stop this agent "
+                        "and use --capture nbd for that\n", argv[0]);
+    return -1;
+  }
   if (argc >= 1 && strcmp(argv[0], "demote") == 0) {
     if (restore_running(p)) {
       evbuffer_add_printf(out, "demote: a restore is in progress; demote "

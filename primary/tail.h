@@ -104,6 +104,8 @@ struct trace_capture_events {
   void (*changed)(void *arg, uint64_t off, uint64_t len);
   /* n records were lost: some change is unknown. */
   void (*lost)(void *arg, uint64_t n);
+  /* The records read so far were delivered. */
+  void (*batch_done)(void *arg);
   void *arg;
 };
 struct trace_capture_counters {
@@ -204,5 +206,31 @@ struct hook *hook_run(struct event_base *base, const char *cmd,
                       size_t errlen);
 /* Kill it (its process group) if it still runs, and free it. */
 void hook_free(struct hook *h);
+
+/* ---- tail.c: tail capture in the agent ---- */
+struct primary;
+struct json;
+struct evbuffer;
+/* --capture tail: attach the trace, mark the whole device for comparison.
+ * 0 or -1 with the reason. */
+int tail_start(struct primary *p, char *err, size_t errlen);
+/* Detach (the agent stops); a point in progress is abandoned, thawed. */
+void tail_stop(struct primary *p);
+void tail_free(struct primary *p);
+/* The resync's questions in tail mode: compare hashes in this run? hold
+ * the in-sync report back (only points report it)? */
+bool tail_compare(struct primary *p);
+bool tail_hold_in_sync(struct primary *p);
+/* The secondary acknowledged an in-sync report. */
+void tail_in_sync(struct primary *p);
+/* Acknowledgements arrived: a draining point may go on. */
+void tail_progress(struct primary *p);
+void tail_link_lost(struct primary *p);
+/* duplexctl snapshot create [--freeze MOUNTPOINT] in tail mode. */
+int tail_snapshot_command(struct primary *p, const char *mountpoint,
+                          const char *name, bool json, struct evbuffer *out);
+const char *tail_capture_state(const struct primary *p);
+void tail_status_json(struct primary *p, struct json *j);
+void tail_status_text(struct primary *p, struct evbuffer *out);
 
 #endif

@@ -166,10 +166,13 @@ trace_decode(const struct trace_layout *l, const void *raw, size_t len,
   sector = read_num(p + l->sector.off, l->sector.size);
   nr = read_num(p + l->nr_sector.off, l->nr_sector.size);
   out->error = (int)(int32_t)read_num(p + l->error.off, l->error.size);
-  if (sector > UINT64_MAX / SECTOR - nr)
-    return -1;
-  out->off = sector * SECTOR;
-  out->len = nr * SECTOR;
+  /* A request without data (a flush) carries sector (sector_t)-1. */
+  if (nr > 0) {
+    if (sector > UINT64_MAX / SECTOR - nr)
+      return -1;
+    out->off = sector * SECTOR;
+    out->len = nr * SECTOR;
+  }
   decode_rwbs((const char *)p + l->rwbs.off, l->rwbs.size, out);
   if (out->kind == TRACE_FLUSH && out->len > 0)
     out->kind = TRACE_OTHER;  /* a flush with data is not a plain flush */

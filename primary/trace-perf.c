@@ -201,6 +201,14 @@ ring_drain(struct trace_ring *r)
       trace_lost(tc, lost, "the trace buffer overran");
       break;
     case TRACE_REC_BAD:
+      if (len >= 12) {
+        uint32_t rs;
+        memcpy(&rs, rec + 8, 4);
+        log_debug("primary: tail capture: undecodable record of %zu bytes, "
+                  "raw %u, sector %" PRIu64 " nr %u", len, rs,
+                  len >= 12 + 24 ? *(const uint64_t *)(rec + 12 + 16) : 0,
+                  len >= 12 + 28 ? *(const uint32_t *)(rec + 12 + 24) : 0);
+      }
       tc->ctr.bad++;
       trace_lost(tc, 1, "a record that does not decode");
       break;
@@ -223,14 +231,17 @@ trace_capture_drain(struct trace_capture *tc)
   tc->ctr.drains++;
   for (i = 0; i < tc->n_rings; i++)
     ring_drain(&tc->rings[i]);
+  tc->events.batch_done(tc->events.arg);
 }
 
 static void
 ring_readable(evutil_socket_t fd, short what, void *arg)
 {
+  struct trace_ring *r = arg;
   (void)fd;
   (void)what;
-  ring_drain(arg);
+  ring_drain(r);
+  r->tc->events.batch_done(r->tc->events.arg);
 }
 
 static void

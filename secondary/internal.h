@@ -78,6 +78,8 @@ enum sec_sync { SEC_SYNC_UNKNOWN, SEC_SYNC_INITIAL, SEC_SYNC_RESYNC,
 /* What status shows; updated by link.c and replica.c. */
 struct sec_status {
   int mode;                     /* Duplex__Mode from the last HELLO */
+  bool consistency_points;      /* tail capture: consistent only at points
+                                   (from the last HELLO) */
   enum sec_sync sync;
   uint64_t size_bytes;          /* the primary's volume size, from HELLO */
   uint64_t total_bytes, done_bytes, out_of_sync_bytes; /* last SYNC_STATE */

@@ -702,7 +702,9 @@ link_set_inconsistent(struct link *l, bool restoring)
    * resync target.  Taken at this point of the stream; the resync's
    * writes to its blocks wait until it is in the store.  A restore of the
    * primary took its own (before-restore) first. */
-  if (!restoring && snap_enabled(s->snap) &&
+  /* Tail capture's replica is consistent only at points, each with its
+   * own snapshot: a snapshot per cycle would only repeat them. */
+  if (!restoring && !s->st.consistency_points && snap_enabled(s->snap) &&
       snap_request(s->snap, SNAP_BEFORE_RESYNC, "before-resync", 0,
                    link_before_resync_done, NULL, err, sizeof err) == -1)
     log_warn("secondary: no snapshot before the resync: %s", err);
@@ -873,6 +875,7 @@ link_dispatch(struct link *l, const struct frame *f, char **memp)
       return -1;
     }
     link_adopt_timeout(l, f->m.hello->peer_timeout_ms);
+    l->s->st.consistency_points = f->m.hello->consistency_points;
     return hello_handle(l->s, l, f->m.hello);
   }
   if (l->refused && (f->type == FRAME_WRITE || f->type == FRAME_ZERO ||

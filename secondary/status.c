@@ -177,6 +177,10 @@ status_json(const struct secondary *s, const struct status_view *v,
   json_str(&j, "volume", replica_path(s->replica));
   json_u64(&j, "size_bytes", v->size_bytes);
   json_str(&j, "mode", v->mode);
+  /* write-order: every state of the replica is one the primary's volume
+   * had; points (tail capture): only at in-sync and snapshots. */
+  json_str(&j, "consistency", s->st.consistency_points ? "points"
+                                                       : "write-order");
   json_str(&j, "connection", v->connection);
   json_str(&j, "sync", v->sync);
   json_u64(&j, "out_of_sync_bytes",
@@ -307,6 +311,11 @@ status_human(const struct secondary *s, const struct status_view *v,
                         v->connection, s->listen_port);
   evbuffer_add_printf(out, "sync:        %s, %.1f%% done, %s out of sync\n",
                       v->sync, v->done_percent, oos);
+  if (st->consistency_points)
+    evbuffer_add_printf(out, "consistency: points (the primary tails its "
+                        "device: between snapshots of consistency points "
+                        "the replica is as fresh as possible, not "
+                        "write-ordered)\n");
   evbuffer_add_printf(out, "applied:     %s written, %s zeroed, %llu ops "
                       "acked, epoch %llu\n", applied, zeroed,
                       (unsigned long long)st->writes_acked,

@@ -164,7 +164,7 @@ test_rwbs(void **state)
       fail_msg("rwbs \"%s\" nr %u: kind %d preflush %d fua %d", w[i].rwbs,
                w[i].nr, c.kind, c.preflush, c.fua);
     assert_int_equal(c.dev, (7u << 20) | 3);
-    assert_int_equal(c.off, 100 * 512);
+    assert_int_equal(c.off, w[i].nr ? 100 * 512 : 0); /* no range */
     assert_int_equal(c.len, (uint64_t)w[i].nr * 512);
   }
 }
@@ -189,6 +189,11 @@ test_ranges_and_errors(void **state)
   assert_int_equal(c.off, (1ull << 40) * 512);
   assert_int_equal(c.len, 4096 * 512);
   assert_int_equal(c.dev, trace_kdev(259, 1048575));
+  /* A flush carries sector (sector_t)-1 and no length. */
+  n = build(&l, buf, 1, UINT64_MAX, 0, 0, "FF");
+  assert_int_equal(trace_decode(&l, buf, n, &c), 0);
+  assert_int_equal(c.kind, TRACE_FLUSH);
+  assert_int_equal(c.len, 0);
   /* Too short, a range past 2^64. */
   assert_int_equal(trace_decode(&l, buf, l.min_len - 1, &c), -1);
   n = build(&l, buf, 1, UINT64_MAX / 512, 1, 0, "W");
