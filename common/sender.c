@@ -32,7 +32,8 @@
 #include "sender.h"
 #include "util.h"
 
-#define SENDER_WINDOW (16u * 1024 * 1024) /* bytes read or unacknowledged */
+/* Default bytes read or unacknowledged (sender_env.window). */
+#define SENDER_WINDOW (16u * 1024 * 1024)
 /* Chunks in flight, a bound on their bookkeeping for scattered 4 KiB runs
  * (128 measured slower: the window is limited by acknowledgement latency). */
 #define SENDER_MAX_CHUNKS 4096
@@ -44,6 +45,7 @@
 #define SENDER_NO_PROBE (64u * 1024)
 struct sender {
   struct sender_env env;
+  uint64_t window;              /* env.window or SENDER_WINDOW */
   bool active;
   uint64_t gen;                 /* bumped by sender_abort */
   uint64_t cursor;
@@ -84,6 +86,7 @@ sender_new(const struct sender_env *env)
   if (!rs)
     abort();
   rs->env = *env;
+  rs->window = env->window ? MAX(env->window, env->chunk) : SENDER_WINDOW;
   return rs;
 }
 
@@ -507,7 +510,7 @@ sender_kick(struct sender *rs)
     return;
   rs->kicking = true;
   while (rs->active && p->tp.connected(p->tp.arg) &&
-         rs->window_bytes + rs->env.chunk <= SENDER_WINDOW &&
+         rs->window_bytes + rs->env.chunk <= rs->window &&
          rs->chunks < SENDER_MAX_CHUNKS && rs->locked < SENDER_MAX_LOCKED) {
     uint64_t off, len;
     if (!bitmap_next_run(p->todo, rs->cursor, rs->env.chunk, &off, &len)) {
@@ -537,7 +540,8 @@ sender_check_done(struct sender *rs)
   rs->ctr.ever_completed = true;
   rs->ctr.finished_ms = util_now_ms();
   ms = rs->ctr.finished_ms - rs->ctr.started_ms;
-  log_info("%s: %s complete: %" PRIu64 " bytes in %.1f s (%.1f MiB/s), "
+  log_msg(rs->env.quiet ? LOG_LVL_DEBUG : LOG_LVL_INFO,
+          "%s: %s complete: %" PRIu64 " bytes in %.1f s (%.1f MiB/s), "
            "%" PRIu64 " sent as data, %" PRIu64 " as zero ranges", rs->env.who,
            rs->ctr.full ? "initial sync" : "resync", rs->ctr.total_bytes,
            ms / 1000.0,
@@ -563,7 +567,8 @@ sender_begin(struct sender *rs, bool full)
   rs->ctr.zero_bytes_sent = 0;
   rs->ctr.started_ms = util_now_ms();
   rs->ctr.compared = p->compare && p->compare(p->arg);
-  log_info("%s: %s of %" PRIu64 " bytes to %s started", p->who,
+  log_msg(p->quiet ? LOG_LVL_DEBUG : LOG_LVL_INFO,
+          "%s: %s of %" PRIu64 " bytes to %s started", p->who,
            full ? "initial sync" : "resync", rs->ctr.total_bytes, p->peer);
   sender_report(rs, true);
   sender_kick(rs);
@@ -573,7 +578,8 @@ void
 sender_abort(struct sender *rs)
 {
   if (rs->active)
-    log_info("%s: resync interrupted at %" PRIu64 " of %" PRIu64 " bytes",
+    log_msg(rs->env.quiet ? LOG_LVL_DEBUG : LOG_LVL_INFO,
+            "%s: resync interrupted at %" PRIu64 " of %" PRIu64 " bytes",
              rs->env.who, rs->ctr.done_bytes, rs->ctr.total_bytes);
   rs->active = false;
   rs->gen++;

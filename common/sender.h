@@ -83,12 +83,16 @@ struct sender_env {
   struct sender_source src;
   struct sender_transport tp;
   uint64_t chunk;               /* largest read, a multiple of the grain */
+  uint64_t window;              /* bytes read or unacknowledged at most
+                                   (0: 16 MiB) */
   /* Compare hashes with the receiver first and send only differing
    * blocks (asked at each start; NULL: never). */
   bool (*compare)(void *arg);
   /* Everything marked was sent and acknowledged. */
   void (*complete)(void *arg);
   const char *who;              /* log prefix: "primary" */
+  bool quiet;                   /* runs come and go all the time (tail
+                                   capture): log them at debug level */
   const char *peer;             /* "the secondary" */
   void *arg;
 };

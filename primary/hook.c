@@ -1,5 +1,6 @@
 /* --pre-hook / --post-hook of a consistency point (tail.h): /bin/sh -c CMD
- * in its own process group, its output (the first 1 KiB) kept for the log,
+ * in its own process group, with DUPLEX_POINT set to the point's name (the
+ * snapshot's name on the secondary), its output (the first 1 KiB) kept for the log,
  * its exit seen through a pidfd on the event loop; killed, with its whole
  * group, at the time limit. */
 #include <errno.h>
@@ -97,8 +98,9 @@ hook_timeout(evutil_socket_t fd, short what, void *arg)
 }
 
 struct hook *
-hook_run(struct event_base *base, const char *cmd, unsigned timeout_ms,
-         hook_fn fn, void *arg, char *err, size_t errlen)
+hook_run(struct event_base *base, const char *cmd, const char *point,
+         unsigned timeout_ms, hook_fn fn, void *arg, char *err,
+         size_t errlen)
 {
   struct hook *h;
   int pipefd[2];
@@ -123,6 +125,7 @@ hook_run(struct event_base *base, const char *cmd, unsigned timeout_ms,
       dup2(devnull, 0);
     dup2(pipefd[1], 1);
     dup2(pipefd[1], 2);
+    setenv("DUPLEX_POINT", point, 1);
     execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
     _exit(127);
   }

@@ -344,6 +344,9 @@ struct resync_env {
   struct lockset *locks;        /* against concurrent writes to a range */
   struct repl *repl;            /* the link */
   bool checksums;               /* --resync-checksums: compare first */
+  bool quiet;                   /* tail capture: a run per burst of
+                                   changes, logged at debug level */
+  uint64_t window;              /* bytes in flight at most (0: default) */
   /* The last stop was unclean: compare hashes of the marked regions. */
   bool (*crash_recovery)(void *arg);
   /* The secondary adopted our generation (an in-sync SYNC_STATE was
@@ -351,6 +354,8 @@ struct resync_env {
   void (*in_sync)(void *arg);
   /* Something else reports in-sync (a restore runs): do not. */
   bool (*hold_in_sync)(void *arg);
+  /* A run sent everything marked (before any in-sync report). */
+  void (*run_done)(void *arg);
   void *arg;
 };
 struct resync *resync_new(const struct resync_env *env);

@@ -165,6 +165,14 @@ main_in_sync(void *arg)
     tail_in_sync(p);
 }
 
+static void
+main_run_done(void *arg)
+{
+  struct primary *p = arg;
+  if (p->tail)
+    tail_run_done(p);
+}
+
 static bool
 main_hold_in_sync(void *arg)
 {
@@ -321,9 +329,14 @@ main(int argc, char **argv)
       .locks = p->locks,
       .repl = p->repl,
       .checksums = p->cfg.resync_checksums,
+      .quiet = p->cfg.capture == CAPTURE_TAIL,
+      /* Tail capture sends everything through the resync: its window is
+       * the async buffer. */
+      .window = p->cfg.capture == CAPTURE_TAIL ? p->cfg.async_buffer : 0,
       .crash_recovery = main_crash_recovery,
       .in_sync = main_in_sync,
       .hold_in_sync = main_hold_in_sync,
+      .run_done = main_run_done,
       .arg = p,
     };
     p->resync = resync_new(&env);

@@ -130,11 +130,12 @@ sync_done_acked(struct repl_op *op, bool ok)
     resync_in_sync_acked(rs);
 }
 
+/* Asked by sender_begin, right after resync_begin asked the agent. */
 static bool
 resync_compare(void *arg)
 {
   struct resync *rs = arg;
-  return rs->env.checksums || rs->env.crash_recovery(rs->env.arg);
+  return rs->env.checksums || rs->crash_recovery;
 }
 
 int
@@ -160,6 +161,8 @@ resync_complete(void *arg)
 {
   struct resync *rs = arg;
 
+  if (rs->env.run_done)
+    rs->env.run_done(rs->env.arg);
   /* During a restore the replica is in sync only once the restore is
    * done: restore.c says so then; in tail mode only points say so. */
   if (rs->env.hold_in_sync(rs->env.arg))
@@ -182,9 +185,11 @@ resync_new(const struct resync_env *env)
       .progress = tp_progress,
     },
     .chunk = RESYNC_CHUNK,
+    .window = env->window,
     .compare = resync_compare,
     .complete = resync_complete,
     .who = "primary",
+    .quiet = env->quiet,
     .peer = "the secondary",
   };
 

@@ -36,19 +36,22 @@ struct tail {
   /* Compare the whole device: since start, or since records were lost. */
   bool scan;
   const char *scan_reason;      /* "start", "overrun" */
-  uint64_t scan_epoch;          /* bumped at each loss */
-  uint64_t run_epoch;           /* scan_epoch when the current run began */
-  bool run_compares;
+  bool run_compares;            /* the current run compares hashes */
   bool restart_run;             /* records lost during a run: begin anew */
   uint64_t lag_since_ms;        /* oldest change not yet on the secondary */
+  /* Bytes sent (data and zero ranges) by finished runs: by runs comparing
+   * hashes (what the scan found different), by runs of traced changes. */
+  uint64_t scan_sent, traced_sent;
+  bool had_run;
   uint64_t captured;            /* ranges delivered since start */
 
   /* The consistency point in progress (point_active), or the last one. */
   struct point pt;
   bool point_active;
   bool confirm_sent;            /* in-sync SYNC_STATE sent while draining */
-  const char *mountpoint;       /* this point's, or NULL */
-  char name[64];
+  const char *mountpoint;       /* this point's (mount_buf), or NULL */
+  char mount_buf[4096];
+  char name[256];
   struct freezer *fz;
   struct hook *hook;
   struct event *deadline;       /* the point's time limit */
@@ -102,7 +105,6 @@ tail_lost(void *arg, uint64_t n)
   bitmap_set_all(p->oos);
   t->scan = true;
   t->scan_reason = "overrun";
-  t->scan_epoch++;
   if (t->lag_since_ms == 0)
     t->lag_since_ms = util_now_ms();
   /* A run that does not compare would send the whole device. */
@@ -132,21 +134,52 @@ tail_batch_done(void *arg)
 
 /* ---- what the resync asks ---- */
 
+/* What the current run has sent so far. */
+static uint64_t
+tail_run_sent(const struct tail *t)
+{
+  struct resync_counters rc;
+  if (!t->had_run)
+    return 0;
+  resync_get_counters(t->p->resync, &rc);
+  return rc.data_bytes_sent + rc.zero_bytes_sent;
+}
+
 bool
 tail_compare(struct primary *p)
 {
   struct tail *t = p->tail;
-  /* Asked as each run begins. */
-  t->run_epoch = t->scan_epoch;
+  /* Asked as each run begins, before its counters are reset. */
+  if (t->run_compares)
+    t->scan_sent += tail_run_sent(t);
+  else
+    t->traced_sent += tail_run_sent(t);
+  t->had_run = true;
   t->run_compares = t->scan;
+  t->restart_run = false; /* this run compares if a loss asked for it */
   return t->scan;
 }
 
+/* Only a consistency point tells the secondary it is in sync. */
 bool
 tail_hold_in_sync(struct primary *p)
 {
+  (void)p;
+  return true;
+}
+
+void
+tail_run_done(struct primary *p)
+{
   struct tail *t = p->tail;
-  return !(t->point_active && t->pt.state == POINT_DRAINING);
+
+  /* A comparing run ends with the bitmap empty: it compared everything
+   * marked at a loss too (the bits were set while it ran). */
+  if (t->scan && t->run_compares) {
+    log_info("primary: tail capture of %s: the comparison of the whole "
+             "device (%s) is complete", p->vol.path, t->scan_reason);
+    t->scan = false;
+  }
 }
 
 void
@@ -154,11 +187,6 @@ tail_in_sync(struct primary *p)
 {
   struct tail *t = p->tail;
 
-  if (t->scan && t->run_compares && t->run_epoch == t->scan_epoch) {
-    log_info("primary: tail capture of %s: the comparison of the whole "
-             "device (%s) is complete", p->vol.path, t->scan_reason);
-    t->scan = false;
-  }
   if (t->point_active && t->pt.state == POINT_DRAINING && t->confirm_sent)
     tail_point_step(t, point_event(&t->pt, POINT_EV_DRAINED, true, NULL));
 }
@@ -283,7 +311,7 @@ tail_frozen(void *arg, char what, int err)
                strerror(err));
     } else {
       t->frozen_ms = util_now_ms();
-      log_info("primary: %s frozen in %" PRIu64 " ms", t->mountpoint,
+      log_debug("primary: %s frozen in %" PRIu64 " ms", t->mountpoint,
                t->frozen_ms - t->freeze_started_ms);
     }
     tail_point_step(t, point_event(&t->pt, POINT_EV_FROZEN, err == 0,
@@ -368,7 +396,7 @@ tail_point_step(struct tail *t, enum point_action a)
     const char *cmd = a == POINT_ACT_PRE_HOOK ? p->cfg.pre_hook
                                               : p->cfg.post_hook;
     hook_free(t->hook);
-    t->hook = hook_run(p->base, cmd, p->cfg.freeze_timeout_ms,
+    t->hook = hook_run(p->base, cmd, t->name, p->cfg.freeze_timeout_ms,
                        tail_hook_done, t, err, sizeof err);
     if (!t->hook)
       tail_point_step(t, point_event(&t->pt, a == POINT_ACT_PRE_HOOK
@@ -440,14 +468,23 @@ tail_point_start(struct tail *t, const char *mountpoint, const char *name,
              repl_link_state(p->repl));
     return -1;
   }
+  if (mountpoint && strlen(mountpoint) >= sizeof t->mount_buf) {
+    snprintf(err, errlen, "mount point path too long");
+    return -1;
+  }
   t->point_active = true;
-  t->mountpoint = mountpoint;
+  t->mountpoint = NULL;
+  if (mountpoint) {
+    /* (a command's arguments do not outlive it) */
+    snprintf(t->mount_buf, sizeof t->mount_buf, "%s", mountpoint);
+    t->mountpoint = t->mount_buf;
+  }
   t->frozen_ms = 0;
   if (name && *name)
     snprintf(t->name, sizeof t->name, "%s", name);
   else
-    snprintf(t->name, sizeof t->name, "point-%" PRIu64,
-             (uint64_t)time(NULL));
+    snprintf(t->name, sizeof t->name, "point-%" PRIu64 "-%" PRIu64,
+             (uint64_t)time(NULL), t->points_ok + t->points_failed + 1);
   point_start(&t->pt, &pc);
   tail_point_step(t, t->pt.action);
   return 0;
@@ -600,6 +637,12 @@ tail_status_json(struct primary *p, struct json *j)
                                repl_inflight_bytes(p->repl));
   json_double(j, "lag_seconds",
               t->lag_since_ms ? (now - t->lag_since_ms) / 1000.0 : 0.0);
+  /* Sent by runs comparing hashes (start, lost records: what the scan
+   * found different) and by runs of traced changes. */
+  json_u64(j, "scan_sent_bytes",
+           t->scan_sent + (t->run_compares ? tail_run_sent(t) : 0));
+  json_u64(j, "traced_sent_bytes",
+           t->traced_sent + (t->run_compares ? 0 : tail_run_sent(t)));
   json_obj_end(j);
   json_obj_begin(j, "points");
   json_str(j, "state", t->point_active ? point_state_name(t->pt.state)

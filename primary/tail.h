@@ -201,9 +201,10 @@ struct hook;
 /* status: the exit code, -SIGNAL if killed, HOOK_TIMED_OUT; output: what
  * it printed (the first 1 KiB). */
 typedef void (*hook_fn)(void *arg, int status, const char *output);
+/* The environment gets DUPLEX_POINT=point (the snapshot's name). */
 struct hook *hook_run(struct event_base *base, const char *cmd,
-                      unsigned timeout_ms, hook_fn fn, void *arg, char *err,
-                      size_t errlen);
+                      const char *point, unsigned timeout_ms, hook_fn fn,
+                      void *arg, char *err, size_t errlen);
 /* Kill it (its process group) if it still runs, and free it. */
 void hook_free(struct hook *h);
 
@@ -223,6 +224,8 @@ bool tail_compare(struct primary *p);
 bool tail_hold_in_sync(struct primary *p);
 /* The secondary acknowledged an in-sync report. */
 void tail_in_sync(struct primary *p);
+/* A resync run sent everything marked. */
+void tail_run_done(struct primary *p);
 /* Acknowledgements arrived: a draining point may go on. */
 void tail_progress(struct primary *p);
 void tail_link_lost(struct primary *p);

@@ -26,7 +26,9 @@ _undo() {
             wait_until -m "nbdfuse on $key exits" "! _alive $pid"
             wait "$pid" || return 2 ;;
         proc)
-            kill "$pid" 2>/dev/null
+            # A process group of its own (setsid): all of it, stopped or not.
+            kill -CONT -- "-$pid" 2>/dev/null
+            kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null
             wait "$pid" 2>/dev/null ;;
     esac
     return 0

@@ -89,6 +89,16 @@ mk pri_ok --peer; expect_2 '--listen|203.0.113.7' "$P" "${A[@]}" --listen 203.0.
 mk pri_ok --volume "$TESTDIR/missing.img";   expect_2 "$TESTDIR/missing.img" "$P" "${A[@]}"
 mk pri_ok --tls-cert "$TESTDIR/garbage.pem"; expect_2 "$TESTDIR/garbage.pem" "$P" "${A[@]}"
 mk pri_ok --tls-ca "$TESTDIR/missing-ca.pem"; expect_2 "$TESTDIR/missing-ca.pem" "$P" "${A[@]}"
+# Tail capture (issue 11): a regular file, sync mode, NBD, a point option
+# without tail capture.
+mk pri_ok --nbd; tail_ok=("${A[@]}")
+mk tail_ok --mode async; tail_ok=(--capture tail "${A[@]}")
+expect_2 'not a block device' "$P" "${tail_ok[@]}"
+mk tail_ok --mode sync;  expect_2 '--mode sync' "$P" "${A[@]}"
+expect_2 '--nbd' "$P" "${tail_ok[@]}" --nbd "unix:$TESTDIR/x.sock"
+expect_2 '--capture|ebpf' "$P" "${pri_ok[@]}" --capture ebpf
+expect_2 '--freeze|--capture tail' "$P" "${pri_ok[@]}" --freeze /mnt
+expect_2 '--trace-buffer|power of two' "$P" "${tail_ok[@]}" --trace-buffer 3K
 [ ! -e x.sock ] || fail "the primary left its NBD socket behind after an error"
 log "$cases bad command lines refused with exit 2 and one line"
 

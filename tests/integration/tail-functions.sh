@@ -1,0 +1,130 @@
+# Helpers for the tail capture tests (issue 11), sourced after functions.sh
+# and fs-functions.sh: a loop device with ext4 that a workload writes
+# directly, a secondary with a snapshot store, and duplex-primary tailing
+# the loop device.
+
+# requires_tail: root, loop devices and the block tracepoints, or skip.
+requires_tail() {
+    requires_root
+    requires_loop
+    requires mkfs.ext4 e2fsck dumpe2fs fio sha256sum nbdcopy mount umount
+    local tr=/sys/kernel/tracing
+    [ -d "$tr/events/block" ] || tr=/sys/kernel/debug/tracing
+    [ -r "$tr/events/block/block_rq_complete/format" ] || {
+        echo "$TEST_NAME: SKIP: no tracefs with block:block_rq_complete" \
+            "(mount -t tracefs nodev /sys/kernel/tracing)" >&2
+        exit 77
+    }
+}
+
+# make_device MiB: a loop device over device.img with ext4 on it, mounted
+# (noatime: reading the files to hash them writes nothing) on $MNT.  Sets
+# DEV and MNT.
+make_device() {
+    truncate -s "${1}M" "$TESTDIR/device.img"
+    DEV=$(losetup -f --show "$TESTDIR/device.img") || fail "losetup failed"
+    hold loop "$DEV"
+    mkfs.ext4 -q -E lazy_itable_init=0,lazy_journal_init=0 "$DEV" ||
+        fail "mkfs.ext4 $DEV failed"
+    MNT=$TESTDIR/mnt
+    mkdir -p "$MNT"
+    mount -o noatime "$DEV" "$MNT" || fail "mount $DEV failed"
+    hold mount "$MNT"
+}
+
+# make_raw_device MiB: a loop device over device.img, no file system.
+make_raw_device() {
+    truncate -s "${1}M" "$TESTDIR/device.img"
+    DEV=$(losetup -f --show "$TESTDIR/device.img") || fail "losetup failed"
+    hold loop "$DEV"
+}
+
+# sectors_written: what the loop device has written since it was set up.
+sectors_written() {
+    awk '{print $7}' "/sys/block/$(basename "$DEV")/stat"
+}
+
+# start_tail_secondary: the secondary (listening on port 0, snapshot store
+# S), certificates made if needed.
+start_tail_secondary() {
+    [ -f "$CERTS/primary.pem" ] || make_certs "$CERTS" primary secondary
+    start_secondary sec --volume "$TESTDIR/replica.img" \
+        --meta "$TESTDIR/replica.meta" --listen 127.0.0.1:0 \
+        --snapshot-store "$TESTDIR/S" \
+        --tls-cert "$CERTS/secondary.pem" --tls-key "$CERTS/secondary.key" \
+        --tls-ca "$CERTS/ca.pem" --peer-name primary
+}
+
+# start_tail_primary [ARGS...]: duplex-primary tailing $DEV.
+start_tail_primary() {
+    start_primary pri --capture tail --volume "$DEV" \
+        --meta "$TESTDIR/primary.meta" --peer "127.0.0.1:$sec_port" \
+        --tls-cert "$CERTS/primary.pem" --tls-key "$CERTS/primary.key" \
+        --tls-ca "$CERTS/ca.pem" --peer-name secondary "$@"
+}
+
+capture_state() { status_json pri | jq -r '.capture.state'; }
+
+# wait_tracing: the comparison of the whole device is over.
+wait_tracing() {
+    wait_until -t 60 -m "the scan of $DEV ends" '[ "$(capture_state)" = tracing ]'
+}
+
+# drain_point NAME: a consistency point named NAME (no freeze): the agent
+# drains the trace rings, so every write completed before it is captured,
+# and waits until the secondary has all of it.  Then wait_drained.
+drain_point() {
+    local out
+    out=$("$DUPLEXCTL" --control "$TESTDIR/pri.ctl" snapshot create --name "$1" --json) ||
+        fail "consistency point $1 failed: $out"
+    wait_drained
+}
+
+# wait_drained: every captured change is on the secondary (nothing is
+# writing any more; drain_point first, or a write completed in the last
+# milliseconds may not have been read from the trace yet).
+wait_drained() {
+    wait_until -t 60 -m "every captured change applied" \
+        '[ "$(status_field pri sync)" = in-sync ]'
+}
+
+# make_tree DIR: random files (4 KiB .. 256 KiB) in a few directories.
+make_tree() {
+    local d=$1 i
+    mkdir -p "$d"
+    for i in $(seq 1 60); do
+        mkdir -p "$d/d$((i % 6))"
+        head -c $(((RANDOM % 64 + 1) * 4096)) /dev/urandom >"$d/d$((i % 6))/f$i"
+    done
+}
+
+# start_load SECONDS: fio writing files in $MNT (random 4 KiB writes with
+# fsync every 16) and a loop copying a tree of files into it, in a process
+# group of their own (LOAD_PGID) so hooks can pause them (kill -STOP).
+start_load() {
+    local secs=$1
+    [ -d "$TESTDIR/tree" ] || make_tree "$TESTDIR/tree"
+    setsid bash -c '
+        fio --name=load --directory="$1" --rw=randwrite --bs=4k --size=8M \
+            --numjobs=2 --ioengine=psync --fsync=16 --time_based \
+            --runtime="$2" --output=/dev/null &
+        f=$!
+        n=0
+        end=$((SECONDS + $2))
+        while [ $SECONDS -lt $end ]; do
+            n=$((n + 1))
+            rm -rf "$1/copy$((n % 3))"
+            cp -a "$3" "$1/copy$((n % 3))"
+        done
+        wait $f' load "$MNT" "$secs" "$TESTDIR/tree" \
+        >"$TESTDIR/load.log" 2>&1 </dev/null &
+    LOAD_PID=$!
+    echo "$LOAD_PID" >>"$TESTDIR/.agents"
+    LOAD_PGID=$LOAD_PID
+    hold proc load "$LOAD_PID"
+}
+
+wait_load() {
+    wait "$LOAD_PID" || { cat "$TESTDIR/load.log" >&2; fail "the load failed"; }
+    forget proc load
+}
