@@ -179,11 +179,15 @@ freezer_start(struct event_base *base, const char *path, unsigned timeout_ms,
     return NULL;
   }
   if (pid == 0) {
-    close(sv[0]);
+    /* Keep only the socket: the agent's volume (and its lock), link and
+     * listeners must not outlive the agent in this process. */
+    if (dup2(sv[1], 3) == -1)
+      _exit(1);
+    close_range(4, ~0u, 0);
     signal(SIGTERM, SIG_IGN); /* a stopping agent's group: thaw first */
     signal(SIGINT, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
-    child_main(sv[1], path, timeout_ms);
+    child_main(3, path, timeout_ms);
   }
   close(sv[1]);
   f = calloc(1, sizeof *f);

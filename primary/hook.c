@@ -125,6 +125,7 @@ hook_run(struct event_base *base, const char *cmd, const char *point,
       dup2(devnull, 0);
     dup2(pipefd[1], 1);
     dup2(pipefd[1], 2);
+    close_range(3, ~0u, 0); /* nothing of the agent's */
     setenv("DUPLEX_POINT", point, 1);
     execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
     _exit(127);
