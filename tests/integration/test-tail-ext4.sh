@@ -72,7 +72,7 @@ release mount "$MNT"
 drain_point after-umount
 wait_until -m "the secondary applied everything" \
     '[ "$(status_field sec replication_lag_bytes)" = 0 ]'
-compare_volumes "$DEV" "$TESTDIR/replica.img"
+compare_volumes "$TESTDIR/device.img" "$TESTDIR/replica.img"
 e2fsck -fn "$TESTDIR/replica.img" >replica.fsck 2>&1 ||
     { cat replica.fsck >&2; fail "e2fsck -fn of the replica failed"; }
 log "replica: byte-identical to $DEV, e2fsck -fn: $(tail -n 1 replica.fsck)"

@@ -56,7 +56,7 @@ release mount "$MNT"
 drain_point end
 wait_until -m "the secondary applied everything" \
     '[ "$(status_field sec replication_lag_bytes)" = 0 ]'
-compare_volumes "$DEV" "$TESTDIR/replica.img"
+compare_volumes "$TESTDIR/device.img" "$TESTDIR/replica.img"
 
 out=$("$DUPLEXCTL" --control pri.ctl verify 2>&1) || fail "verify failed to start: $out"
 wait_until -t 120 -m "verify done" \

@@ -46,5 +46,5 @@ wait_tracing
 drain_point end
 wait_until -m "the secondary applied everything" \
     '[ "$(status_field sec replication_lag_bytes)" = 0 ]'
-compare_volumes "$DEV" "$TESTDIR/replica.img"
+compare_volumes "$TESTDIR/device.img" "$TESTDIR/replica.img"
 log "PASS: $lost lost records detected, device compared, replica byte-identical"

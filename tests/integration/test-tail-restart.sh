@@ -48,7 +48,7 @@ written=$((($(sectors_written) - w0) * 512))
 drain_point end
 wait_until -m "the secondary applied everything" \
     '[ "$(status_field sec replication_lag_bytes)" = 0 ]'
-compare_volumes "$DEV" "$TESTDIR/replica.img"
+compare_volumes "$TESTDIR/device.img" "$TESTDIR/replica.img"
 e2fsck -fn "$TESTDIR/replica.img" >replica.fsck 2>&1 ||
     { cat replica.fsck >&2; fail "e2fsck -fn of the replica failed"; }
 
