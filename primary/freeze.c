@@ -1,4 +1,4 @@
-/* Freezing a file system for a consistency point (tail.h).
+/* Freezing a file system for a consistency point (internal.h).
  *
  * The freeze is held by a watchdog child process, not by the agent: the
  * child opens the mount point, FIFREEZEs it, reports, and waits for the
@@ -28,7 +28,6 @@
 
 #include "internal.h"
 #include "log.h"
-#include "tail.h"
 
 struct freezer {
   char *path;

@@ -1,4 +1,4 @@
-/* --pre-hook / --post-hook of a consistency point (tail.h): /bin/sh -c CMD
+/* --pre-hook / --post-hook of a consistency point (internal.h): /bin/sh -c CMD
  * in its own process group, with DUPLEX_POINT set to the point's name (the
  * snapshot's name on the secondary), its output (the first 1 KiB) kept for the log,
  * its exit seen through a pidfd on the event loop; killed, with its whole
@@ -15,7 +15,6 @@
 
 #include "internal.h"
 #include "log.h"
-#include "tail.h"
 
 #define HOOK_OUTPUT 1024
 

@@ -12,7 +12,6 @@
 #include "daemon.h"
 #include "internal.h"
 #include "log.h"
-#include "tail.h"
 
 #define STOP_DEADLINE_MS 4000
 

@@ -1,4 +1,4 @@
-/* Consistency points of tail capture (tail.h): the state machine, no I/O.
+/* Consistency points of tail capture (internal.h): the state machine, no I/O.
  *
  *   pre-hook -> freeze -> drain -> mark -> thaw -> post-hook -> done
  *
@@ -9,7 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "tail.h"
+#include "internal.h"
 
 static void
 act(struct point *pt, enum point_action a)

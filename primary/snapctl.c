@@ -10,7 +10,6 @@
 #include "internal.h"
 
 #include "control.h"
-#include "tail.h"
 
 struct snapctl_op {
   struct repl_op op;            /* first: the ring holds &op */

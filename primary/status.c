@@ -5,7 +5,6 @@
 
 #include "internal.h"
 #include "json.h"
-#include "tail.h"
 
 struct status_view {
   const char *connection;

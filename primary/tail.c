@@ -25,7 +25,6 @@
 #include "internal.h"
 #include "json.h"
 #include "log.h"
-#include "tail.h"
 
 #define TAIL_POLL_MS 10
 

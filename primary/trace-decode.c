@@ -1,4 +1,4 @@
-/* Tracepoint records of block:block_rq_complete to changed ranges (tail.h).
+/* Tracepoint records of block:block_rq_complete to changed ranges (internal.h).
  * No I/O: the format text and the records are given. */
 #include <stdio.h>
 #include <string.h>
@@ -8,7 +8,7 @@
 
 #include "util.h"
 
-#include "tail.h"
+#include "internal.h"
 
 #define SECTOR 512u
 

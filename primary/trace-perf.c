@@ -1,4 +1,4 @@
-/* Change capture from the block layer's tracepoints (tail.h): one perf
+/* Change capture from the block layer's tracepoints (internal.h): one perf
  * event per CPU on block:block_rq_complete, filtered to the traced disk,
  * each with its own mmap'd ring; the rings are drained when the kernel
  * signals a quarter full and every poll interval.  tracefs (found, and
@@ -28,7 +28,6 @@
 
 #include "internal.h"
 #include "log.h"
-#include "tail.h"
 
 #define TRACE_SCRATCH 4096
 

@@ -13,7 +13,7 @@
 
 #include <cmocka.h>
 
-#include "tail.h"
+#include "internal.h"
 
 /* What the simulated driver saw. */
 struct run {

@@ -11,7 +11,7 @@
 
 #include <linux/perf_event.h>
 
-#include "tail.h"
+#include "internal.h"
 
 /* Linux 6.18 (this machine's tracefs). */
 static const char fmt_new[] =
