@@ -153,7 +153,7 @@ forget proc fio
 r() { awk -v a="$(med "$1" 6)" -v b="$(med "$2" 6)" 'BEGIN { printf "%.3f", a / b }'; }
 cell3() { printf '%s (%s–%s)' "$(med "$1" 1)" "$(vmin "$1" 1)" "$(vmax "$1" 1)"; }
 {
-    echo "## Tail capture (issue 11)"
+    echo "## 8. Tail capture (issue 11)"
     echo
     echo "\`DUPLEX_BUILD=build-release tests/bench/bench-tail.sh\`: a ${VOL_MIB} MiB loop device,"
     echo "the secondary on loopback (TLS), $REPEATS runs of $RUNTIME s per fio figure, median (min–max);"

@@ -404,6 +404,11 @@ EOF
             printf '\n'
             cat "$DUPLEX_SRC/docs/benchmarks-restore.md"
         fi
+        # And the tail capture benchmark (tests/bench/bench-tail.sh).
+        if [ -s "$DUPLEX_SRC/docs/benchmarks-tail.md" ]; then
+            printf '\n'
+            cat "$DUPLEX_SRC/docs/benchmarks-tail.md"
+        fi
         # Hand-written explanations (e.g. why a target is not met on this
         # machine) survive regeneration in a file of their own.
         if [ -s "$DUPLEX_SRC/docs/benchmarks-notes.md" ]; then
