@@ -344,7 +344,15 @@ main(int argc, char **argv)
   if (p->cfg.capture == CAPTURE_TAIL &&
       tail_start(p, err, sizeof err) == -1)
     daemon_fail(2, "duplex-primary: --capture tail: %s", err);
-  if (restore_resume(p, err, sizeof err) == -1)
+  if (p->tail) {
+    char rec[4096];
+    snprintf(rec, sizeof rec, "%s.restore", p->cfg.meta);
+    if (access(rec, F_OK) == 0)
+      daemon_fail(2, "duplex-primary: --capture tail: a restore of %s is "
+                  "unfinished (%s): the device is partly restored; finish "
+                  "it with --capture nbd first (applications stopped)",
+                  p->vol.path, rec);
+  } else if (restore_resume(p, err, sizeof err) == -1)
     daemon_fail(2, "duplex-primary: %s; a restore of %s was interrupted "
                 "and cannot go on: the volume is partly restored. Move the "
                 "record away and restore again (duplexctl restore)", err,
