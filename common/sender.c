@@ -68,6 +68,7 @@ struct chunk {
   unsigned out_refs;            /* pieces of buf still in the output buffer */
   unsigned pending;             /* piece ops unacknowledged, +1 until the
                                    chunk is read and all of it sent */
+  bool compare;                 /* compare with the receiver's hashes */
 };
 
 /* One frame of a chunk on the transport. */
@@ -100,6 +101,12 @@ bool
 sender_active(const struct sender *rs)
 {
   return rs->active;
+}
+
+unsigned
+sender_chunks(const struct sender *rs)
+{
+  return rs->chunks;
 }
 
 void
@@ -196,14 +203,19 @@ piece_send(struct chunk *c, uint64_t off, uint64_t len, const char *buf)
     c->out_refs++;
     rc = p->tp.send_data(p->tp.arg, &pc->op, off, (uint32_t)len, buf,
                          chunk_ref_done, c);
-    if (rc == 0)
+    if (rc == 0) {
       rs->ctr.data_bytes_sent += len;
-    else
+      if (c->compare)
+        rs->ctr.compared_sent_bytes += len;
+    } else {
       c->out_refs--;
+    }
   } else {
     rc = p->tp.send_zero(p->tp.arg, &pc->op, off, len);
     if (rc == 0)
       rs->ctr.zero_bytes_sent += len;
+    if (rc == 0 && c->compare)
+      rs->ctr.compared_sent_bytes += len;
   }
   if (rc == -1) {
     free(pc);
@@ -249,12 +261,6 @@ chunk_unlock(struct chunk *c)
   }
   rs->locked--;
   sender_kick(rs);
-}
-
-static bool
-sender_compares(const struct sender *rs)
-{
-  return rs->ctr.compared;
 }
 
 static uint64_t
@@ -393,7 +399,7 @@ chunk_read_done(void *cookie, long res)
     }
     bitmap_set_range(rs->env.todo, c->rd_off, c->rd_len);
     rs->window_bytes -= c->rd_len;
-  } else if (sender_compares(rs) && c->gen == rs->gen &&
+  } else if (c->compare && c->gen == rs->gen &&
              chunk_compare(c, c->rd_off, c->rd_len, c->buf) == 0) {
     /* The read's lock hold passes to the comparison. */
     chunk_put(c);
@@ -446,7 +452,7 @@ chunk_locked(struct range_lock *l, void *opaque)
       uint64_t hend = MIN(end, data - (data % BDEV_ALIGN));
       if (hend > pos) {
         c->lock_holds++;
-        if (!sender_compares(rs) || chunk_compare(c, pos, hend - pos, NULL)) {
+        if (!c->compare || chunk_compare(c, pos, hend - pos, NULL)) {
           c->lock_holds--;
           piece_send(c, pos, hend - pos, NULL);
         }
@@ -486,6 +492,8 @@ sender_start_chunk(struct sender *rs, uint64_t off, uint64_t len)
   c->len = len;
   c->pending = 1;
   c->lock_holds = 1;
+  c->compare = p->compare_range ? p->compare_range(p->arg, off, len)
+                                : rs->ctr.compared;
   rs->chunks++;
   rs->locked++;
   bitmap_clear_range(p->todo, off, len);
@@ -564,6 +572,7 @@ sender_begin(struct sender *rs, bool full)
   rs->ctr.done_bytes = 0;
   rs->ctr.data_bytes_sent = 0;
   rs->ctr.same_bytes = 0;
+  rs->ctr.compared_sent_bytes = 0;
   rs->ctr.zero_bytes_sent = 0;
   rs->ctr.started_ms = util_now_ms();
   rs->ctr.compared = p->compare && p->compare(p->arg);

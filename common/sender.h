@@ -88,6 +88,9 @@ struct sender_env {
   /* Compare hashes with the receiver first and send only differing
    * blocks (asked at each start; NULL: never). */
   bool (*compare)(void *arg);
+  /* Or per chunk, as it starts: compare [off, off+len) first?  (Tail
+   * capture compares only what its trace could not account for.) */
+  bool (*compare_range)(void *arg, uint64_t off, uint64_t len);
   /* Everything marked was sent and acknowledged. */
   void (*complete)(void *arg);
   const char *who;              /* log prefix: "primary" */
@@ -105,6 +108,8 @@ struct sender_counters {
   bool ever_completed;
   bool compared;                /* this run compares hashes first */
   uint64_t same_bytes;          /* compared equal, not sent */
+  uint64_t compared_sent_bytes; /* sent after a comparison: found
+                                   different */
   uint64_t read_errors;         /* runs stopped by a failed read */
 };
 
@@ -118,6 +123,8 @@ void sender_abort(struct sender *s);
 /* Room on the transport, a lock released, bits added: go on. */
 void sender_kick(struct sender *s);
 bool sender_active(const struct sender *s);
+/* Chunks not yet freed (0 once everything sent was acknowledged). */
+unsigned sender_chunks(const struct sender *s);
 void sender_get_counters(const struct sender *s, struct sender_counters *c);
 
 #endif

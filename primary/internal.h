@@ -354,8 +354,8 @@ struct resync_env {
   void (*in_sync)(void *arg);
   /* Something else reports in-sync (a restore runs): do not. */
   bool (*hold_in_sync)(void *arg);
-  /* A run sent everything marked (before any in-sync report). */
-  void (*run_done)(void *arg);
+  /* Or NULL: compare [off, off+len) with the secondary's hashes first? */
+  bool (*compare_range)(void *arg, uint64_t off, uint64_t len);
   void *arg;
 };
 struct resync *resync_new(const struct resync_env *env);
@@ -387,6 +387,7 @@ struct resync_counters {
   bool in_sync_confirmed;       /* the secondary adopted our generation */
   bool crash_recovery;          /* started after an unclean stop */
   uint64_t checksum_same_bytes; /* --resync-checksums: equal, not sent */
+  uint64_t compared_sent_bytes; /* sent after a comparison */
 };
 void resync_get_counters(const struct resync *rs, struct resync_counters *c);
 
@@ -711,14 +712,14 @@ int tail_start(struct primary *p, char *err, size_t errlen);
 /* Detach (the agent stops); a point in progress is abandoned, thawed. */
 void tail_stop(struct primary *p);
 void tail_free(struct primary *p);
-/* The resync's questions in tail mode: compare hashes in this run? hold
- * the in-sync report back (only points report it)? */
-bool tail_compare(struct primary *p);
+/* The resync's questions in tail mode: a run begins (its accounting);
+ * compare this range first (what the trace missed)? hold the in-sync
+ * report back (only points report it)? */
+void tail_run_begins(struct primary *p);
+bool tail_compare_range(struct primary *p, uint64_t off, uint64_t len);
 bool tail_hold_in_sync(struct primary *p);
 /* The secondary acknowledged an in-sync report. */
 void tail_in_sync(struct primary *p);
-/* A resync run sent everything marked. */
-void tail_run_done(struct primary *p);
 /* Acknowledgements arrived: a draining point may go on. */
 void tail_progress(struct primary *p);
 void tail_link_lost(struct primary *p);

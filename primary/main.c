@@ -151,8 +151,16 @@ static bool
 main_crash_recovery(void *arg)
 {
   struct primary *p = arg;
-  /* (tail_compare is asked at every start: it records the run's kind) */
-  return (p->tail && tail_compare(p)) || p->crash_recovery;
+  /* (asked as every run begins) */
+  if (p->tail)
+    tail_run_begins(p);
+  return p->crash_recovery;
+}
+
+static bool
+main_compare_range(void *arg, uint64_t off, uint64_t len)
+{
+  return tail_compare_range(arg, off, len);
 }
 
 static void
@@ -162,14 +170,6 @@ main_in_sync(void *arg)
   primary_in_sync(p);
   if (p->tail)
     tail_in_sync(p);
-}
-
-static void
-main_run_done(void *arg)
-{
-  struct primary *p = arg;
-  if (p->tail)
-    tail_run_done(p);
 }
 
 static bool
@@ -335,7 +335,8 @@ main(int argc, char **argv)
       .crash_recovery = main_crash_recovery,
       .in_sync = main_in_sync,
       .hold_in_sync = main_hold_in_sync,
-      .run_done = main_run_done,
+      .compare_range = p->cfg.capture == CAPTURE_TAIL ? main_compare_range
+                                                      : NULL,
       .arg = p,
     };
     p->resync = resync_new(&env);

@@ -130,6 +130,13 @@ sync_done_acked(struct repl_op *op, bool ok)
     resync_in_sync_acked(rs);
 }
 
+static bool
+resync_compare_range(void *arg, uint64_t off, uint64_t len)
+{
+  struct resync *rs = arg;
+  return rs->env.compare_range(rs->env.arg, off, len);
+}
+
 /* Asked by sender_begin, right after resync_begin asked the agent. */
 static bool
 resync_compare(void *arg)
@@ -161,8 +168,6 @@ resync_complete(void *arg)
 {
   struct resync *rs = arg;
 
-  if (rs->env.run_done)
-    rs->env.run_done(rs->env.arg);
   /* During a restore the replica is in sync only once the restore is
    * done: restore.c says so then; in tail mode only points say so. */
   if (rs->env.hold_in_sync(rs->env.arg))
@@ -187,6 +192,7 @@ resync_new(const struct resync_env *env)
     .chunk = RESYNC_CHUNK,
     .window = env->window,
     .compare = resync_compare,
+    .compare_range = env->compare_range ? resync_compare_range : NULL,
     .complete = resync_complete,
     .who = "primary",
     .quiet = env->quiet,
@@ -265,5 +271,6 @@ resync_get_counters(const struct resync *rs, struct resync_counters *c)
   c->ever_completed = sc.ever_completed;
   c->crash_recovery = rs->crash_recovery;
   c->checksum_same_bytes = sc.same_bytes;
+  c->compared_sent_bytes = sc.compared_sent_bytes;
   c->in_sync_confirmed = rs->in_sync_confirmed;
 }

@@ -32,16 +32,16 @@ struct tail {
   struct primary *p;
   struct trace_device dev;
   struct trace_capture *tc;
-  /* Compare the whole device: since start, or since records were lost. */
-  bool scan;
+  /* What the trace could not account for (the agent's start, lost
+   * records): compared with the secondary's hashes as the sender reaches
+   * it, then cleared.  Traced changes are sent as they are. */
+  struct bitmap *scan_bm;
+  bool scan;                    /* scan_bm not empty yet */
   const char *scan_reason;      /* "start", "overrun" */
-  bool run_compares;            /* the current run compares hashes */
-  bool restart_run;             /* records lost during a run: begin anew */
   uint64_t lag_since_ms;        /* oldest change not yet on the secondary */
-  /* Bytes sent (data and zero ranges) by finished runs: by runs comparing
-   * hashes (what the scan found different), by runs of traced changes. */
+  /* Bytes sent (data and zero ranges) by finished runs: after comparing
+   * (what the scan found different), and as traced. */
   uint64_t scan_sent, traced_sent;
-  bool had_run;
   uint64_t captured;            /* ranges delivered since start */
 
   /* The consistency point in progress (point_active), or the last one. */
@@ -102,13 +102,11 @@ tail_lost(void *arg, uint64_t n)
   (void)n;
 
   bitmap_set_all(p->oos);
+  bitmap_set_all(t->scan_bm);
   t->scan = true;
   t->scan_reason = "overrun";
   if (t->lag_since_ms == 0)
     t->lag_since_ms = util_now_ms();
-  /* A run that does not compare would send the whole device. */
-  if (resync_active(p->resync) && !t->run_compares)
-    t->restart_run = true;
 }
 
 /* After each batch of records: the bits are on disk before the sender may
@@ -121,42 +119,41 @@ tail_batch_done(void *arg)
 
   if (al_flush_bitmap(p->al) < 0)
     return; /* logged; retried at the next batch, nothing is sent */
-  if (t->restart_run && repl_connected(p->repl)) {
-    t->restart_run = false;
-    resync_abort(p->resync);
-    resync_begin(p->resync, false);
-  } else if (repl_connected(p->repl)) {
+  if (repl_connected(p->repl))
     resync_ensure(p->resync);
-  }
   tail_progress(p);
 }
 
 /* ---- what the resync asks ---- */
 
-/* What the current run has sent so far. */
-static uint64_t
-tail_run_sent(const struct tail *t)
+/* Add a run's sends to the totals. */
+static void
+tail_account(struct tail *t, const struct resync_counters *rc)
+{
+  uint64_t all = rc->data_bytes_sent + rc->zero_bytes_sent;
+  t->scan_sent += rc->compared_sent_bytes;
+  t->traced_sent += all - rc->compared_sent_bytes;
+}
+
+void
+tail_run_begins(struct primary *p)
 {
   struct resync_counters rc;
-  if (!t->had_run)
-    return 0;
-  resync_get_counters(t->p->resync, &rc);
-  return rc.data_bytes_sent + rc.zero_bytes_sent;
+  /* The previous run's counters, before they are reset. */
+  resync_get_counters(p->resync, &rc);
+  tail_account(p->tail, &rc);
 }
 
 bool
-tail_compare(struct primary *p)
+tail_compare_range(struct primary *p, uint64_t off, uint64_t len)
 {
   struct tail *t = p->tail;
-  /* Asked as each run begins, before its counters are reset. */
-  if (t->run_compares)
-    t->scan_sent += tail_run_sent(t);
-  else
-    t->traced_sent += tail_run_sent(t);
-  t->had_run = true;
-  t->run_compares = t->scan;
-  t->restart_run = false; /* this run compares if a loss asked for it */
-  return t->scan;
+  uint64_t o, l;
+  bool any = bitmap_next_run(t->scan_bm, off, len, &o, &l) && o < off + len;
+
+  if (any)
+    bitmap_clear_range(t->scan_bm, off, len);
+  return any;
 }
 
 /* Only a consistency point tells the secondary it is in sync. */
@@ -165,20 +162,6 @@ tail_hold_in_sync(struct primary *p)
 {
   (void)p;
   return true;
-}
-
-void
-tail_run_done(struct primary *p)
-{
-  struct tail *t = p->tail;
-
-  /* A comparing run ends with the bitmap empty: it compared everything
-   * marked at a loss too (the bits were set while it ran). */
-  if (t->scan && t->run_compares) {
-    log_info("primary: tail capture of %s: the comparison of the whole "
-             "device (%s) is complete", p->vol.path, t->scan_reason);
-    t->scan = false;
-  }
 }
 
 void
@@ -195,8 +178,7 @@ static bool
 tail_drained(const struct tail *t)
 {
   const struct primary *p = t->p;
-  return bitmap_dirty_bytes(p->oos) == 0 && !resync_active(p->resync) &&
-         !t->restart_run;
+  return bitmap_dirty_bytes(p->oos) == 0 && !resync_active(p->resync);
 }
 
 void
@@ -208,6 +190,12 @@ tail_progress(struct primary *p)
     return;
   if (tail_drained(t))
     t->lag_since_ms = 0;
+  if (t->scan && bitmap_dirty_bytes(t->scan_bm) == 0) {
+    /* (its last chunks may still be on the way) */
+    log_info("primary: tail capture of %s: the comparison of the whole "
+             "device (%s) is done", p->vol.path, t->scan_reason);
+    t->scan = false;
+  }
   if (t->point_active && t->pt.state == POINT_DRAINING && !t->confirm_sent &&
       repl_connected(p->repl) && tail_drained(t)) {
     t->confirm_sent = true;
@@ -553,6 +541,10 @@ tail_start(struct primary *p, char *err, size_t errlen)
   if (!t->tc)
     return -1;
   /* Writes while the agent was not tracing are unknown. */
+  t->scan_bm = bitmap_new(p->vol.size, bitmap_grain(p->oos));
+  if (!t->scan_bm)
+    abort();
+  bitmap_set_all(t->scan_bm);
   bitmap_set_all(p->oos);
   t->scan = true;
   t->scan_reason = "start";
@@ -599,6 +591,7 @@ tail_free(struct primary *p)
   tail_stop(p);
   if (t->deadline)
     event_free(t->deadline);
+  bitmap_free(t->scan_bm);
   free(t);
   p->tail = NULL;
 }
@@ -638,10 +631,15 @@ tail_status_json(struct primary *p, struct json *j)
               t->lag_since_ms ? (now - t->lag_since_ms) / 1000.0 : 0.0);
   /* Sent by runs comparing hashes (start, lost records: what the scan
    * found different) and by runs of traced changes. */
-  json_u64(j, "scan_sent_bytes",
-           t->scan_sent + (t->run_compares ? tail_run_sent(t) : 0));
-  json_u64(j, "traced_sent_bytes",
-           t->traced_sent + (t->run_compares ? 0 : tail_run_sent(t)));
+  {
+    /* the totals plus the current run's */
+    struct tail tt = *t;
+    struct resync_counters rc;
+    resync_get_counters(p->resync, &rc);
+    tail_account(&tt, &rc);
+    json_u64(j, "scan_sent_bytes", tt.scan_sent);
+    json_u64(j, "traced_sent_bytes", tt.traced_sent);
+  }
   json_obj_end(j);
   json_obj_begin(j, "points");
   json_str(j, "state", t->point_active ? point_state_name(t->pt.state)

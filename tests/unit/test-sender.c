@@ -362,6 +362,7 @@ test_full_sync_equal_bytes(void **state)
   fx_run(f);
   assert_false(sender_active(f->s));
   assert_int_equal(f->completes, 1);
+  assert_int_equal(sender_chunks(f->s), 0); /* every chunk freed */
   assert_memory_equal(f->rcv, f->src, VOL);
   /* Every byte once, zero blocks as zero ranges, no reads of the hole. */
   assert_int_equal(f->data_bytes + f->zero_bytes, VOL);
@@ -385,6 +386,7 @@ test_sync_reads(void **state)
   sender_begin(f->s, true);
   fx_run(f);
   assert_int_equal(f->completes, 1);
+  assert_int_equal(sender_chunks(f->s), 0);
   assert_memory_equal(f->rcv, f->src, VOL);
   assert_int_equal(f->data_bytes + f->zero_bytes, VOL);
 }
@@ -491,6 +493,7 @@ test_compare_sends_differing(void **state)
   sender_begin(f->s, true);
   fx_run(f);
   assert_int_equal(f->completes, 1);
+  assert_int_equal(sender_chunks(f->s), 0);
   assert_memory_equal(f->rcv, f->src, VOL);
   assert_int_equal(f->data_bytes + f->zero_bytes,
                    sizeof differ / sizeof differ[0] * BLK);
