@@ -63,9 +63,10 @@ al_find(struct al *al, uint64_t nr)
   return NULL;
 }
 
-/* Write the bitmap pages changed since the last flush, and sync. */
-int
-al_flush_bitmap(struct al *al)
+/* Write the bitmap pages changed since the last flush, and sync (or
+ * not: al_write_bitmap). */
+static int
+al_bitmap_out(struct al *al, bool sync)
 {
   struct primary *p = al->p;
   uint64_t first, n;
@@ -85,7 +86,7 @@ al_flush_bitmap(struct al *al)
     }
     wrote = true;
   }
-  if (wrote && (rc = meta_sync(p->meta)) < 0) {
+  if (sync && wrote && (rc = meta_sync(p->meta)) < 0) {
     log_error("primary: metadata %s: sync: %s", p->cfg.meta, strerror(-rc));
     goto failed;
   }
@@ -95,6 +96,18 @@ failed:
   /* Not on disk: keep every page taken so far for the next attempt. */
   bitmap_mark_pages_dirty(p->oos, lo, hi - lo);
   return rc;
+}
+
+int
+al_flush_bitmap(struct al *al)
+{
+  return al_bitmap_out(al, true);
+}
+
+int
+al_write_bitmap(struct al *al)
+{
+  return al_bitmap_out(al, false);
 }
 
 static int

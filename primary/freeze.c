@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -63,15 +64,23 @@ child_now_ms(void)
 
 /* The watchdog: freeze, wait, thaw.  Never returns. */
 static void __attribute__((noreturn))
-child_main(int sock, const char *path, unsigned timeout_ms)
+child_main(int sock, const char *path, dev_t expect, unsigned timeout_ms)
 {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
+  struct stat st;
   int64_t deadline;
   char what = 'T';
   int err = 0;
 
   if (fd < 0) {
     child_report(sock, 'F', errno);
+    _exit(1);
+  }
+  /* Only the file system on the tailed device: an unmounted mount point
+   * is a directory of its parent file system (the root, say), which must
+   * never be frozen.  The open descriptor keeps it mounted from here. */
+  if (fstat(fd, &st) == -1 || st.st_dev != expect) {
+    child_report(sock, 'F', EXDEV);
     _exit(1);
   }
   if (ioctl(fd, FIFREEZE, 0) == -1) {
@@ -158,8 +167,9 @@ freezer_readable(evutil_socket_t fd, short what, void *arg)
 }
 
 struct freezer *
-freezer_start(struct event_base *base, const char *path, unsigned timeout_ms,
-              freezer_fn fn, void *arg, char *err, size_t errlen)
+freezer_start(struct event_base *base, const char *path, dev_t expect,
+              unsigned timeout_ms, freezer_fn fn, void *arg, char *err,
+              size_t errlen)
 {
   struct freezer *f;
   int sv[2];
@@ -186,7 +196,7 @@ freezer_start(struct event_base *base, const char *path, unsigned timeout_ms,
     signal(SIGTERM, SIG_IGN); /* a stopping agent's group: thaw first */
     signal(SIGINT, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
-    child_main(3, path, timeout_ms);
+    child_main(3, path, expect, timeout_ms);
   }
   close(sv[1]);
   f = calloc(1, sizeof *f);

@@ -193,6 +193,9 @@ int al_begin(struct al *al, uint64_t off, uint64_t len);
 void al_end(struct al *al, uint64_t off, uint64_t len);
 void al_tick(struct al *al);             /* retire idle extents */
 int al_flush_bitmap(struct al *al);      /* dirty bitmap pages to disk */
+/* The same without the sync: in the file (an agent crash keeps them), on
+ * disk at the next al_flush_bitmap (the once-a-second tick). */
+int al_write_bitmap(struct al *al);
 void al_shutdown(struct al *al);         /* clean stop: empty log */
 unsigned al_active(const struct al *al);
 
@@ -680,11 +683,13 @@ struct freezer;
 /* what: 'F' frozen, 'T' thawed as asked (or here, the watchdog having
  * died), 'X' thawed by the watchdog at its time limit; err: 0 or errno. */
 typedef void (*freezer_fn)(void *arg, char what, int err);
-/* Fork the watchdog, which freezes path and reports 'F'.  NULL with err
- * if it could not be started. */
+/* Fork the watchdog, which freezes path and reports 'F' (err EXDEV: path
+ * is not on the device `expect`, nothing frozen).  NULL with err if it
+ * could not be started. */
 struct freezer *freezer_start(struct event_base *base, const char *path,
-                              unsigned timeout_ms, freezer_fn fn, void *arg,
-                              char *err, size_t errlen);
+                              dev_t expect, unsigned timeout_ms,
+                              freezer_fn fn, void *arg, char *err,
+                              size_t errlen);
 /* Ask for the thaw ('T' follows; nothing if thawed already). */
 void freezer_thaw(struct freezer *f);
 bool freezer_thawed(const struct freezer *f);

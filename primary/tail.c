@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 
 #include "control.h"
@@ -65,6 +66,12 @@ struct tail {
 
 static void tail_point_step(struct tail *t, enum point_action a);
 
+static const char *
+p_path(const struct tail *t)
+{
+  return t->p->vol.path;
+}
+
 static void __attribute__((format(printf, 3, 4)))
 tail_reply(struct control_pending *r, bool ok, const char *fmt, ...)
 {
@@ -109,15 +116,18 @@ tail_lost(void *arg, uint64_t n)
     t->lag_since_ms = util_now_ms();
 }
 
-/* After each batch of records: the bits are on disk before the sender may
- * clear them, then the sender goes on. */
+/* After each batch of records: the bits are in the metadata file before
+ * the sender may clear them (written, not synced: a sync per batch would
+ * stall the loop behind the device's writeback; the tick syncs once a
+ * second, and a restart compares the whole device anyway), then the
+ * sender goes on. */
 static void
 tail_batch_done(void *arg)
 {
   struct tail *t = arg;
   struct primary *p = t->p;
 
-  if (al_flush_bitmap(p->al) < 0)
+  if (al_write_bitmap(p->al) < 0)
     return; /* logged; retried at the next batch, nothing is sent */
   if (repl_connected(p->repl))
     resync_ensure(p->resync);
@@ -290,10 +300,13 @@ static void
 tail_frozen(void *arg, char what, int err)
 {
   struct tail *t = arg;
-  char why[300];
+  char why[8400];
 
   if (what == 'F') {
-    if (err) {
+    if (err == EXDEV) {
+      snprintf(why, sizeof why, "%s is not the file system on %s (not "
+               "mounted?); nothing was frozen", t->mountpoint, p_path(t));
+    } else if (err) {
       snprintf(why, sizeof why, "cannot freeze %s: %s", t->mountpoint,
                strerror(err));
     } else {
@@ -397,6 +410,7 @@ tail_point_step(struct tail *t, enum point_action a)
     /* The watchdog's own limit is a little later than ours: it thaws if
      * this loop cannot. */
     t->fz = freezer_start(p->base, t->mountpoint,
+                          makedev(t->dev.major, t->dev.minor),
                           p->cfg.freeze_timeout_ms + 1000, tail_frozen, t,
                           err, sizeof err);
     if (!t->fz)

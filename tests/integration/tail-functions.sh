@@ -17,11 +17,16 @@ requires_tail() {
     }
 }
 
+# _device_file MiB: device.img, the file behind the loop device.
+_device_file() {
+    truncate -s "${1}M" "$TESTDIR/device.img"
+}
+
 # make_device MiB: a loop device over device.img with ext4 on it, mounted
 # (noatime: reading the files to hash them writes nothing) on $MNT.  Sets
 # DEV and MNT.
 make_device() {
-    truncate -s "${1}M" "$TESTDIR/device.img"
+    _device_file "$1"
     DEV=$(losetup -f --show "$TESTDIR/device.img") || fail "losetup failed"
     hold loop "$DEV"
     mkfs.ext4 -q -E lazy_itable_init=0,lazy_journal_init=0 "$DEV" ||
@@ -34,7 +39,7 @@ make_device() {
 
 # make_raw_device MiB: a loop device over device.img, no file system.
 make_raw_device() {
-    truncate -s "${1}M" "$TESTDIR/device.img"
+    _device_file "$1"
     DEV=$(losetup -f --show "$TESTDIR/device.img") || fail "losetup failed"
     hold loop "$DEV"
 }
@@ -74,9 +79,17 @@ wait_tracing() {
 # drains the trace rings, so every write completed before it is captured,
 # and waits until the secondary has all of it.  Then wait_drained.
 drain_point() {
-    local out
-    out=$("$DUPLEXCTL" --control "$TESTDIR/pri.ctl" snapshot create --name "$1" --json) ||
-        fail "consistency point $1 failed: $out"
+    local out deadline=$((SECONDS + 30 * SLOW))
+    # (a periodic point may be running: try again)
+    until out=$("$DUPLEXCTL" --control "$TESTDIR/pri.ctl" snapshot create \
+        --name "$1" --json 2>&1); do
+        case $out in
+            *"being taken"*) ;;
+            *) fail "consistency point $1 failed: $out" ;;
+        esac
+        [ "$SECONDS" -lt "$deadline" ] || fail "consistency point $1: $out"
+        sleep 0.1
+    done
     wait_drained
 }
 

@@ -14,9 +14,9 @@
 # must be a clean ext4 (e2fsck -fn, no journal to replay) holding exactly
 # the files and hashes recorded at its point; after an unmount the replica
 # must be byte-identical to the device and pass e2fsck -fn too.
-source "$(dirname "$0")/functions.sh"
-source "$(dirname "$0")/fs-functions.sh"
-source "$(dirname "$0")/tail-functions.sh"
+source "$(dirname "$0")/../functions.sh"
+source "$(dirname "$0")/../fs-functions.sh"
+source "$(dirname "$0")/../tail-functions.sh"
 requires_tail
 
 make_device 128
@@ -26,7 +26,22 @@ cat >pre-hook.sh <<EOF
 set -e
 cd "$TESTDIR"
 # (the load may have just ended)
-if [ -s load.pgid ]; then kill -STOP -- -\$(cat load.pgid) 2>/dev/null || true; fi
+if [ -s load.pgid ]; then
+    g=\$(cat load.pgid)
+    kill -STOP -- -\$g 2>/dev/null || true
+    # kill returns before the signal lands: wait until every process of
+    # the load is stopped (a write still finishing would change a file
+    # after it was hashed)
+    for i in \$(seq 1 500); do
+        busy=0
+        for pid in \$(pgrep -g "\$g"); do
+            st=\$(awk '{print \$3}' /proc/\$pid/stat 2>/dev/null) || continue
+            case \$st in T|t|Z|X) ;; *) busy=1 ;; esac
+        done
+        [ \$busy = 0 ] && break
+        sleep 0.01
+    done
+fi
 # Points go on after the unmount: their snapshots hold the final files.
 if ! mountpoint -q "$MNT"; then echo unmounted >"points/\$DUPLEX_POINT.manifest"; exit 0; fi
 (cd "$MNT" && find . -type f ! -path './lost+found/*' -print0 | sort -z |
@@ -93,7 +108,7 @@ while read -r id name; do
     m=points/$name.manifest
     # (taken after the unmount: the files of the final point)
     [ "$(cat "$m" 2>/dev/null)" = unmounted ] && m=points/final.manifest
-    [ -s "$m" ] || fail "snapshot $id ($name): no manifest was recorded at that point"
+    [ -e "$m" ] || fail "snapshot $id ($name): no manifest was recorded at that point"
     "$DUPLEXCTL" --control sec.ctl snapshot export "$id" --nbd "unix:$TESTDIR/exp.sock" \
         >/dev/null || fail "snapshot export $id failed"
     rm -f snap.img
