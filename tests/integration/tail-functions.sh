@@ -79,18 +79,25 @@ wait_tracing() {
 # drains the trace rings, so every write completed before it is captured,
 # and waits until the secondary has all of it.  Then wait_drained.
 drain_point() {
-    local out deadline=$((SECONDS + 30 * SLOW))
-    # (a periodic point may be running: try again)
+    take_point "$1" >/dev/null
+    wait_drained
+}
+
+# take_point NAME [ARGS...]: snapshot create --name NAME --json ARGS,
+# again while a periodic point is being taken; prints its answer.
+take_point() {
+    local name=$1 out deadline=$((SECONDS + 30 * SLOW))
+    shift
     until out=$("$DUPLEXCTL" --control "$TESTDIR/pri.ctl" snapshot create \
-        --name "$1" --json 2>&1); do
+        --name "$name" --json "$@" 2>&1); do
         case $out in
             *"being taken"*) ;;
-            *) fail "consistency point $1 failed: $out" ;;
+            *) fail "consistency point $name failed: $out" ;;
         esac
-        [ "$SECONDS" -lt "$deadline" ] || fail "consistency point $1: $out"
+        [ "$SECONDS" -lt "$deadline" ] || fail "consistency point $name: $out"
         sleep 0.1
     done
-    wait_drained
+    printf '%s\n' "$out"
 }
 
 # wait_drained: every captured change is on the secondary (nothing is
@@ -113,12 +120,13 @@ make_tree() {
 
 # start_load SECONDS: fio writing files in $MNT (random 4 KiB writes with
 # fsync every 16) and a loop copying a tree of files into it, in a process
-# group of their own (LOAD_PGID) so hooks can pause them (kill -STOP).
+# group of their own (LOAD_PGID) so hooks can pause them (kill -STOP; fio
+# runs its jobs as threads: job processes would setsid out of the group).
 start_load() {
     local secs=$1
     [ -d "$TESTDIR/tree" ] || make_tree "$TESTDIR/tree"
     setsid bash -c '
-        fio --name=load --directory="$1" --rw=randwrite --bs=4k --size=8M \
+        fio --name=load --thread --directory="$1" --rw=randwrite --bs=4k --size=8M \
             --numjobs=2 --ioengine=psync --fsync=16 --time_based \
             --runtime="$2" --output=/dev/null &
         f=$!

@@ -14,9 +14,9 @@
 # must be a clean ext4 (e2fsck -fn, no journal to replay) holding exactly
 # the files and hashes recorded at its point; after an unmount the replica
 # must be byte-identical to the device and pass e2fsck -fn too.
-source "$(dirname "$0")/../functions.sh"
-source "$(dirname "$0")/../fs-functions.sh"
-source "$(dirname "$0")/../tail-functions.sh"
+source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/fs-functions.sh"
+source "$(dirname "$0")/tail-functions.sh"
 requires_tail
 
 make_device 128
@@ -72,8 +72,7 @@ rm -f load.pgid
 written=$((($(sectors_written) - w0) * 512))
 log "the workload wrote $written bytes to $DEV"
 
-out=$("$DUPLEXCTL" --control pri.ctl snapshot create --freeze "$MNT" --name final --json) ||
-    fail "the final consistency point failed: $out"
+out=$(take_point final --freeze "$MNT")
 final_id=$(jq -r .id <<<"$out")
 log "final point: snapshot $final_id, frozen $(jq -r .frozen_ms <<<"$out") ms"
 st=$(status_json pri)
