@@ -9,9 +9,9 @@
 # SIGKILL and restarted.  After the load and an unmount the replica is
 # byte-identical to the device, and `duplexctl verify` finds nothing out of
 # sync.
-source "$(dirname "$0")/functions.sh"
-source "$(dirname "$0")/fs-functions.sh"
-source "$(dirname "$0")/tail-functions.sh"
+source "$(dirname "$0")/../functions.sh"
+source "$(dirname "$0")/../fs-functions.sh"
+source "$(dirname "$0")/../tail-functions.sh"
 requires_tail
 
 make_device 128
