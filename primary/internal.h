@@ -718,11 +718,10 @@ int tail_start(struct primary *p, char *err, size_t errlen);
 void tail_stop(struct primary *p);
 void tail_free(struct primary *p);
 /* The resync's questions in tail mode: a run begins (its accounting);
- * compare this range first (what the trace missed)? hold the in-sync
- * report back (only points report it)? */
+ * compare this range first (what the trace missed)?  (The in-sync report
+ * is always held back: only consistency points send it.) */
 void tail_run_begins(struct primary *p);
 bool tail_compare_range(struct primary *p, uint64_t off, uint64_t len);
-bool tail_hold_in_sync(struct primary *p);
 /* The secondary acknowledged an in-sync report. */
 void tail_in_sync(struct primary *p);
 /* Acknowledgements arrived: a draining point may go on. */

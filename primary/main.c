@@ -176,7 +176,9 @@ static bool
 main_hold_in_sync(void *arg)
 {
   struct primary *p = arg;
-  return restore_running(p) || (p->tail && tail_hold_in_sync(p));
+  /* In tail mode only consistency points tell the secondary it is in
+   * sync (tail.c). */
+  return restore_running(p) || p->tail != NULL;
 }
 
 /* Once a second: retire idle activity-log extents, flush bitmap pages. */

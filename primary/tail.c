@@ -43,7 +43,6 @@ struct tail {
   /* Bytes sent (data and zero ranges) by finished runs: after comparing
    * (what the scan found different), and as traced. */
   uint64_t scan_sent, traced_sent;
-  uint64_t captured;            /* ranges delivered since start */
 
   /* The consistency point in progress (point_active), or the last one. */
   struct point pt;
@@ -66,11 +65,6 @@ struct tail {
 
 static void tail_point_step(struct tail *t, enum point_action a);
 
-static const char *
-p_path(const struct tail *t)
-{
-  return t->p->vol.path;
-}
 
 static void __attribute__((format(printf, 3, 4)))
 tail_reply(struct control_pending *r, bool ok, const char *fmt, ...)
@@ -90,7 +84,6 @@ tail_changed(void *arg, uint64_t off, uint64_t len)
   struct primary *p = t->p;
 
   bitmap_set_range(p->oos, off, len);
-  t->captured++;
   if (t->lag_since_ms == 0)
     t->lag_since_ms = util_now_ms();
   /* A change the secondary cannot get now starts a new generation (after
@@ -136,22 +129,25 @@ tail_batch_done(void *arg)
 
 /* ---- what the resync asks ---- */
 
-/* Add a run's sends to the totals. */
+/* The totals of finished runs plus what the current (or last) run has
+ * sent: after comparing (the scan) and as traced. */
 static void
-tail_account(struct tail *t, const struct resync_counters *rc)
+tail_sent(const struct tail *t, uint64_t *scan, uint64_t *traced)
 {
-  uint64_t all = rc->data_bytes_sent + rc->zero_bytes_sent;
-  t->scan_sent += rc->compared_sent_bytes;
-  t->traced_sent += all - rc->compared_sent_bytes;
+  struct resync_counters rc;
+
+  resync_get_counters(t->p->resync, &rc);
+  *scan = t->scan_sent + rc.compared_sent_bytes;
+  *traced = t->traced_sent + rc.data_bytes_sent + rc.zero_bytes_sent -
+            rc.compared_sent_bytes;
 }
 
 void
 tail_run_begins(struct primary *p)
 {
-  struct resync_counters rc;
-  /* The previous run's counters, before they are reset. */
-  resync_get_counters(p->resync, &rc);
-  tail_account(p->tail, &rc);
+  struct tail *t = p->tail;
+  /* The previous run's counters join the totals before they are reset. */
+  tail_sent(t, &t->scan_sent, &t->traced_sent);
 }
 
 bool
@@ -164,14 +160,6 @@ tail_compare_range(struct primary *p, uint64_t off, uint64_t len)
   if (any)
     bitmap_clear_range(t->scan_bm, off, len);
   return any;
-}
-
-/* Only a consistency point tells the secondary it is in sync. */
-bool
-tail_hold_in_sync(struct primary *p)
-{
-  (void)p;
-  return true;
 }
 
 void
@@ -230,7 +218,6 @@ tail_link_lost(struct primary *p)
 static void
 tail_point_finish(struct tail *t)
 {
-  struct primary *p = t->p;
   bool ok = t->pt.state == POINT_DONE;
   struct evbuffer *body = evbuffer_new();
 
@@ -273,7 +260,6 @@ tail_point_finish(struct tail *t)
   }
   if (body)
     evbuffer_free(body);
-  (void)p;
 }
 
 static void
@@ -305,7 +291,7 @@ tail_frozen(void *arg, char what, int err)
   if (what == 'F') {
     if (err == EXDEV) {
       snprintf(why, sizeof why, "%s is not the file system on %s (not "
-               "mounted?); nothing was frozen", t->mountpoint, p_path(t));
+               "mounted?); nothing was frozen", t->mountpoint, t->p->vol.path);
     } else if (err) {
       snprintf(why, sizeof why, "cannot freeze %s: %s", t->mountpoint,
                strerror(err));
@@ -646,13 +632,10 @@ tail_status_json(struct primary *p, struct json *j)
   /* Sent by runs comparing hashes (start, lost records: what the scan
    * found different) and by runs of traced changes. */
   {
-    /* the totals plus the current run's */
-    struct tail tt = *t;
-    struct resync_counters rc;
-    resync_get_counters(p->resync, &rc);
-    tail_account(&tt, &rc);
-    json_u64(j, "scan_sent_bytes", tt.scan_sent);
-    json_u64(j, "traced_sent_bytes", tt.traced_sent);
+    uint64_t scan, traced;
+    tail_sent(t, &scan, &traced);
+    json_u64(j, "scan_sent_bytes", scan);
+    json_u64(j, "traced_sent_bytes", traced);
   }
   json_obj_end(j);
   json_obj_begin(j, "points");

@@ -200,14 +200,8 @@ ring_drain(struct trace_ring *r)
       trace_lost(tc, lost, "the trace buffer overran");
       break;
     case TRACE_REC_BAD:
-      if (len >= 12) {
-        uint32_t rs;
-        memcpy(&rs, rec + 8, 4);
-        log_debug("primary: tail capture: undecodable record of %zu bytes, "
-                  "raw %u, sector %" PRIu64 " nr %u", len, rs,
-                  len >= 12 + 24 ? *(const uint64_t *)(rec + 12 + 16) : 0,
-                  len >= 12 + 28 ? *(const uint32_t *)(rec + 12 + 24) : 0);
-      }
+      log_debug("primary: tail capture: undecodable record of %zu bytes "
+                "(the layout needs %u raw bytes)", len, tc->layout.min_len);
       tc->ctr.bad++;
       trace_lost(tc, 1, "a record that does not decode");
       break;
