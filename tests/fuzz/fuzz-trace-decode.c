@@ -9,27 +9,9 @@
 
 #include "internal.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "../unit/trace-formats.h"
 
-static const char fmt[] =
-    "name: block_rq_complete\n"
-    "ID: 2107\n"
-    "format:\n"
-    "\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n"
-    "\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;\n"
-    "\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;\n"
-    "\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n"
-    "\n"
-    "\tfield:dev_t dev;\toffset:8;\tsize:4;\tsigned:0;\n"
-    "\tfield:sector_t sector;\toffset:16;\tsize:8;\tsigned:0;\n"
-    "\tfield:unsigned int nr_sector;\toffset:24;\tsize:4;\tsigned:0;\n"
-    "\tfield:int error;\toffset:28;\tsize:4;\tsigned:1;\n"
-    "\tfield:unsigned short ioprio;\toffset:32;\tsize:2;\tsigned:0;\n"
-    "\tfield:char rwbs[10];\toffset:34;\tsize:10;\tsigned:0;\n"
-    "\tfield:__data_loc char[] cmd;\toffset:44;\tsize:4;\tsigned:0;\n"
-    "\n"
-    "print fmt: \"%d,%d %s\", ((unsigned int) ((REC->dev) >> 20)), "
-    "((unsigned int) ((REC->dev) & ((1U << 20) - 1))), REC->rwbs\n";
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void
 check(const struct trace_layout *l, const uint8_t *rec, size_t len)
@@ -60,7 +42,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   char err[256];
 
   if (!have) {
-    if (trace_layout_parse(fmt, sizeof fmt - 1, &real, err, sizeof err))
+    if (trace_layout_parse(fmt_new, sizeof fmt_new - 1, &real, err, sizeof err))
       abort();
     have = 1;
   }
