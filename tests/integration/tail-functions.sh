@@ -120,12 +120,19 @@ make_tree() {
 
 # start_load SECONDS: fio writing files in $MNT (random 4 KiB writes with
 # fsync every 16) and a loop copying a tree of files into it, in a process
-# group of their own (LOAD_PGID) so hooks can pause them (kill -STOP; fio
-# runs its jobs as threads: job processes would setsid out of the group).
+# group of their own (LOAD_PGID, also in load.pgid, written before the load
+# writes anything) so hooks can pause them (kill -STOP; fio runs its jobs
+# as threads: job processes would setsid out of the group).  A pre-hook
+# creates load.pgid.hold first and its post-hook removes it: a load starting
+# in between waits.
 start_load() {
     local secs=$1
     [ -d "$TESTDIR/tree" ] || make_tree "$TESTDIR/tree"
     setsid bash -c '
+        echo $$ >"$4.tmp" && mv "$4.tmp" "$4" # before any write
+        # A point whose pre-hook ran before that file existed: wait for
+        # its post-hook.
+        while [ -e "$4.hold" ]; do sleep 0.01; done
         fio --name=load --thread --directory="$1" --rw=randwrite --bs=4k --size=8M \
             --numjobs=2 --ioengine=psync --fsync=16 --time_based \
             --runtime="$2" --output=/dev/null &
@@ -137,7 +144,7 @@ start_load() {
             rm -rf "$1/copy$((n % 3))"
             cp -a "$3" "$1/copy$((n % 3))"
         done
-        wait $f' load "$MNT" "$secs" "$TESTDIR/tree" \
+        wait $f' load "$MNT" "$secs" "$TESTDIR/tree" "$TESTDIR/load.pgid" \
         >"$TESTDIR/load.log" 2>&1 </dev/null &
     LOAD_PID=$!
     echo "$LOAD_PID" >>"$TESTDIR/.agents"

@@ -90,19 +90,26 @@ st=$(status_json pri)
 grep -q 'freeze-timeout' <<<"$(jq -r .points.last_error <<<"$st")" ||
     fail "status does not say why the last point failed: $(jq -c .points <<<"$st")"
 
+# frozen_point NAME: a fresh agent (--freeze-timeout 30), something to
+# drain, the link stalled, and a point NAME started in the background
+# (ctl_pid) that is now draining with the file system frozen.
+frozen_point() {
+    start_tail_primary --freeze-timeout 30 "${hooks[@]}"
+    wait_status pri connection connected
+    wait_tracing
+    echo "dirty" >"$MNT/dirty-$1"
+    proxy_cmd px stall
+    "$DUPLEXCTL" --control pri.ctl snapshot create --freeze "$MNT" --name "$1" \
+        >"$1.out" 2>&1 &
+    ctl_pid=$!
+    wait_until -m "the point is draining (frozen)" \
+        '[ "$(status_json pri | jq -r .points.state)" = draining ]'
+}
+
 # ---- 4. SIGKILL while frozen ----
 wait_until -m "the link is back" '[ "$(status_field pri sync)" = in-sync ]'
 stop_agent pri
-start_tail_primary --freeze-timeout 30 "${hooks[@]}"
-wait_status pri connection connected
-wait_tracing
-echo "dirty" >"$MNT/dirty2"
-proxy_cmd px stall
-"$DUPLEXCTL" --control pri.ctl snapshot create --freeze "$MNT" --name killed \
-    >killed.out 2>&1 &
-ctl_pid=$!
-wait_until -m "the point is draining (frozen)" \
-    '[ "$(status_json pri | jq -r .points.state)" = draining ]'
+frozen_point killed
 kill9_agent pri
 t0=$(now_ms)
 writable killed
@@ -111,16 +118,7 @@ wait "$ctl_pid" 2>/dev/null || true
 proxy_cmd px restore
 
 # ---- 5. SIGTERM while frozen ----
-start_tail_primary --freeze-timeout 30 "${hooks[@]}"
-wait_status pri connection connected
-wait_tracing
-echo "dirty" >"$MNT/dirty3"
-proxy_cmd px stall
-"$DUPLEXCTL" --control pri.ctl snapshot create --freeze "$MNT" --name stopped \
-    >stopped.out 2>&1 &
-ctl_pid=$!
-wait_until -m "the point is draining (frozen)" \
-    '[ "$(status_json pri | jq -r .points.state)" = draining ]'
+frozen_point stopped
 stop_agent pri
 writable stopped
 wait "$ctl_pid" 2>/dev/null || true

@@ -10,9 +10,9 @@
 # after an unmount, the replica is byte-identical to the device, and the
 # bytes sent are at most twice the bytes written to the device during the
 # test plus what the two scans found different.
-source "$(dirname "$0")/functions.sh"
-source "$(dirname "$0")/fs-functions.sh"
-source "$(dirname "$0")/tail-functions.sh"
+source "$(dirname "$0")/../functions.sh"
+source "$(dirname "$0")/../fs-functions.sh"
+source "$(dirname "$0")/../tail-functions.sh"
 requires_tail
 
 make_device 128

@@ -14,9 +14,9 @@
 # must be a clean ext4 (e2fsck -fn, no journal to replay) holding exactly
 # the files and hashes recorded at its point; after an unmount the replica
 # must be byte-identical to the device and pass e2fsck -fn too.
-source "$(dirname "$0")/functions.sh"
-source "$(dirname "$0")/fs-functions.sh"
-source "$(dirname "$0")/tail-functions.sh"
+source "$(dirname "$0")/../functions.sh"
+source "$(dirname "$0")/../fs-functions.sh"
+source "$(dirname "$0")/../tail-functions.sh"
 requires_tail
 
 make_device 128
@@ -25,6 +25,7 @@ cat >pre-hook.sh <<EOF
 #!/bin/bash
 set -e
 cd "$TESTDIR"
+touch load.pgid.hold # a load starting from now on waits (tail-functions.sh)
 # (the load may have just ended)
 if [ -s load.pgid ]; then
     g=\$(cat load.pgid)
@@ -50,6 +51,7 @@ EOF
 cat >post-hook.sh <<EOF
 #!/bin/bash
 cd "$TESTDIR"
+rm -f load.pgid.hold
 if [ -s load.pgid ]; then kill -CONT -- -\$(cat load.pgid) 2>/dev/null || true; fi
 exit 0
 EOF
@@ -66,7 +68,6 @@ wait_tracing
 
 w0=$(sectors_written)
 start_load 8
-echo "$LOAD_PGID" >load.pgid
 wait_load
 rm -f load.pgid
 written=$((($(sectors_written) - w0) * 512))
