@@ -557,6 +557,14 @@ int trace_decode(const struct trace_layout *l, const void *raw, size_t len,
 /* The kernel's dev_t of a tracepoint record for a device number. */
 uint32_t trace_kdev(unsigned major, unsigned minor);
 
+/* The sectors a device has completed writing, write-zeroes and discards
+ * included, from the text of its sysfs stat file (Documentation/block/
+ * stat.rst: field 7 write sectors, field 14 discard sectors where the
+ * kernel has it): the block layer adds them right after the
+ * block_rq_complete tracepoint fired for the same bytes, so they check
+ * that no record went missing.  -1 if the text has fewer than 7 numbers. */
+int trace_stat_sectors(const char *text, size_t len, uint64_t *sectors);
+
 /* perf ring buffers (perf_event_open's mmap, sample_type PERF_SAMPLE_RAW):
  * positions are free-running byte counts like data_head and data_tail.
  * Takes the record at *tail (one that wraps is copied into scratch) and
@@ -601,8 +609,11 @@ struct trace_capture_events {
   /* A write, discard or write-zeroes completed on [off, off+len) of the
    * device (bytes from its start). */
   void (*changed)(void *arg, uint64_t off, uint64_t len);
-  /* n records were lost: some change is unknown. */
-  void (*lost)(void *arg, uint64_t n);
+  /* Some change is unknown: records were lost (overrun: the ring was full,
+   * or a record did not decode), or the kernel's I/O statistics count
+   * sectors written that no record reported (untraced: the kernel can drop
+   * a tracepoint's perf record without saying so). */
+  void (*lost)(void *arg, bool untraced);
   /* The records read so far were delivered. */
   void (*batch_done)(void *arg);
   void *arg;
@@ -614,6 +625,11 @@ struct trace_capture_counters {
   uint64_t lost;                /* records lost (overruns, bad records) */
   uint64_t bad;
   uint64_t drains;
+  /* Sectors the device's statistics counted that no record reported,
+   * and how often that was found; accounting false when they cannot be
+   * read (no stat file, queue/iostats 0). */
+  uint64_t untraced_sectors, untraced_events;
+  bool accounting;
 };
 struct trace_capture;
 /* Attach to the tracepoint on every CPU (the rings are drained on the

@@ -38,7 +38,7 @@ struct tail {
    * it, then cleared.  Traced changes are sent as they are. */
   struct bitmap *scan_bm;
   bool scan;                    /* scan_bm not empty yet */
-  const char *scan_reason;      /* "start", "overrun" */
+  const char *scan_reason;      /* "start", "overrun", "untraced writes" */
   uint64_t lag_since_ms;        /* oldest change not yet on the secondary */
   /* Bytes sent (data and zero ranges) by finished runs: after comparing
    * (what the scan found different), and as traced. */
@@ -95,16 +95,15 @@ tail_changed(void *arg, uint64_t off, uint64_t len)
 }
 
 static void
-tail_lost(void *arg, uint64_t n)
+tail_lost(void *arg, bool untraced)
 {
   struct tail *t = arg;
   struct primary *p = t->p;
-  (void)n;
 
   bitmap_set_all(p->oos);
   bitmap_set_all(t->scan_bm);
   t->scan = true;
-  t->scan_reason = "overrun";
+  t->scan_reason = untraced ? "untraced writes" : "overrun";
   if (t->lag_since_ms == 0)
     t->lag_since_ms = util_now_ms();
 }
@@ -604,7 +603,8 @@ tail_capture_state(const struct primary *p)
     return "stopped";
   if (t->scan)
     return strcmp(t->scan_reason, "overrun") == 0 ? "scanning (overrun)"
-                                                  : "scanning (start)";
+           : strcmp(t->scan_reason, "start") == 0 ? "scanning (start)"
+                                                  : "scanning (untraced writes)";
   return "tracing";
 }
 
@@ -625,6 +625,10 @@ tail_status_json(struct primary *p, struct json *j)
   json_u64(j, "changes", c.changes);
   json_u64(j, "bytes_changed", c.bytes_changed);
   json_u64(j, "records_lost", c.lost);
+  /* Found by checking the records against the device's statistics. */
+  json_u64(j, "untraced_bytes", c.untraced_sectors * 512);
+  json_u64(j, "untraced_found", c.untraced_events);
+  json_bool(j, "untraced_checked", c.accounting);
   json_u64(j, "lag_bytes", bitmap_dirty_bytes(p->oos) +
                                repl_inflight_bytes(p->repl));
   json_double(j, "lag_seconds",

@@ -153,6 +153,34 @@ decode_rwbs(const char *s, size_t n, struct trace_change *c)
 }
 
 int
+trace_stat_sectors(const char *text, size_t len, uint64_t *sectors)
+{
+  uint64_t f[17];
+  size_t i = 0, n = 0;
+
+  while (n < 17) {
+    uint64_t v = 0;
+    bool digits = false;
+    while (i < len && (text[i] == ' ' || text[i] == '\t'))
+      i++;
+    while (i < len && text[i] >= '0' && text[i] <= '9') {
+      if (v > (UINT64_MAX - 9) / 10)
+        return -1;
+      v = v * 10 + (uint64_t)(text[i] - '0');
+      digits = true;
+      i++;
+    }
+    if (!digits)
+      break;
+    f[n++] = v;
+  }
+  if (n < 7)
+    return -1;
+  *sectors = f[6] + (n >= 14 ? f[13] : 0);
+  return 0;
+}
+
+int
 trace_decode(const struct trace_layout *l, const void *raw, size_t len,
              struct trace_change *out)
 {

@@ -51,6 +51,13 @@ struct trace_capture {
   unsigned n_rings;
   struct event *poll;
   struct trace_capture_counters ctr;
+  /* The cross-check with the device's statistics (trace_stat_sectors):
+   * the sectors records reported since the baseline, and the stat file. */
+  int stat_fd;
+  uint64_t stat_base, traced_sectors;
+  /* Fault injection for the tests (DUPLEX_TEST_TRACE_DROP=N): every Nth
+   * change record is dropped, as the kernel sometimes does. */
+  uint64_t drop_every, drop_n;
   uint8_t scratch[TRACE_SCRATCH];
 };
 
@@ -163,8 +170,11 @@ trace_deliver(struct trace_capture *tc, const struct trace_change *c)
   e = MIN(c->off + c->len, ve);
   if (s >= e)
     return;
+  if (tc->drop_every && ++tc->drop_n % tc->drop_every == 0)
+    return;
   tc->ctr.changes++;
   tc->ctr.bytes_changed += e - s;
+  tc->traced_sectors += (e - s) / 512;
   tc->events.changed(tc->events.arg, s - vs, e - s);
 }
 
@@ -175,7 +185,46 @@ trace_lost(struct trace_capture *tc, uint64_t n, const char *why)
   log_warn("primary: tail capture of %s: %" PRIu64 " trace records lost "
            "(%s); the volume is compared with the secondary",
            tc->cfg.path, n, why);
-  tc->events.lost(tc->events.arg, n);
+  tc->events.lost(tc->events.arg, false);
+}
+
+/* The device's completed write and discard sectors (trace_stat_sectors);
+ * -1 if they cannot be read. */
+static int
+trace_stat_read(const struct trace_capture *tc, uint64_t *sectors)
+{
+  char buf[512];
+  ssize_t n;
+
+  if (tc->stat_fd < 0)
+    return -1;
+  n = pread(tc->stat_fd, buf, sizeof buf - 1, 0);
+  if (n <= 0)
+    return -1;
+  buf[n] = '\0';
+  return trace_stat_sectors(buf, (size_t)n, sectors);
+}
+
+/* After the rings were drained: every sector the statistics counted when
+ * they were read (before the drain) must have come with a record, since
+ * the kernel fires the tracepoint before it counts.  More records than
+ * sectors is normal (writes completing during the drain). */
+static void
+trace_check_accounting(struct trace_capture *tc, uint64_t stat)
+{
+  uint64_t counted = stat - tc->stat_base, missing;
+
+  if (stat < tc->stat_base || counted <= tc->traced_sectors)
+    return;
+  missing = counted - tc->traced_sectors;
+  tc->traced_sectors = counted; /* found once */
+  tc->ctr.untraced_sectors += missing;
+  tc->ctr.untraced_events++;
+  log_warn("primary: tail capture of %s: the kernel counted %" PRIu64
+           " sectors written that no trace record reported (it dropped "
+           "records without saying so); the volume is compared with the "
+           "secondary", tc->cfg.path, missing);
+  tc->events.lost(tc->events.arg, true);
 }
 
 static void
@@ -220,10 +269,15 @@ ring_drain(struct trace_ring *r)
 void
 trace_capture_drain(struct trace_capture *tc)
 {
+  uint64_t stat = 0;
+  bool have_stat = tc->ctr.accounting && trace_stat_read(tc, &stat) == 0;
   unsigned i;
+
   tc->ctr.drains++;
   for (i = 0; i < tc->n_rings; i++)
     ring_drain(&tc->rings[i]);
+  if (have_stat)
+    trace_check_accounting(tc, stat);
   tc->events.batch_done(tc->events.arg);
 }
 
@@ -334,6 +388,37 @@ ring_open(struct trace_capture *tc, struct trace_ring *r, int cpu,
   return 0;
 }
 
+/* The statistics the records are checked against, baseline taken after
+ * the rings are attached (so nothing counted from here on is missing a
+ * record); without them lost records go unnoticed unless perf says so. */
+static void
+trace_accounting_open(struct trace_capture *tc)
+{
+  const struct trace_device *d = &tc->cfg.dev;
+  char path[PATH_MAX];
+  uint64_t iostats = 1;
+
+  snprintf(path, sizeof path, "/sys/dev/block/%u:%u/queue/iostats",
+           d->disk_major, d->disk_minor);
+  if (read_sysfs_u64(path, &iostats) == 0 && iostats == 0) {
+    log_warn("primary: tail capture of %s: %s is 0: records the kernel "
+             "drops without saying so cannot be noticed (echo 1 > %s)",
+             tc->cfg.path, path, path);
+    return;
+  }
+  snprintf(path, sizeof path, "/sys/dev/block/%u:%u/stat", d->major,
+           d->minor);
+  tc->stat_fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (tc->stat_fd < 0 || trace_stat_read(tc, &tc->stat_base) == -1) {
+    log_warn("primary: tail capture of %s: cannot read %s (%s): records "
+             "the kernel drops without saying so cannot be noticed",
+             tc->cfg.path, path, tc->stat_fd < 0 ? strerror(errno)
+                                                 : "unexpected contents");
+    return;
+  }
+  tc->ctr.accounting = true;
+}
+
 struct trace_capture *
 trace_capture_open(struct event_base *base,
                    const struct trace_capture_config *cfg,
@@ -349,6 +434,12 @@ trace_capture_open(struct event_base *base,
     abort();
   tc->cfg = *cfg;
   tc->events = *events;
+  tc->stat_fd = -1;
+  if (getenv("DUPLEX_TEST_TRACE_DROP")) {
+    tc->drop_every = strtoull(getenv("DUPLEX_TEST_TRACE_DROP"), NULL, 10);
+    log_warn("primary: fault injection: every %" PRIu64 "th trace record "
+             "is dropped (DUPLEX_TEST_TRACE_DROP)", tc->drop_every);
+  }
   tc->kdev = trace_kdev(cfg->dev.disk_major, cfg->dev.disk_minor);
   if ((cfg->ring_pages & (cfg->ring_pages - 1)) || cfg->ring_pages == 0) {
     snprintf(err, errlen, "trace buffer of %u pages: must be a power of two",
@@ -385,6 +476,7 @@ trace_capture_open(struct event_base *base,
     trace_capture_close(tc);
     return NULL;
   }
+  trace_accounting_open(tc);
   {
     struct timeval tv = { 0, (suseconds_t)cfg->poll_ms * 1000 };
     tc->poll = event_new(base, -1, EV_PERSIST, poll_tick, tc);
@@ -416,6 +508,8 @@ trace_capture_close(struct trace_capture *tc)
     close(r->fd);
   }
   free(tc->rings);
+  if (tc->stat_fd >= 0)
+    close(tc->stat_fd);
   free(tc);
 }
 

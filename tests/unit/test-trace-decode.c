@@ -295,6 +295,34 @@ test_perf_record_bad(void **state)
   assert_int_equal(trace_perf_record(&l, rec, 16, &c, &lost), TRACE_REC_OTHER);
 }
 
+/* The device statistics the records are checked against: write plus
+ * discard sectors, from the 17 fields of today's kernels and the 11 of
+ * older ones (no discard fields). */
+static void
+test_stat_sectors(void **state)
+{
+  static const char now[] =
+      "    5410        0   431018     3042   128977    31337  3201840"
+      "   290361        0   115064   293403      12        0   262144"
+      "        5     1024      101\n";
+  static const char old[] = "1 2 3 4 5 6 7000 8 9 10 11\n";
+  uint64_t s = 0;
+  (void)state;
+
+  assert_int_equal(trace_stat_sectors(now, strlen(now), &s), 0);
+  assert_int_equal(s, 3201840 + 262144);
+  assert_int_equal(trace_stat_sectors(old, strlen(old), &s), 0);
+  assert_int_equal(s, 7000);
+  /* Only the bytes given are read (no terminator needed). */
+  assert_int_equal(trace_stat_sectors(now, 40, &s), -1);
+  assert_int_equal(trace_stat_sectors("", 0, &s), -1);
+  assert_int_equal(trace_stat_sectors("1 2 3 4 5 6\n", 12, &s), -1);
+  assert_int_equal(trace_stat_sectors("1 2 3 x 5 6 7", 13, &s), -1);
+  /* A number too large for 64 bits. */
+  assert_int_equal(trace_stat_sectors("1 2 3 4 5 6 99999999999999999999999",
+                                      35, &s), -1);
+}
+
 int
 main(void)
 {
@@ -306,6 +334,7 @@ main(void)
     cmocka_unit_test(test_ring_wraps),
     cmocka_unit_test(test_ring_inconsistent),
     cmocka_unit_test(test_perf_record_bad),
+    cmocka_unit_test(test_stat_sectors),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
