@@ -118,41 +118,50 @@ make_tree() {
     done
 }
 
-# start_load SECONDS: fio writing files in $MNT (random 4 KiB writes with
-# fsync every 16) and a loop copying a tree of files into it, in a process
-# group of their own (LOAD_PGID, also in load.pgid, written before the load
-# writes anything) so hooks can pause them (kill -STOP; fio runs its jobs
-# as threads: job processes would setsid out of the group).  A pre-hook
-# creates load.pgid.hold first and its post-hook removes it: a load starting
-# in between waits.
+# start_load: fio writing files in $MNT (random 4 KiB writes with fsync
+# every 16, in runs of 2 s) and a loop copying a tree of files into it,
+# until stop_load (or 300 s, a safety net), in a process group of their own
+# (LOAD_PGID, also in load.pgid, written before the load writes anything)
+# so hooks can pause them (kill -STOP; fio runs its jobs as threads: job
+# processes would setsid out of the group).  A pre-hook creates
+# load.pgid.hold first and its post-hook removes it: a load starting in
+# between waits.  The test decides when the load has done enough (a count
+# of points, a kill in the middle), not a duration that a slow machine
+# would use up before the test gets there.
 start_load() {
-    local secs=$1
     [ -d "$TESTDIR/tree" ] || make_tree "$TESTDIR/tree"
+    rm -f "$TESTDIR/load.stop"
     setsid bash -c '
         echo $$ >"$4.tmp" && mv "$4.tmp" "$4" # before any write
         # A point whose pre-hook ran before that file existed: wait for
         # its post-hook.
         while [ -e "$4.hold" ]; do sleep 0.01; done
-        fio --name=load --thread --directory="$1" --rw=randwrite --bs=4k --size=8M \
-            --numjobs=2 --ioengine=psync --fsync=16 --time_based \
-            --runtime="$2" --output=/dev/null &
+        end=$((SECONDS + 300))
+        (while [ ! -e "$2" ] && [ $SECONDS -lt $end ]; do
+            fio --name=load --thread --directory="$1" --rw=randwrite --bs=4k \
+                --size=8M --numjobs=2 --ioengine=psync --fsync=16 \
+                --time_based --runtime=2 --output=/dev/null || exit 1
+        done) &
         f=$!
         n=0
-        end=$((SECONDS + $2))
-        while [ $SECONDS -lt $end ]; do
+        while [ ! -e "$2" ] && [ $SECONDS -lt $end ]; do
             n=$((n + 1))
             rm -rf "$1/copy$((n % 3))"
-            cp -a "$3" "$1/copy$((n % 3))"
+            cp -a "$3" "$1/copy$((n % 3))" || exit 1
         done
-        wait $f' load "$MNT" "$secs" "$TESTDIR/tree" "$TESTDIR/load.pgid" \
-        >"$TESTDIR/load.log" 2>&1 </dev/null &
+        wait $f' load "$MNT" "$TESTDIR/load.stop" "$TESTDIR/tree" \
+        "$TESTDIR/load.pgid" >"$TESTDIR/load.log" 2>&1 </dev/null &
     LOAD_PID=$!
     echo "$LOAD_PID" >>"$TESTDIR/.agents"
     LOAD_PGID=$LOAD_PID
     hold proc load "$LOAD_PID"
 }
 
-wait_load() {
+# stop_load: end the load (its current fio run finishes) and wait for it;
+# fails the test if it failed or had already ended.
+stop_load() {
+    _alive "$LOAD_PID" || fail "the load ended before the test stopped it"
+    touch "$TESTDIR/load.stop"
     wait "$LOAD_PID" || { cat "$TESTDIR/load.log" >&2; fail "the load failed"; }
     forget proc load
 }

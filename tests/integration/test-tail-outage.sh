@@ -9,9 +9,9 @@
 # SIGKILL and restarted.  After the load and an unmount the replica is
 # byte-identical to the device, and `duplexctl verify` finds nothing out of
 # sync.
-source "$(dirname "$0")/../functions.sh"
-source "$(dirname "$0")/../fs-functions.sh"
-source "$(dirname "$0")/../tail-functions.sh"
+source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/fs-functions.sh"
+source "$(dirname "$0")/tail-functions.sh"
 requires_tail
 
 make_device 128
@@ -23,7 +23,7 @@ start_tail_primary
 wait_status pri connection connected
 wait_tracing
 
-start_load 12
+start_load
 wait_until -m "traced changes sent" \
     '[ "$(status_json pri | jq -r .capture.traced_sent_bytes)" -gt 0 ]'
 
@@ -44,13 +44,16 @@ wait_status pri connection connected
 
 # ---- SIGKILL of the secondary ----
 kill9_agent sec
-_alive "$LOAD_PID" || fail "the load ended before the secondary was killed (make it longer)"
 start_secondary sec --volume "$TESTDIR/replica.img" \
     --meta "$TESTDIR/replica.meta" --listen "127.0.0.1:$sec_real_port" \
     --snapshot-store "$TESTDIR/S" \
     --tls-cert "$CERTS/secondary.pem" --tls-key "$CERTS/secondary.key" \
     --tls-ca "$CERTS/ca.pem" --peer-name primary
-wait_load
+wait_status pri connection connected
+t2=$(status_json pri | jq -r .capture.traced_sent_bytes)
+wait_until -m "traced changes sent to the restarted secondary" \
+    '[ "$(status_json pri | jq -r .capture.traced_sent_bytes)" -gt "$t2" ]'
+stop_load
 
 release mount "$MNT"
 drain_point end

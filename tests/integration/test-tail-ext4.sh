@@ -14,9 +14,9 @@
 # must be a clean ext4 (e2fsck -fn, no journal to replay) holding exactly
 # the files and hashes recorded at its point; after an unmount the replica
 # must be byte-identical to the device and pass e2fsck -fn too.
-source "$(dirname "$0")/../functions.sh"
-source "$(dirname "$0")/../fs-functions.sh"
-source "$(dirname "$0")/../tail-functions.sh"
+source "$(dirname "$0")/functions.sh"
+source "$(dirname "$0")/fs-functions.sh"
+source "$(dirname "$0")/tail-functions.sh"
 requires_tail
 
 make_device 128
@@ -26,22 +26,25 @@ cat >pre-hook.sh <<EOF
 set -e
 cd "$TESTDIR"
 touch load.pgid.hold # a load starting from now on waits (tail-functions.sh)
-# (the load may have just ended)
-if [ -s load.pgid ]; then
-    g=\$(cat load.pgid)
+# (the load may have just ended, and the test removes load.pgid then)
+g=\$(cat load.pgid 2>/dev/null || true)
+if [ -n "\$g" ]; then
     kill -STOP -- -\$g 2>/dev/null || true
-    # kill returns before the signal lands: wait until every process of
-    # the load is stopped (a write still finishing would change a file
-    # after it was hashed)
+    # kill returns before the signal lands: wait until every thread of
+    # every process of the load is stopped (fio's jobs are threads: one
+    # still inside write() would change a file after it was hashed)
     for i in \$(seq 1 500); do
         busy=0
         for pid in \$(pgrep -g "\$g"); do
-            st=\$(awk '{print \$3}' /proc/\$pid/stat 2>/dev/null) || continue
-            case \$st in T|t|Z|X) ;; *) busy=1 ;; esac
+            for task in /proc/\$pid/task/*; do
+                st=\$(awk '{print \$3}' \$task/stat 2>/dev/null) || continue
+                case \$st in T|t|Z|X) ;; *) busy=1 ;; esac
+            done
         done
         [ \$busy = 0 ] && break
         sleep 0.01
     done
+    [ \$busy = 0 ] || { echo "the load did not stop within 5 s" >&2; exit 1; }
 fi
 # Points go on after the unmount: their snapshots hold the final files.
 if ! mountpoint -q "$MNT"; then echo unmounted >"points/\$DUPLEX_POINT.manifest"; exit 0; fi
@@ -52,7 +55,8 @@ cat >post-hook.sh <<EOF
 #!/bin/bash
 cd "$TESTDIR"
 rm -f load.pgid.hold
-if [ -s load.pgid ]; then kill -CONT -- -\$(cat load.pgid) 2>/dev/null || true; fi
+g=\$(cat load.pgid 2>/dev/null || true)
+if [ -n "\$g" ]; then kill -CONT -- -\$g 2>/dev/null || true; fi
 exit 0
 EOF
 chmod +x pre-hook.sh post-hook.sh
@@ -67,8 +71,13 @@ wait_until -m "the secondary says consistency: points" \
 wait_tracing
 
 w0=$(sectors_written)
-start_load 8
-wait_load
+start_load
+wait_until -m "the load writes files" '[ -s "$MNT/load.0.0" ] && [ -d "$MNT/copy2" ]'
+# Six points with the load writing between them, however long that takes.
+p0=$(status_json pri | jq -r .points.taken)
+wait_until -t 120 -m "six consistency points under the load" \
+    '[ "$(status_json pri | jq -r .points.taken)" -ge $((p0 + 6)) ]'
+stop_load
 rm -f load.pgid
 written=$((($(sectors_written) - w0) * 512))
 log "the workload wrote $written bytes to $DEV"
