@@ -20,7 +20,8 @@
 #    beside the CPU fio itself used to write it.
 #
 # Environment (defaults): BENCH_TAIL_REPEATS (3), BENCH_TAIL_RUNTIME (5 s
-# per fio run), BENCH_TAIL_VOL_MIB (2048), TMPDIR.
+# per fio run), BENCH_TAIL_VOL_MIB (2048), BENCH_TAIL_AGENT_ARGS (none:
+# extra duplex-primary options, e.g. --trace-buffer 4M), TMPDIR.
 DUPLEX_TEST_TIMEOUT=${DUPLEX_TEST_TIMEOUT:-1800}
 TEST_NAME=bench-tail
 [ -z "${DUPLEX_BUILD:-}" ] || DUPLEX_BUILD=$(realpath -m "$DUPLEX_BUILD")
@@ -38,6 +39,8 @@ requires jq awk
 export LC_ALL=C
 
 REPEATS=${BENCH_TAIL_REPEATS:-3}
+# e.g. "--trace-buffer 4M" for every agent started
+TRACE_ARGS=${BENCH_TAIL_AGENT_ARGS:-}
 RUNTIME=${BENCH_TAIL_RUNTIME:-5}
 VOL_MIB=${BENCH_TAIL_VOL_MIB:-2048}
 t_start=$SECONDS
@@ -59,21 +62,45 @@ make_raw_device "$VOL_MIB"
 start_tail_secondary
 
 # ---- 1. write cost ----
-for i in $(seq 1 "$REPEATS"); do
-    add iops_base "$(fio_dev r --rw=randwrite --bs=4k --iodepth=32 | jq '.jobs[0].write.iops')"
-    add seq_base "$(fio_dev s --rw=write --bs=1M --iodepth=8 | jq '.jobs[0].write.bw_bytes / 1048576')"
-    start_tail_primary
-    wait_status pri connection connected
-    wait_tracing
-    add iops_tail "$(fio_dev r --rw=randwrite --bs=4k --iodepth=32 | jq '.jobs[0].write.iops')"
-    add seq_tail "$(fio_dev s --rw=write --bs=1M --iodepth=8 | jq '.jobs[0].write.bw_bytes / 1048576')"
-    wait_drained
-    add lost "$(status_json pri | jq .capture.records_lost)"
-    stop_agent pri
+# Three variants, in a rotating order (the loop device's backing file gets
+# faster as its page cache fills, so no variant always goes first):
+# without an agent, tailed and replicated, and capture only (nothing
+# listens on port 9: the agent traces and marks its bitmap but reads
+# nothing back and sends nothing).
+run_variant() {
+    case $1 in
+        base)
+            add iops_base "$(fio_dev r --rw=randwrite --bs=4k --iodepth=32 | jq '.jobs[0].write.iops')"
+            add seq_base "$(fio_dev s --rw=write --bs=1M --iodepth=8 | jq '.jobs[0].write.bw_bytes / 1048576')"
+            ;;
+        tail)
+            start_tail_primary $TRACE_ARGS
+            wait_status pri connection connected
+            wait_tracing
+            add iops_tail "$(fio_dev r --rw=randwrite --bs=4k --iodepth=32 | jq '.jobs[0].write.iops')"
+            add seq_tail "$(fio_dev s --rw=write --bs=1M --iodepth=8 | jq '.jobs[0].write.bw_bytes / 1048576')"
+            wait_drained
+            add lost "$(status_json pri | jq .capture.records_lost)"
+            stop_agent pri
+            ;;
+        cap)
+            sec_port=9 start_tail_primary $TRACE_ARGS
+            add iops_cap "$(fio_dev r --rw=randwrite --bs=4k --iodepth=32 | jq '.jobs[0].write.iops')"
+            add seq_cap "$(fio_dev s --rw=write --bs=1M --iodepth=8 | jq '.jobs[0].write.bw_bytes / 1048576')"
+            add lost_cap "$(status_json pri | jq .capture.records_lost)"
+            stop_agent pri
+            ;;
+    esac
+}
+order=(base tail cap)
+for i in $(seq 0 $((REPEATS - 1))); do
+    for k in 0 1 2; do
+        run_variant "${order[$(((i + k) % 3))]}"
+    done
 done
 
 # ---- 2. lag at 20 MiB/s, 4. CPU per GiB ----
-start_tail_primary
+start_tail_primary $TRACE_ARGS
 wait_status pri connection connected
 wait_tracing
 fio --name=steady --filename="$DEV" --direct=1 --ioengine=libaio \
@@ -120,9 +147,24 @@ fio --name=gib --filename="$DEV" --direct=1 --ioengine=libaio --size=1G \
     --rw=write --bs=1M --iodepth=8 --output-format=json >gib.json 2>/dev/null
 wait_drained
 hz=$(getconf CLK_TCK)
-fio_cpu=$(jq '(.jobs[0].usr_cpu + .jobs[0].sys_cpu) / 100 * .jobs[0].job_runtime / 1000' gib.json)
+fio_cpu=$(jq '(.jobs[0].usr_cpu + .jobs[0].sys_cpu) / 100 * .jobs[0].job_runtime / 1000 * 1000 | round / 1000' gib.json)
 cpu_pri=$(awk -v a="$c_pri" -v b="$(cpu_ticks "$pri_pid")" -v hz="$hz" 'BEGIN { printf "%.3f", (b - a) / hz }')
 cpu_sec=$(awk -v a="$c_sec" -v b="$(cpu_ticks "$sec_pid")" -v hz="$hz" 'BEGIN { printf "%.3f", (b - a) / hz }')
+stop_agent pri
+# The agent capturing only (nothing listens on port 9): 1 GiB of 1 MiB
+# writes, and 1 GiB of 4 KiB random writes (the most records per byte).
+sec_port=9 start_tail_primary $TRACE_ARGS
+cap_pid=$(agent_pid pri)
+c_cap=$(cpu_ticks "$cap_pid")
+fio --name=gib --filename="$DEV" --direct=1 --ioengine=libaio --size=1G \
+    --rw=write --bs=1M --iodepth=8 --output=/dev/null >/dev/null 2>&1
+cpu_cap=$(awk -v a="$c_cap" -v b="$(cpu_ticks "$cap_pid")" -v hz="$hz" 'BEGIN { printf "%.3f", (b - a) / hz }')
+c_cap=$(cpu_ticks "$cap_pid")
+fio --name=gib4k --filename="$DEV" --direct=1 --ioengine=libaio \
+    --size="${FIO_MIB}M" --io_size=1G --rw=randwrite --bs=4k --iodepth=32 \
+    --randrepeat=0 --output-format=json >gib4k.json 2>/dev/null
+cpu_cap4k=$(awk -v a="$c_cap" -v b="$(cpu_ticks "$cap_pid")" -v hz="$hz" 'BEGIN { printf "%.3f", (b - a) / hz }')
+fio_cpu4k=$(jq '(.jobs[0].usr_cpu + .jobs[0].sys_cpu) / 100 * .jobs[0].job_runtime / 1000 * 1000 | round / 1000' gib4k.json)
 stop_agent pri
 stop_agent sec
 
@@ -132,7 +174,7 @@ rm -rf "$TESTDIR/S"
 release loop "$DEV"
 make_device 512
 start_tail_secondary
-start_tail_primary
+start_tail_primary $TRACE_ARGS
 wait_status pri connection connected
 wait_tracing
 fio --name=files --directory="$MNT" --rw=randwrite --bs=64k --size=64M \
@@ -157,14 +199,15 @@ cell3() { printf '%s (%s–%s)' "$(med "$1" 1)" "$(vmin "$1" 1)" "$(vmax "$1" 1)
     echo
     echo "\`DUPLEX_BUILD=build-release tests/bench/bench-tail.sh\`: a ${VOL_MIB} MiB loop device,"
     echo "the secondary on loopback (TLS), $REPEATS runs of $RUNTIME s per fio figure, median (min–max);"
-    echo "$(nproc) CPUs, load average before: $load0; $((SECONDS - t_start)) s in all."
+    echo "$(nproc) CPUs, load average before: $load0; $((SECONDS - t_start)) s in all; agent options: ${TRACE_ARGS:-defaults}."
     echo
-    echo "| figure | without agent | tailed by duplex-primary | tailed ÷ without |"
-    echo "|---|---|---|---|"
-    echo "| fio 4 KiB randwrite qd32 (IOPS) | $(cell3 iops_base) | $(cell3 iops_tail) | $(r iops_tail iops_base) |"
-    echo "| fio 1 MiB seq write qd8 (MiB/s) | $(cell3 seq_base) | $(cell3 seq_tail) | $(r seq_tail seq_base) |"
+    echo "| figure | without agent | tailed and replicated | ÷ without | capture only (no secondary) | ÷ without |"
+    echo "|---|---|---|---|---|---|"
+    echo "| fio 4 KiB randwrite qd32 (IOPS) | $(cell3 iops_base) | $(cell3 iops_tail) | $(r iops_tail iops_base) | $(cell3 iops_cap) | $(r iops_cap iops_base) |"
+    echo "| fio 1 MiB seq write qd8 (MiB/s) | $(cell3 seq_base) | $(cell3 seq_tail) | $(r seq_tail seq_base) | $(cell3 seq_cap) | $(r seq_cap seq_base) |"
     echo
-    echo "Trace records lost in those runs (default 1 MiB buffer per CPU): $(med lost 0) median."
+    echo "Trace records lost per agent in those runs (default 1 MiB buffer per CPU), median: $(med lost 0) replicating, $(med lost_cap 0) capturing only."
+    echo "Replicating, the agent reads back and sends every write and the secondary applies it, on the same $(nproc) CPUs as fio."
     echo
     echo "| figure | value |"
     echo "|---|---|"
@@ -172,6 +215,9 @@ cell3() { printf '%s (%s–%s)' "$(med "$1" 1)" "$(vmin "$1" 1)" "$(vmax "$1" 1)
     echo "| capture-to-applied lag at 20 MiB/s, p99 (ms) | $lag_p99 |"
     echo "| freeze duration of a consistency point on ext4 at 20 MiB/s (ms), 10 points | $(cell3 freeze) |"
     echo "| CPU s per GiB written: duplex-primary (trace, read back, TLS) | $cpu_pri |"
+    echo "| CPU s per GiB written: duplex-primary capturing only (trace, bitmap), 1 MiB writes | $cpu_cap |"
+    echo "| CPU s per GiB written: duplex-primary capturing only (trace, bitmap), 4 KiB random writes | $cpu_cap4k |"
+    echo "| CPU s per GiB written: fio itself, 4 KiB random writes (baseline) | $fio_cpu4k |"
     echo "| CPU s per GiB written: duplex-secondary (TLS, apply) | $cpu_sec |"
-    echo "| CPU s per GiB written: fio itself (baseline) | $fio_cpu |"
+    echo "| CPU s per GiB written: fio itself, 1 MiB writes (baseline) | $fio_cpu |"
 } | tee ${OUT:+"$OUT"}
