@@ -206,7 +206,7 @@ cell3() { printf '%s (%s–%s)' "$(med "$1" 1)" "$(vmin "$1" 1)" "$(vmax "$1" 1)
     echo "| fio 4 KiB randwrite qd32 (IOPS) | $(cell3 iops_base) | $(cell3 iops_tail) | $(r iops_tail iops_base) | $(cell3 iops_cap) | $(r iops_cap iops_base) |"
     echo "| fio 1 MiB seq write qd8 (MiB/s) | $(cell3 seq_base) | $(cell3 seq_tail) | $(r seq_tail seq_base) | $(cell3 seq_cap) | $(r seq_cap seq_base) |"
     echo
-    echo "Trace records lost per agent in those runs (default 1 MiB buffer per CPU), median: $(med lost 0) replicating, $(med lost_cap 0) capturing only."
+    echo "Trace records lost per agent in those runs (trace buffer: ${TRACE_ARGS:-default, 1 MiB per CPU}), median: $(med lost 0) replicating, $(med lost_cap 0) capturing only."
     echo "Replicating, the agent reads back and sends every write and the secondary applies it, on the same $(nproc) CPUs as fio."
     echo
     echo "| figure | value |"
