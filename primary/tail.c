@@ -29,6 +29,16 @@
 
 #define TAIL_POLL_MS 10
 
+/* Why the whole device is being compared: at the start, after lost
+ * records, after the statistics counted writes no record reported. */
+enum tail_scan_reason { TAIL_SCAN_START, TAIL_SCAN_OVERRUN, TAIL_SCAN_UNTRACED };
+static const char *const tail_scan_reasons[] = {
+  "start", "overrun", "untraced writes",
+};
+static const char *const tail_scan_states[] = {
+  "scanning (start)", "scanning (overrun)", "scanning (untraced writes)",
+};
+
 struct tail {
   struct primary *p;
   struct trace_device dev;
@@ -38,7 +48,7 @@ struct tail {
    * it, then cleared.  Traced changes are sent as they are. */
   struct bitmap *scan_bm;
   bool scan;                    /* scan_bm not empty yet */
-  const char *scan_reason;      /* "start", "overrun", "untraced writes" */
+  enum tail_scan_reason scan_reason;
   uint64_t lag_since_ms;        /* oldest change not yet on the secondary */
   /* Bytes sent (data and zero ranges) by finished runs: after comparing
    * (what the scan found different), and as traced. */
@@ -103,7 +113,7 @@ tail_lost(void *arg, bool untraced)
   bitmap_set_all(p->oos);
   bitmap_set_all(t->scan_bm);
   t->scan = true;
-  t->scan_reason = untraced ? "untraced writes" : "overrun";
+  t->scan_reason = untraced ? TAIL_SCAN_UNTRACED : TAIL_SCAN_OVERRUN;
   if (t->lag_since_ms == 0)
     t->lag_since_ms = util_now_ms();
 }
@@ -190,7 +200,8 @@ tail_progress(struct primary *p)
   if (t->scan && bitmap_dirty_bytes(t->scan_bm) == 0) {
     /* (its last chunks may still be on the way) */
     log_info("primary: tail capture of %s: the comparison of the whole "
-             "device (%s) is done", p->vol.path, t->scan_reason);
+             "device (%s) is done", p->vol.path,
+             tail_scan_reasons[t->scan_reason]);
     t->scan = false;
   }
   if (t->point_active && t->pt.state == POINT_DRAINING && !t->confirm_sent &&
@@ -546,7 +557,7 @@ tail_start(struct primary *p, char *err, size_t errlen)
   bitmap_set_all(t->scan_bm);
   bitmap_set_all(p->oos);
   t->scan = true;
-  t->scan_reason = "start";
+  t->scan_reason = TAIL_SCAN_START;
   t->lag_since_ms = util_now_ms();
   t->deadline = event_new(p->base, -1, 0, tail_deadline, t);
   if (!t->deadline)
@@ -602,9 +613,7 @@ tail_capture_state(const struct primary *p)
   if (!t->tc)
     return "stopped";
   if (t->scan)
-    return strcmp(t->scan_reason, "overrun") == 0 ? "scanning (overrun)"
-           : strcmp(t->scan_reason, "start") == 0 ? "scanning (start)"
-                                                  : "scanning (untraced writes)";
+    return tail_scan_states[t->scan_reason];
   return "tracing";
 }
 

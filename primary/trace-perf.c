@@ -52,9 +52,9 @@ struct trace_capture {
   struct event *poll;
   struct trace_capture_counters ctr;
   /* The cross-check with the device's statistics (trace_stat_sectors):
-   * the sectors records reported since the baseline, and the stat file. */
+   * the stat file and its sectors when the rings were attached. */
   int stat_fd;
-  uint64_t stat_base, traced_sectors;
+  uint64_t stat_base;
   /* Fault injection for the tests (DUPLEX_TEST_TRACE_DROP=N): every Nth
    * change record is dropped, as the kernel sometimes does. */
   uint64_t drop_every, drop_n;
@@ -174,7 +174,6 @@ trace_deliver(struct trace_capture *tc, const struct trace_change *c)
     return;
   tc->ctr.changes++;
   tc->ctr.bytes_changed += e - s;
-  tc->traced_sectors += (e - s) / 512;
   tc->events.changed(tc->events.arg, s - vs, e - s);
 }
 
@@ -212,12 +211,14 @@ trace_stat_read(const struct trace_capture *tc, uint64_t *sectors)
 static void
 trace_check_accounting(struct trace_capture *tc, uint64_t stat)
 {
-  uint64_t counted = stat - tc->stat_base, missing;
+  /* What records reported, plus shortfalls already found (each is found
+   * once). */
+  uint64_t reported = tc->ctr.bytes_changed / 512 + tc->ctr.untraced_sectors;
+  uint64_t missing;
 
-  if (stat < tc->stat_base || counted <= tc->traced_sectors)
+  if (stat < tc->stat_base || stat - tc->stat_base <= reported)
     return;
-  missing = counted - tc->traced_sectors;
-  tc->traced_sectors = counted; /* found once */
+  missing = stat - tc->stat_base - reported;
   tc->ctr.untraced_sectors += missing;
   tc->ctr.untraced_events++;
   log_warn("primary: tail capture of %s: the kernel counted %" PRIu64
