@@ -151,8 +151,10 @@ struct snapmgr {
   uint64_t fetch_id;
   struct taskq plans_waiting;   /* T_PLAN tasks whose `to` is copying */
   struct snapjournal *journal;
-  pthread_mutex_t store_lock;   /* every call into the store (thread and
-                                   exports) */
+  pthread_mutex_t store_lock;   /* every call into the store (thread,
+                                   exports, FETCH); the thread lets go of
+                                   it while a snapshot's objects are
+                                   written and synced */
   struct aio_ctx *aio;
   struct store *store;          /* the store thread's after start-up */
   char store_dir[PATH_MAX];
@@ -1208,6 +1210,9 @@ snap_new(struct secondary *s, struct aio_ctx *aio, struct snapmgr **out,
     abort();
   pthread_mutex_init(&m->mu, NULL);
   pthread_mutex_init(&m->store_lock, NULL);
+  /* Snapshots being copied write and sync their objects without it: a
+   * FETCH or an export's read waits for memory work, not for a disk. */
+  store_set_io_lock(m->store, &m->store_lock);
   pthread_cond_init(&m->cv, NULL);
   if ((rc = pthread_create(&m->thr, NULL, thr_main, m)) != 0) {
     snprintf(err, errlen, "cannot start the store thread: %s", strerror(rc));

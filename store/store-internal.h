@@ -36,7 +36,36 @@ struct store {
   size_t n_mans;
   ZSTD_DCtx *zctx;
   struct store_writer *writers; /* begun, not yet committed or aborted */
+  pthread_mutex_t *io_lock;     /* store_set_io_lock */
 };
+
+/* Tests: called each time a writer has let go of the lock. */
+extern void (*store_io_released_hook)(void);
+
+/* Around a writer's durable writes: let go of the caller's lock, take it
+ * again (store_set_io_lock). */
+static inline void
+store_io_release(struct store *s)
+{
+  if (s->io_lock) {
+    pthread_mutex_unlock(s->io_lock);
+    if (store_io_released_hook)
+      store_io_released_hook();
+  }
+}
+
+static inline void
+store_io_retake(struct store *s)
+{
+  if (s->io_lock)
+    pthread_mutex_lock(s->io_lock);
+}
+
+/* store_replace_catalog in two steps: write (and sync) c as the next
+ * generation; then make it the store's (taking c's arrays). */
+int store_write_catalog(struct store *s, struct catalog *c, char *err,
+                        size_t errlen);
+void store_install_catalog(struct store *s, struct catalog *c);
 
 /* Get an object and check that it hashes to its name. */
 int store_get_object(struct store *s, enum store_kind k,

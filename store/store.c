@@ -509,8 +509,8 @@ store_put_index(struct store *s, const struct index_obj *ix,
 }
 
 int
-store_replace_catalog(struct store *s, struct catalog *c, char *err,
-                      size_t errlen)
+store_write_catalog(struct store *s, struct catalog *c, char *err,
+                    size_t errlen)
 {
   uint8_t *buf;
   size_t len;
@@ -528,12 +528,34 @@ store_replace_catalog(struct store *s, struct catalog *c, char *err,
   }
   rc = s->b->ops->ref_put(s->b, buf, len, err, errlen);
   free(buf);
-  if (rc < 0)
-    return rc;
+  return rc;
+}
+
+void
+store_install_catalog(struct store *s, struct catalog *c)
+{
   /* Manifests of snapshots that are gone, or replaced, are dropped from
    * the cache by the caller (store_reload) when it matters. */
   format_catalog_free(&s->cat);
   s->cat = *c;
   memset(c, 0, sizeof *c);
-  return 0;
+}
+
+int
+store_replace_catalog(struct store *s, struct catalog *c, char *err,
+                      size_t errlen)
+{
+  int rc = store_write_catalog(s, c, err, errlen);
+
+  if (rc == 0)
+    store_install_catalog(s, c);
+  return rc;
+}
+
+void (*store_io_released_hook)(void);
+
+void
+store_set_io_lock(struct store *s, pthread_mutex_t *lock)
+{
+  s->io_lock = lock;
 }

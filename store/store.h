@@ -9,6 +9,7 @@
 #ifndef DUPLEX_STORE_STORE_H
 #define DUPLEX_STORE_STORE_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -46,6 +47,14 @@ const struct index_entry *store_find_blob(const struct store *s,
  * from now on.  Takes ownership of c's arrays. */
 int store_replace_catalog(struct store *s, struct catalog *c, char *err,
                           size_t errlen);
+/* For a caller that shares the store between threads under one mutex,
+ * held around every call into the store: a snapshot being written lets
+ * go of `lock` while it writes and syncs its packs, index, manifest and
+ * the catalog, and takes it again before the snapshot becomes visible.
+ * Nothing a reader uses changes meanwhile, so readers of other snapshots
+ * wait for memory work, never for a disk.  Every write to the store must
+ * come from one thread.  NULL (the default): no lock. */
+void store_set_io_lock(struct store *s, pthread_mutex_t *lock);
 /* Add a parsed index object (a writer committed it). */
 void store_add_index(struct store *s, const struct store_hash *name,
                      const struct index_obj *ix);

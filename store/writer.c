@@ -138,7 +138,12 @@ static int
 w_flush_pack(struct store_writer *w, char *err, size_t errlen)
 {
   uint64_t bytes;
-  int rc = pack_builder_finish(w->pb, w->s->b, &w->ix, &bytes, err, errlen);
+  int rc;
+
+  /* The pack and w->ix are this writer's alone until the commit. */
+  store_io_release(w->s);
+  rc = pack_builder_finish(w->pb, w->s->b, &w->ix, &bytes, err, errlen);
+  store_io_retake(w->s);
 
   if (rc == 0)
     w->st.stored_bytes += bytes;
@@ -356,7 +361,9 @@ w_put_object(struct store_writer *w, enum store_kind k, const uint8_t *buf,
   int rc;
 
   format_hash(buf, len, name);
+  store_io_release(w->s);
   rc = w->s->b->ops->put(w->s->b, k, name, buf, len, err, errlen);
+  store_io_retake(w->s);
   if (rc == 0)
     w->st.stored_bytes += len;
   return rc;
@@ -402,8 +409,10 @@ store_writer_commit(struct store_writer *w, uint64_t *id,
   }
   if ((rc = w_flush_pack(w, err, errlen)) < 0)
     goto out;
-  if ((rc = store_put_index(s, &w->ix, &ix_names, &n_ix, &ix_bytes, err,
-                            errlen)) < 0)
+  store_io_release(s);
+  rc = store_put_index(s, &w->ix, &ix_names, &n_ix, &ix_bytes, err, errlen);
+  store_io_retake(s);
+  if (rc < 0)
     goto out;
   w->st.stored_bytes += ix_bytes;
   if ((rc = w_build_runs(w, &runs, &nruns, &hs, err, errlen)) < 0)
@@ -478,8 +487,13 @@ store_writer_commit(struct store_writer *w, uint64_t *id,
     memcpy(nc.index, c->index, c->n_index * sizeof *nc.index);
   if (n_ix)
     memcpy(nc.index + c->n_index, ix_names, n_ix * sizeof *ix_names);
-  if ((rc = store_replace_catalog(s, &nc, err, errlen)) < 0)
+  /* Readers see the old catalog until it is installed. */
+  store_io_release(s);
+  rc = store_write_catalog(s, &nc, err, errlen);
+  store_io_retake(s);
+  if (rc < 0)
     goto out;
+  store_install_catalog(s, &nc);
   if (n_ix)
     store_add_index(s, &ix_names[0], &w->ix);
   *id = m.id;

@@ -3,12 +3,14 @@
  * byte; dedup and growth figures; diffs against brute force; delete and gc
  * checked against the live set computed from the images; interrupted
  * deletes rebuilt from copies of the store; verify after damage; restore
- * onto empty, older and garbage files; aborted writers; the lock. */
+ * onto empty, older and garbage files; aborted writers; the lock; a writer
+ * letting go of its callers' lock while it writes. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -18,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -1960,6 +1963,162 @@ test_huge_zero_range(void **state)
   rm_rf(t.root);
 }
 
+/* ---- store_set_io_lock: a writer lets go of the callers' lock while it
+ * writes and syncs its objects ---- */
+
+static struct {
+  pthread_mutex_t mu;           /* the callers' lock */
+  pthread_mutex_t sig;          /* guards the counters */
+  pthread_cond_t cv;
+  unsigned released;            /* times the writer let go of mu */
+  unsigned taken;               /* times the reader took mu meanwhile */
+  bool done;                    /* the writer thread is finished */
+  struct store *s;
+  struct vol *v;
+  int rc;
+  char err[1024];
+} iol;
+
+static void
+iol_deadline(struct timespec *ts, int secs)
+{
+  clock_gettime(CLOCK_REALTIME, ts);
+  ts->tv_sec += secs;
+}
+
+/* On the writer's thread, right after it let go of mu: it goes on with
+ * its write once the reader holds mu (at most 5 s). */
+static void
+iol_released(void)
+{
+  struct timespec ts;
+  unsigned want;
+
+  iol_deadline(&ts, 5);
+  pthread_mutex_lock(&iol.sig);
+  want = ++iol.released;
+  pthread_cond_broadcast(&iol.cv);
+  while (iol.taken < want &&
+         pthread_cond_timedwait(&iol.cv, &iol.sig, &ts) == 0)
+    ;
+  pthread_mutex_unlock(&iol.sig);
+}
+
+/* The writer: snapshot 2 of the blocks written since snapshot 1, under
+ * mu as a caller of a shared store holds it. */
+static void *
+iol_writer(void *arg)
+{
+  struct snap_meta meta = { .size_bytes = iol.v->blocks * BS };
+  struct store_writer *w;
+  uint64_t id;
+
+  (void)arg;
+  pthread_mutex_lock(&iol.mu);
+  iol.rc = store_writer_begin(iol.s, &meta, false, &w, iol.err,
+                              sizeof iol.err);
+  for (uint64_t b = 0; b < iol.v->blocks && iol.rc == 0; b++)
+    if (iol.v->dirty[b])
+      iol.rc = store_writer_block(w, b, vol_block(iol.v, b), iol.err,
+                                  sizeof iol.err);
+  if (iol.rc == 0)
+    iol.rc = store_writer_commit(w, &id, NULL, iol.err, sizeof iol.err);
+  else
+    store_writer_abort(w);
+  pthread_mutex_unlock(&iol.mu);
+  pthread_mutex_lock(&iol.sig);
+  iol.done = true;
+  pthread_cond_broadcast(&iol.cv);
+  pthread_mutex_unlock(&iol.sig);
+  return NULL;
+}
+
+/* Each time the writer lets go (a pack filled among the blocks, the last
+ * pack, the index, the manifest, the catalog), another thread takes the
+ * lock within 5 s and reads snapshot 1 whole while the writer writes;
+ * snapshot 2 shows only once committed.  Without the release the reader
+ * would wait for the whole snapshot. */
+static void
+test_io_lock(void **state)
+{
+  enum { BLOCKS = 8192 };
+  struct tdir t;
+  struct vol v;
+  struct store *s;
+  pthread_t thr;
+  unsigned seen = 0;
+
+  (void)state;
+  tdir_make(&t);
+  vol_init(&v, BLOCKS);
+  for (uint64_t b = 0; b < 64; b++)
+    vol_write_random(&v, b * 5);
+  s = open_store(t.store, STORE_CREATE | STORE_WRITE);
+  vol_snapshot(s, &v, false, NULL);
+  /* more than a pack of new blocks (incompressible) */
+  for (uint64_t b = 0; b < 4200; b++)
+    vol_write_random(&v, BLOCKS - 1 - b);
+  memset(&iol, 0, sizeof iol);
+  pthread_mutex_init(&iol.mu, NULL);
+  pthread_mutex_init(&iol.sig, NULL);
+  pthread_cond_init(&iol.cv, NULL);
+  iol.s = s;
+  iol.v = &v;
+  store_set_io_lock(s, &iol.mu);
+  store_io_released_hook = iol_released;
+  assert_int_equal(pthread_create(&thr, NULL, iol_writer, NULL), 0);
+  for (;;) {
+    struct timespec ts;
+    bool done;
+
+    iol_deadline(&ts, 10);
+    pthread_mutex_lock(&iol.sig);
+    while (iol.released == seen && !iol.done &&
+           pthread_cond_timedwait(&iol.cv, &iol.sig, &ts) == 0)
+      ;
+    done = iol.released == seen;
+    pthread_mutex_unlock(&iol.sig);
+    if (done)
+      break;                    /* finished, or stuck: checked below */
+    seen++;
+    iol_deadline(&ts, 5);
+    if (pthread_mutex_timedlock(&iol.mu, &ts) != 0)
+      fail_msg("the writer let go of the lock, yet it is still held");
+    pthread_mutex_lock(&iol.sig);
+    iol.taken = seen;
+    pthread_cond_broadcast(&iol.cv);
+    pthread_mutex_unlock(&iol.sig);
+    assert_int_equal(store_catalog(s)->n_snaps, 1);
+    check_read_back(s, 1, v.snap_img[1], BLOCKS);
+    pthread_mutex_unlock(&iol.mu);
+  }
+  assert_int_equal(pthread_join(thr, NULL), 0);
+  store_io_released_hook = NULL;
+  store_set_io_lock(s, NULL);
+  if (iol.rc != 0)
+    fail_msg("writer: %s", iol.err);
+  assert_true(iol.done);
+  /* a pack among the blocks, the last pack, index, manifest, catalog */
+  assert_int_equal(seen, 5);
+  assert_int_equal(store_catalog(s)->n_snaps, 2);
+  v.n_snap = 2;
+  v.snap_img = realloc(v.snap_img, 3 * sizeof *v.snap_img);
+  assert_non_null(v.snap_img);
+  v.snap_img[2] = malloc(BLOCKS * BS);
+  assert_non_null(v.snap_img[2]);
+  memcpy(v.snap_img[2], v.img, BLOCKS * BS);
+  check_all(s, &v);
+  store_close(s);
+  s = open_store(t.store, 0);
+  check_all(s, &v);
+  store_close(s);
+  pthread_mutex_destroy(&iol.mu);
+  pthread_mutex_destroy(&iol.sig);
+  pthread_cond_destroy(&iol.cv);
+  vol_free(&v);
+  rm_rf(t.root);
+}
+
 int
 main(void)
 {
@@ -1980,6 +2139,7 @@ main(void)
     cmocka_unit_test(test_index_split),
     cmocka_unit_test(test_resize),
     cmocka_unit_test(test_huge_zero_range),
+    cmocka_unit_test(test_io_lock),
   };
 
   return cmocka_run_group_tests(tests, NULL, NULL);
