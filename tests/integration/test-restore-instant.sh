@@ -91,10 +91,11 @@ EOF
     t0=$(now_ms)
     "${CTL[@]}" restore --snapshot "$2" --instant ${3:+--restore-rate "$3"} >restore.out ||
         fail "restore --snapshot $2 --instant: $(cat restore.out)"
+    cmd_ms=$(($(now_ms) - t0))
     touch go
     wait "$reader" || fail "the first read returned the wrong bytes"
     first_ms=$(($(cat done_ms) - t0))
-    log "FIGURE instant restore: first read of an unrestored block answered ${first_ms} ms after the command (by a client connected before it)"
+    log "FIGURE instant restore: first read of an unrestored block answered ${first_ms} ms after the command (by a client connected before it; the command returned after ${cmd_ms} ms)"
     [ "$first_ms" -lt 1000 ] || fail "the first read took $first_ms ms (limit 1000)"
 }
 first_read snap.img "$id" 8M
