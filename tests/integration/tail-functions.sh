@@ -9,6 +9,12 @@ requires_tail() {
     requires_loop
     requires mkfs.ext4 e2fsck dumpe2fs fio sha256sum nbdcopy mount umount
     local tr=/sys/kernel/tracing
+    # A fresh machine may not have tracefs mounted: the agent mounts it
+    # (libtracefs), and so does the test before it looks for the event.
+    if [ -d "$tr" ] && [ ! -d "$tr/events" ] && ! mountpoint -q "$tr"; then
+        mount -t tracefs nodev "$tr" ||
+            echo "$TEST_NAME: mounting tracefs on $tr failed" >&2
+    fi
     [ -d "$tr/events/block" ] || tr=/sys/kernel/debug/tracing
     [ -r "$tr/events/block/block_rq_complete/format" ] || {
         echo "$TEST_NAME: SKIP: no tracefs with block:block_rq_complete" \
