@@ -12,10 +12,7 @@
 #include <unistd.h>
 
 #include "util.h"
-
-#ifndef DUPLEX_VERSION
-#define DUPLEX_VERSION "0.1.0"
-#endif
+#include "version.h"
 
 #define DUPLEXCTL_TIMEOUT_MS 10000
 #define DEMOTE_DEFAULT_TIMEOUT_MS 60000 /* as duplex-primary's demote */
@@ -306,7 +303,7 @@ main(int argc, char **argv)
       duplexctl_usage(stdout);
       return 0;
     case 'V':
-      printf("duplexctl %s\n", DUPLEX_VERSION);
+      printf("duplexctl %s\n", DUPLEX_VERSION_TEXT);
       return 0;
     case ':':
       fprintf(stderr, "duplexctl: option %s needs an argument\n"

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "version.h"
 
 enum {
   OPT_VOLUME = 256, OPT_META, OPT_NBD, OPT_PEER, OPT_MODE, OPT_ASYNC_BUFFER,
@@ -336,7 +337,7 @@ config_parse(int argc, char **argv, struct config *cfg, char *err,
     case OPT_FOREGROUND: cfg->foreground = true; break;
     case 'v': cfg->verbose = true; break;
     case 'h': config_usage(stdout); return 1;
-    case 'V': printf("duplex-primary %s\n", DUPLEX_VERSION); return 1;
+    case 'V': printf("duplex-primary %s\n", DUPLEX_VERSION_TEXT); return 1;
     case ':':
       snprintf(err, errlen, "%s: missing argument", argv[optind - 1]);
       return -1;

@@ -4,10 +4,7 @@
 #include <string.h>
 
 #include "internal.h"
-
-#ifndef DUPLEX_VERSION
-#define DUPLEX_VERSION "0.1.0"
-#endif
+#include "version.h"
 
 enum {
   OPT_VOLUME = 256, OPT_META, OPT_LISTEN, OPT_TLS_CERT, OPT_TLS_KEY,
@@ -197,7 +194,7 @@ config_parse(int argc, char **argv, struct config *cfg, FILE *out, char *err,
       config_usage(out);
       return 1;
     case OPT_VERSION:
-      fprintf(out, "duplex-secondary %s\n", DUPLEX_VERSION);
+      fprintf(out, "duplex-secondary %s\n", DUPLEX_VERSION_TEXT);
       return 1;
     case ':':
       snprintf(err, errlen, "--%s: missing value (see --help)",

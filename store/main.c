@@ -24,10 +24,7 @@
 #include "snaplist.h"
 #include "store.h"
 #include "util.h"
-
-#ifndef DUPLEX_VERSION
-#define DUPLEX_VERSION "0.1.0"
-#endif
+#include "version.h"
 
 enum { EXIT_FAIL = 1, EXIT_USAGE = 2 };
 
@@ -609,7 +606,7 @@ main(int argc, char **argv)
     case 'o': out = optarg; break;
     case 'i': in = optarg; break;
     case 'h': usage(stdout); return 0;
-    case 'V': printf("duplex-store %s\n", DUPLEX_VERSION); return 0;
+    case 'V': printf("duplex-store %s\n", DUPLEX_VERSION_TEXT); return 0;
     case ':':
       fprintf(stderr, "duplex-store: %s: missing argument (see --help)\n",
               argv[optind - 1]);

@@ -159,7 +159,7 @@ fmt() { printf '%s (%s–%s)' "$(med "$1" 1)" "$(vmin "$1" 1)" "$(vmax "$1" 1)";
 r() { awk -v a="$(med "$1" 6)" -v b="$(med "$2" 6)" 'BEGIN { printf "%.2f", a / b }'; }
 mibs() { awk -v b="$differ_bytes" -v ms="$(med "$1" 6)" 'BEGIN { printf "%.1f", b / 1048576 / (ms / 1000) }'; }
 {
-    echo "Restore of $((differ_bytes / 1048576)) MiB that differ on a $VOL_MIB MiB volume ($DATA_MIB MiB of data), sync pair over TLS on loopback, $((2 * REPEATS)) restores each way; load at the start $load0, at the end $(cut -d' ' -f1-3 /proc/loadavg); $(( (SECONDS - t_start) / 60 )) minutes; duplex $(git -C "$DUPLEX_SRC" describe --always --dirty 2>/dev/null)."
+    echo "Restore of $((differ_bytes / 1048576)) MiB that differ on a $VOL_MIB MiB volume ($DATA_MIB MiB of data), sync pair over TLS on loopback, $((2 * REPEATS)) restores each way; load at the start $load0, at the end $(cut -d' ' -f1-3 /proc/loadavg); $(( (SECONDS - t_start) / 60 )) minutes; duplex $(built_commit)."
     echo
     echo "| measurement | ms, median (min–max) | MiB/s of differing data | ratio |"
     echo "|---|---|---|---|"

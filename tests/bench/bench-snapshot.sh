@@ -68,9 +68,10 @@ STORE=$TESTDIR/S
 
 INFO[load0]=$(cut -d' ' -f1-3 /proc/loadavg)
 INFO[date]=$(date -u '+%Y-%m-%d %H:%M UTC')
-INFO[commit]=$(git -C "$DUPLEX_SRC" describe --always 2>/dev/null || echo unknown)
-# Uncommitted changes to the code measured (not to docs or tests).
-INFO[dirty]=$(git -C "$DUPLEX_SRC" status --porcelain -- common primary secondary store ctl proto CMakeLists.txt 2>/dev/null | awk '{ print $2 }' | paste -sd' ' || true)
+# The commit the binaries measured were built from, and the uncommitted
+# changes to the code they were built with (not docs or tests).
+INFO[commit]=$(built_commit)
+INFO[dirty]=$(code_changes)
 INFO[build]=$(sed -n 's/^CMAKE_BUILD_TYPE:STRING=//p' "$DUPLEX_BUILD/CMakeCache.txt" 2>/dev/null || true)
 avail=$(df -Pm "$TESTDIR" | awk 'NR == 2 { print $4 }')
 [ "$avail" -ge $((4 * SNAP_MIB + DATA_MIB + 512)) ] ||

@@ -199,7 +199,7 @@ cell3() { printf '%s (%s–%s)' "$(med "$1" 1)" "$(vmin "$1" 1)" "$(vmax "$1" 1)
     echo
     echo "\`DUPLEX_BUILD=build-release tests/bench/bench-tail.sh\`: a ${VOL_MIB} MiB loop device,"
     echo "the secondary on loopback (TLS), $REPEATS runs of $RUNTIME s per fio figure, median (min–max);"
-    echo "$(nproc) CPUs, load average before: $load0; $((SECONDS - t_start)) s in all; agent options: ${TRACE_ARGS:-defaults}."
+    echo "$(nproc) CPUs, load average before: $load0; $((SECONDS - t_start)) s in all; agent options: ${TRACE_ARGS:-defaults}; duplex $(built_commit)."
     echo
     echo "| figure | without agent | tailed and replicated | ÷ without | capture only (no secondary) | ÷ without |"
     echo "|---|---|---|---|---|---|"

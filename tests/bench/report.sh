@@ -77,10 +77,11 @@ machine_facts_begin() {
     INFO[cpu]=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
     INFO[mem]=$(awk '/^MemTotal:/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
     INFO[fs]=$(df -PT "$TESTDIR" | awk 'NR == 2 { print $2 " on " $1 }')
-    # The commit measured; uncommitted changes to the code are listed in
+    # The commit the binaries measured were built from (their --version);
+    # uncommitted changes to the code they were built with are listed in
     # INFO[dirty] (docs a previous run rewrote do not count).
-    INFO[commit]=$(git -C "$DUPLEX_SRC" describe --always 2>/dev/null || echo unknown)
-    INFO[dirty]=$(git -C "$DUPLEX_SRC" status --porcelain -- common primary secondary ctl proto CMakeLists.txt 2>/dev/null | awk '{ print $2 }' | paste -sd' ' || true)
+    INFO[commit]=$(built_commit)
+    INFO[dirty]=$(code_changes)
     INFO[build]=$(sed -n 's/^CMAKE_BUILD_TYPE:STRING=//p' "$DUPLEX_BUILD/CMakeCache.txt" 2>/dev/null || true)
     INFO[versions]="$(fio --version), nbdkit $(nbdkit --version | awk '{ print $2 }'), nbdcopy $(nbdcopy --version | awk 'NR == 1 { print $2 }'), $(openssl version | awk '{ print $1 " " $2 }'), rsync $(rsync --version | awk 'NR == 1 { print $3 }')"
     if command -v iperf3 >/dev/null; then

@@ -841,6 +841,29 @@ pri_snapshot() {
 # now_ms: wall clock in milliseconds.
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
+# built_commit: the commit the binaries in $DUPLEX_BUILD were built from,
+# as their --version says ("-dirty": from a tree with uncommitted
+# changes), or "unknown".  Reports name this, not the source tree's HEAD,
+# which may have moved on since the build.
+built_commit() {
+    local c
+    c=$("$DUPLEX_BUILD/duplex-primary" --version 2>/dev/null |
+        sed -n 's/.*(git \(.*\))$/\1/p')
+    echo "${c:-unknown}"
+}
+
+# code_changes: the uncommitted changes to the code in the source tree
+# (file names), when the binaries were built from this tree's HEAD with
+# changes; empty otherwise.
+code_changes() {
+    local c
+    c=$(built_commit)
+    [ "$c" = "$(git -C "$DUPLEX_SRC" describe --always --dirty 2>/dev/null)" ] &&
+        [ "${c%-dirty}" != "$c" ] || return 0
+    git -C "$DUPLEX_SRC" status --porcelain -- common primary secondary store ctl proto CMakeLists.txt 2>/dev/null |
+        awk '{ print $2 }' | paste -sd' '
+}
+
 # ---- write load ----
 #
 # start_writer NAME [OPTIONS]: a serial libnbd client on $NBD_SOCK in the

@@ -108,6 +108,17 @@ grep -q -- --peer-name help.txt || fail "duplex-primary --help does not list --p
 "$SECONDARY_BIN" --help >help.txt 2>&1 || fail "duplex-secondary --help failed"
 grep -q -- --listen help.txt || fail "duplex-secondary --help does not list --listen"
 
+# --version names the release and the commit each program was built from
+# (the same for all four: one build).
+want=$("$PRIMARY_BIN" --version) || fail "duplex-primary --version failed"
+[[ $want =~ ^duplex-primary\ [0-9.]+\ \(git\ ([0-9a-f]{7,}(-dirty)?|unknown)\)$ ]] ||
+    fail "duplex-primary --version does not name a commit: $want"
+for bin in "$SECONDARY_BIN" "$DUPLEXCTL" "$DUPLEX_BUILD/duplex-store"; do
+    got=$("$bin" --version) || fail "$bin --version failed"
+    [ "${got#* }" = "${want#* }" ] || fail "$bin --version says '$got', duplex-primary '$want'"
+done
+log "version: ${want#* }"
+
 # duplexctl: no agent behind the socket, and an unknown command.
 "$DUPLEXCTL" --control "$TESTDIR/nothing.ctl" status --json >out.txt 2>err.txt &&
     fail "duplexctl succeeded without an agent"

@@ -1,0 +1,16 @@
+/* What every duplex program prints for --version: the release and the
+ * commit it was built from (DUPLEX_GIT, generated at build time by
+ * common/git-version.cmake; "-dirty" when the tree had uncommitted
+ * changes), so that a figure or a bug report names the binaries, not
+ * whatever the source tree holds now. */
+#ifndef DUPLEX_COMMON_VERSION_H
+#define DUPLEX_COMMON_VERSION_H
+
+#include "duplex-git.h"
+
+#ifndef DUPLEX_VERSION
+#define DUPLEX_VERSION "0.1.0"
+#endif
+#define DUPLEX_VERSION_TEXT DUPLEX_VERSION " (git " DUPLEX_GIT ")"
+
+#endif
