@@ -8,9 +8,8 @@
 
 #include "duplex-git.h"
 
-#ifndef DUPLEX_VERSION
-#define DUPLEX_VERSION "0.1.0"
-#endif
+/* DUPLEX_VERSION: the project's version, a compile definition from the
+ * top-level CMakeLists.txt. */
 #define DUPLEX_VERSION_TEXT DUPLEX_VERSION " (git " DUPLEX_GIT ")"
 
 #endif

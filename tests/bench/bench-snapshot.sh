@@ -71,7 +71,7 @@ INFO[date]=$(date -u '+%Y-%m-%d %H:%M UTC')
 # The commit the binaries measured were built from, and the uncommitted
 # changes to the code they were built with (not docs or tests).
 INFO[commit]=$(built_commit)
-INFO[dirty]=$(code_changes)
+INFO[dirty]=$(code_changes "${INFO[commit]}")
 INFO[build]=$(sed -n 's/^CMAKE_BUILD_TYPE:STRING=//p' "$DUPLEX_BUILD/CMakeCache.txt" 2>/dev/null || true)
 avail=$(df -Pm "$TESTDIR" | awk 'NR == 2 { print $4 }')
 [ "$avail" -ge $((4 * SNAP_MIB + DATA_MIB + 512)) ] ||

@@ -81,7 +81,7 @@ machine_facts_begin() {
     # uncommitted changes to the code they were built with are listed in
     # INFO[dirty] (docs a previous run rewrote do not count).
     INFO[commit]=$(built_commit)
-    INFO[dirty]=$(code_changes)
+    INFO[dirty]=$(code_changes "${INFO[commit]}")
     INFO[build]=$(sed -n 's/^CMAKE_BUILD_TYPE:STRING=//p' "$DUPLEX_BUILD/CMakeCache.txt" 2>/dev/null || true)
     INFO[versions]="$(fio --version), nbdkit $(nbdkit --version | awk '{ print $2 }'), nbdcopy $(nbdcopy --version | awk 'NR == 1 { print $2 }'), $(openssl version | awk '{ print $1 " " $2 }'), rsync $(rsync --version | awk 'NR == 1 { print $3 }')"
     if command -v iperf3 >/dev/null; then

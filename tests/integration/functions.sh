@@ -852,12 +852,11 @@ built_commit() {
     echo "${c:-unknown}"
 }
 
-# code_changes: the uncommitted changes to the code in the source tree
-# (file names), when the binaries were built from this tree's HEAD with
-# changes; empty otherwise.
+# code_changes COMMIT: the uncommitted changes to the code in the source
+# tree (file names), when COMMIT (built_commit's answer) is this tree's
+# HEAD with changes; empty otherwise.
 code_changes() {
-    local c
-    c=$(built_commit)
+    local c=$1
     [ "$c" = "$(git -C "$DUPLEX_SRC" describe --always --dirty 2>/dev/null)" ] &&
         [ "${c%-dirty}" != "$c" ] || return 0
     git -C "$DUPLEX_SRC" status --porcelain -- common primary secondary store ctl proto CMakeLists.txt 2>/dev/null |
